@@ -1,0 +1,589 @@
+//! Static settings: flags, `CAPTURE_*` environment variables and an optional
+//! YAML file, validated once at start.
+//!
+//! Precedence is flag, then environment, then file, then default. The file's
+//! keys are the long flag names (`kafka-brokers: ...`; underscores work too),
+//! so one table in `docs/configuration.md` documents all three spellings.
+//! Everything here needs a restart to change; live settings arrive through the
+//! runtime config document in a later layer.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::num::{NonZeroI32, NonZeroU32};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, ValueEnum};
+
+use crate::route::Topics;
+
+/// A setting could not be loaded or makes no sense with the others.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Flags, environment or file values did not parse.
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// The YAML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML file is not a mapping of settings.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+    /// Settings conflict.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+/// Every static setting of the `capture` server.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "capture",
+    version,
+    about = "PostHog-compatible event capture to Kafka",
+    args_override_self = true
+)]
+pub struct Config {
+    /// YAML file of settings, keyed by long flag name. Flags and environment
+    /// variables override it.
+    #[arg(long, env = "CAPTURE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub sink: SinkConfig,
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+    #[command(flatten)]
+    pub topics: TopicsConfig,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[arg(long, env = "CAPTURE_ADDRESS", default_value = "127.0.0.1:3000")]
+    pub address: SocketAddr,
+    /// Longest time a client may take to send request headers.
+    #[arg(long, env = "CAPTURE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest time a client may take to send the request body.
+    #[arg(long, env = "CAPTURE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests and the producer flush may take.
+    #[arg(long, env = "CAPTURE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Which sink receives events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// Kafka via librdkafka (needs `--kafka-brokers`).
+    Kafka,
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to `--sink-file`.
+    File,
+    /// Acknowledge and discard.
+    Noop,
+}
+
+/// Sink selection.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sink")]
+pub struct SinkConfig {
+    /// Where events go. Default: `kafka` when brokers are set, else `stdout`.
+    #[arg(long = "sink", env = "CAPTURE_SINK", value_enum)]
+    pub kind: Option<SinkKind>,
+    /// File for `--sink file`.
+    #[arg(long, env = "CAPTURE_SINK_FILE", value_name = "PATH")]
+    pub sink_file: Option<PathBuf>,
+}
+
+/// `acks` for the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Acks {
+    /// Every in-sync replica (required for idempotence).
+    All,
+    /// The partition leader only.
+    #[value(name = "1")]
+    Leader,
+    /// No acknowledgement at all.
+    #[value(name = "0")]
+    None,
+}
+
+/// Producer compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaCompression {
+    /// Uncompressed.
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4.
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+/// Kafka producer settings.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma-separated `host:port`.
+    #[arg(
+        long = "kafka-brokers",
+        env = "CAPTURE_KAFKA_BROKERS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub brokers: Vec<String>,
+    /// Producer `acks`.
+    #[arg(
+        long = "kafka-acks",
+        env = "CAPTURE_KAFKA_ACKS",
+        value_enum,
+        default_value = "all"
+    )]
+    pub acks: Acks,
+    /// Idempotent producer (no duplicates from producer retries).
+    #[arg(long = "kafka-idempotence", env = "CAPTURE_KAFKA_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub idempotence: bool,
+    /// Compression codec for produced batches.
+    #[arg(
+        long = "kafka-compression",
+        env = "CAPTURE_KAFKA_COMPRESSION",
+        value_enum,
+        default_value = "lz4"
+    )]
+    pub compression: KafkaCompression,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[arg(long = "kafka-linger", env = "CAPTURE_KAFKA_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Most messages buffered in the producer before requests get 503.
+    #[arg(
+        long = "kafka-queue-messages",
+        env = "CAPTURE_KAFKA_QUEUE_MESSAGES",
+        default_value = "100000"
+    )]
+    pub queue_messages: NonZeroU32,
+    /// Most kilobytes buffered in the producer before requests get 503.
+    #[arg(
+        long = "kafka-queue-kbytes",
+        env = "CAPTURE_KAFKA_QUEUE_KBYTES",
+        default_value = "1048576"
+    )]
+    pub queue_kbytes: NonZeroU32,
+    /// How long a message may wait for its acknowledgement before the request gets 503.
+    #[arg(long = "kafka-message-timeout", env = "CAPTURE_KAFKA_MESSAGE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub message_timeout: Duration,
+    /// Timeout of one broker metadata request (start-up and health checks).
+    #[arg(long = "kafka-metadata-timeout", env = "CAPTURE_KAFKA_METADATA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub metadata_timeout: Duration,
+    /// How often broker reachability is checked for readiness.
+    #[arg(long = "kafka-health-interval", env = "CAPTURE_KAFKA_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+    /// Client id reported to the brokers.
+    #[arg(
+        long = "kafka-client-id",
+        env = "CAPTURE_KAFKA_CLIENT_ID",
+        default_value = "capture"
+    )]
+    pub client_id: String,
+    /// Create missing topics at start (for standalone use; operators manage topics in production).
+    #[arg(long, env = "CAPTURE_ENSURE_TOPICS")]
+    pub ensure_topics: bool,
+    /// Partitions of topics created by `--ensure-topics`.
+    #[arg(long, env = "CAPTURE_ENSURE_TOPICS_PARTITIONS", default_value = "1")]
+    pub ensure_topics_partitions: NonZeroI32,
+    /// Replication factor of topics created by `--ensure-topics`.
+    #[arg(long, env = "CAPTURE_ENSURE_TOPICS_REPLICATION", default_value = "1")]
+    pub ensure_topics_replication: NonZeroI32,
+}
+
+/// Topic names.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Topics")]
+pub struct TopicsConfig {
+    /// Analytics events.
+    #[arg(
+        long,
+        env = "CAPTURE_EVENTS_TOPIC",
+        default_value = "clickhouse_events"
+    )]
+    pub events_topic: String,
+    /// Session recordings (`/s`).
+    #[arg(
+        long,
+        env = "CAPTURE_RECORDINGS_TOPIC",
+        default_value = "clickhouse_session_recording_events"
+    )]
+    pub recordings_topic: String,
+    /// Batches flagged `historical_migration`.
+    #[arg(
+        long,
+        env = "CAPTURE_HISTORICAL_TOPIC",
+        default_value = "historical_events"
+    )]
+    pub historical_topic: String,
+    /// `$$client_ingestion_warning` events.
+    #[arg(
+        long,
+        env = "CAPTURE_CLIENT_WARNINGS_TOPIC",
+        default_value = "client_warnings"
+    )]
+    pub client_warnings_topic: String,
+    /// `$exception` events.
+    #[arg(long, env = "CAPTURE_EXCEPTIONS_TOPIC", default_value = "exceptions")]
+    pub exceptions_topic: String,
+    /// Events rerouted away from hot keys.
+    #[arg(
+        long,
+        env = "CAPTURE_OVERFLOW_TOPIC",
+        default_value = "events_plugin_ingestion_overflow"
+    )]
+    pub overflow_topic: String,
+}
+
+/// Size and shape limits on requests.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitsConfig {
+    /// Largest body for `/e`, `/capture`, `/track`, `/engage`, `/i/v0/e` (accepts KB, MB, KiB, MiB).
+    #[arg(long, env = "CAPTURE_MAX_EVENT_BODY_BYTES", default_value = "2MB", value_parser = parse_bytes)]
+    pub max_event_body_bytes: usize,
+    /// Largest body for `/batch`.
+    #[arg(long, env = "CAPTURE_MAX_BATCH_BODY_BYTES", default_value = "20MB", value_parser = parse_bytes)]
+    pub max_batch_body_bytes: usize,
+    /// Largest body for `/s`.
+    #[arg(long, env = "CAPTURE_MAX_RECORDING_BODY_BYTES", default_value = "25MB", value_parser = parse_bytes)]
+    pub max_recording_body_bytes: usize,
+    /// Largest body after decompression and base64 decoding.
+    #[arg(long, env = "CAPTURE_MAX_DECOMPRESSED_BYTES", default_value = "64MB", value_parser = parse_bytes)]
+    pub max_decompressed_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    #[arg(long, env = "CAPTURE_MAX_JSON_DEPTH", default_value = "64")]
+    pub max_json_depth: NonZeroU32,
+    /// Largest Kafka message value; bigger events get 413. Also the producer's `message.max.bytes`.
+    #[arg(long, env = "CAPTURE_MAX_MESSAGE_BYTES", default_value = "1MB", value_parser = parse_bytes)]
+    pub max_message_bytes: usize,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogConfig {
+    /// Log line format.
+    #[arg(long, env = "CAPTURE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` directive syntax (`info`, `capture=debug,info`).
+    #[arg(long, env = "CAPTURE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+impl Config {
+    /// Loads settings from `args` (the first being the program name), the
+    /// environment and the `--config` file, then validates them.
+    pub fn load<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let first = Config::try_parse_from(&args)?;
+        let config = match &first.config {
+            None => first,
+            Some(path) => {
+                let mut merged = vec![args.first().cloned().unwrap_or_else(|| "capture".into())];
+                merged.extend(file_args(path)?);
+                merged.extend(args.iter().skip(1).cloned());
+                Config::try_parse_from(merged)?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The sink to use, resolving the default.
+    pub fn sink_kind(&self) -> SinkKind {
+        self.sink.kind.unwrap_or(if self.kafka.brokers.is_empty() {
+            SinkKind::Stdout
+        } else {
+            SinkKind::Kafka
+        })
+    }
+
+    /// Topic names as the router uses them.
+    pub fn topics(&self) -> Topics {
+        let t = &self.topics;
+        Topics {
+            events: t.events_topic.as_str().into(),
+            recordings: t.recordings_topic.as_str().into(),
+            historical: t.historical_topic.as_str().into(),
+            client_warnings: t.client_warnings_topic.as_str().into(),
+            exceptions: t.exceptions_topic.as_str().into(),
+            overflow: t.overflow_topic.as_str().into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        match self.sink_kind() {
+            SinkKind::Kafka if self.kafka.brokers.iter().all(|b| b.trim().is_empty()) => {
+                return invalid("`--sink kafka` needs `--kafka-brokers` (CAPTURE_KAFKA_BROKERS)");
+            }
+            SinkKind::File if self.sink.sink_file.is_none() => {
+                return invalid("`--sink file` needs `--sink-file` (CAPTURE_SINK_FILE)");
+            }
+            _ => {}
+        }
+        if self.kafka.idempotence && self.kafka.acks != Acks::All {
+            return invalid(
+                "`--kafka-idempotence true` requires `--kafka-acks all`; set one or the other",
+            );
+        }
+        for topic in self.topics().all() {
+            if topic.is_empty()
+                || topic.len() > 249
+                || !topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "topic name {topic:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"
+                )));
+            }
+        }
+        let l = &self.limits;
+        if l.max_decompressed_bytes < l.max_event_body_bytes {
+            return invalid("`--max-decompressed-bytes` must be at least `--max-event-body-bytes`");
+        }
+        if l.max_message_bytes == 0 {
+            return invalid("`--max-message-bytes` must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Turns a YAML settings file into `--flag=value` arguments, skipping keys
+/// whose environment variable is set (the environment beats the file).
+fn file_args(path: &PathBuf) -> Result<Vec<OsString>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file_error = |reason: String| ConfigError::File {
+        path: path.clone(),
+        reason,
+    };
+    let mapping: serde_yaml::Mapping =
+        match serde_yaml::from_str::<Option<serde_yaml::Mapping>>(&text) {
+            Ok(mapping) => mapping.unwrap_or_default(),
+            Err(err) => return Err(file_error(format!("not a YAML mapping of settings: {err}"))),
+        };
+    let command = Config::command();
+    let known: Vec<_> = command
+        .get_arguments()
+        .filter(|a| {
+            a.get_long()
+                .is_some_and(|l| l != "config" && l != "help" && l != "version")
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (key, value) in mapping {
+        let key = key
+            .as_str()
+            .ok_or_else(|| file_error("keys must be strings".into()))?;
+        let long = key.replace('_', "-");
+        let Some(arg) = known.iter().find(|a| a.get_long() == Some(long.as_str())) else {
+            let names: Vec<_> = known.iter().filter_map(|a| a.get_long()).collect();
+            return Err(file_error(format!(
+                "unknown setting `{key}`; known settings: {}",
+                names.join(", ")
+            )));
+        };
+        if arg
+            .get_env()
+            .is_some_and(|env| std::env::var_os(env).is_some())
+        {
+            continue;
+        }
+        let is_switch = matches!(arg.get_action(), clap::ArgAction::SetTrue);
+        let text = match value {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Bool(b) if is_switch => {
+                if b {
+                    out.push(OsString::from(format!("--{long}")));
+                }
+                continue;
+            }
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Sequence(items) => items
+                .iter()
+                .map(|i| match i {
+                    serde_yaml::Value::String(s) => Ok(s.clone()),
+                    serde_yaml::Value::Number(n) => Ok(n.to_string()),
+                    _ => Err(file_error(format!("`{key}`: list items must be strings"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            _ => {
+                return Err(file_error(format!(
+                    "`{key}` must be a string, number, boolean or list"
+                )));
+            }
+        };
+        if is_switch {
+            return Err(file_error(format!(
+                "`{key}` is a switch: use true or false"
+            )));
+        }
+        out.push(OsString::from(format!("--{long}={text}")));
+    }
+    Ok(out)
+}
+
+/// Parses a byte size: `1048576`, `512KB`, `2MB`, `1MiB`, `1GB`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1048576, 512KB or 2MB"))?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "kib" => 1 << 10,
+        "mb" | "m" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" | "g" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KB, KiB, MB, MiB, GB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load(std::iter::once("capture").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_run_on_stdout_without_kafka() {
+        let config = load(&[]).expect("defaults are valid");
+        assert_eq!(config.http.address.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.sink_kind(), SinkKind::Stdout);
+        assert_eq!(config.limits.max_event_body_bytes, 2_000_000);
+        assert_eq!(config.limits.max_batch_body_bytes, 20_000_000);
+        assert_eq!(config.limits.max_recording_body_bytes, 25_000_000);
+        assert_eq!(&*config.topics().events, "clickhouse_events");
+        let with_brokers = load(&["--kafka-brokers", "a:9092,b:9092"]).expect("valid");
+        assert_eq!(with_brokers.sink_kind(), SinkKind::Kafka);
+        assert_eq!(with_brokers.kafka.brokers, ["a:9092", "b:9092"]);
+    }
+
+    #[test]
+    fn conflicting_settings_say_what_to_do() {
+        let err = load(&["--sink", "kafka"]).expect_err("no brokers");
+        assert!(err.to_string().contains("--kafka-brokers"), "{err}");
+        let err = load(&["--kafka-acks", "1"]).expect_err("idempotence needs acks=all");
+        assert!(err.to_string().contains("--kafka-acks all"), "{err}");
+        let err = load(&["--events-topic", "bad topic"]).expect_err("bad name");
+        assert!(err.to_string().contains("bad topic"), "{err}");
+        load(&["--kafka-acks", "1", "--kafka-idempotence", "false"]).expect("consistent");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_allowed_values() {
+        let err = load(&["--kafka-compression", "brotli"])
+            .expect_err("unknown codec")
+            .to_string();
+        assert!(
+            err.contains("--kafka-compression") && err.contains("lz4"),
+            "{err}"
+        );
+        let err = load(&["--max-batch-body-bytes", "lots"])
+            .expect_err("bad size")
+            .to_string();
+        assert!(err.contains("--max-batch-body-bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_yaml_file_is_read_and_flags_override_it() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(
+            file,
+            "address: 0.0.0.0:8000\nkafka_brokers: [k1:9092, k2:9092]\nevents-topic: from_file\nensure-topics: true\nmax-batch-body-bytes: 5MiB"
+        )
+        .expect("write");
+        let path = file.path().to_str().expect("utf-8 path");
+        let config = load(&["--config", path, "--events-topic", "from_flag"]).expect("valid");
+        assert_eq!(config.http.address.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.kafka.brokers, ["k1:9092", "k2:9092"]);
+        assert_eq!(config.topics.events_topic, "from_flag");
+        assert!(config.kafka.ensure_topics);
+        assert_eq!(config.limits.max_batch_body_bytes, 5 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_yaml_file_are_named() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "adress: 0.0.0.0:8000").expect("write");
+        let path = file.path().to_str().expect("utf-8 path");
+        let err = load(&["--config", path]).expect_err("typo").to_string();
+        assert!(
+            err.contains("unknown setting `adress`") && err.contains("address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1_048_576));
+        assert_eq!(parse_bytes("512KB"), Ok(512_000));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert!(parse_bytes("1 parsec").is_err());
+    }
+}

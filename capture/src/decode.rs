@@ -1,0 +1,481 @@
+//! Turns a request body (or a GET `?data=` value) into JSON bytes.
+//!
+//! Every route goes through [`decode`], so the rules for compression hints,
+//! form bodies, base64 and size caps live in one place. PostHog SDKs are not
+//! consistent about labelling what they send (posthog-js may say
+//! `compression=gzip-js` for a form body, or send gzip without saying so), so
+//! the bytes themselves win over the hints: gzip is recognised by its magic
+//! bytes and JSON by its first character.
+//!
+//! This module does not parse the JSON; it only guarantees that what it returns
+//! is valid UTF-8, no deeper than the configured nesting limit, and no larger
+//! than the decompressed-size cap.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use base64::Engine;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::{DecodePaddingMode, general_purpose};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+const STANDARD_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Why a body could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Neither the body nor `?data=` carried anything.
+    #[error("request has no body and no `data` query parameter")]
+    Empty,
+    /// The compression hint names an algorithm capture does not know.
+    #[error("unsupported compression `{0}`; allowed: gzip, gzip-js, lz64, lz-string, base64")]
+    UnsupportedCompression(String),
+    /// A form-encoded body had no `data` field.
+    #[error("form body has no `data` field")]
+    FormWithoutData,
+    /// Gzip magic bytes were present but the stream is corrupt.
+    #[error("invalid gzip data: {0}")]
+    Gzip(#[source] std::io::Error),
+    /// The body was labelled lz64 but does not decompress.
+    #[error("invalid lz64 data: not an lz-string base64 stream")]
+    Lz64,
+    /// The body is neither JSON nor base64.
+    #[error("body is neither JSON nor valid base64: {0}")]
+    Base64(#[source] base64::DecodeError),
+    /// The decoded bytes are not UTF-8.
+    #[error("body is not valid UTF-8 (invalid byte at offset {offset})")]
+    Utf8 {
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// The JSON nests deeper than allowed.
+    #[error("JSON nesting deeper than {max} levels")]
+    TooDeep {
+        /// The configured maximum depth.
+        max: usize,
+    },
+    /// Decompression produced more bytes than allowed.
+    #[error("decompressed body exceeds {max} bytes")]
+    DecompressedTooLarge {
+        /// The configured cap in bytes.
+        max: usize,
+    },
+}
+
+impl DecodeError {
+    /// Whether this error means "too large" (413) rather than "malformed" (400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, DecodeError::DecompressedTooLarge { .. })
+    }
+}
+
+/// A compression named by `?compression=`, a form field or `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// No hint, or an explicit `none`.
+    None,
+    /// `gzip` or `gzip-js`.
+    Gzip,
+    /// `lz64` / `lz-string`: lz-string's `compressToBase64`.
+    Lz64,
+    /// Plain base64 of the JSON.
+    Base64,
+}
+
+impl Compression {
+    /// Parses a hint as SDKs spell it; empty means none.
+    pub fn from_hint(hint: &str) -> Result<Self, DecodeError> {
+        match hint.trim().to_ascii_lowercase().as_str() {
+            "" | "none" | "identity" => Ok(Compression::None),
+            "gzip" | "gzip-js" | "x-gzip" => Ok(Compression::Gzip),
+            "lz64" | "lz-string" | "lzstring" => Ok(Compression::Lz64),
+            "base64" | "b64" => Ok(Compression::Base64),
+            other => Err(DecodeError::UnsupportedCompression(other.to_owned())),
+        }
+    }
+}
+
+/// Caps applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest decompressed body accepted, in bytes.
+    pub max_decompressed_bytes: usize,
+    /// Deepest JSON nesting accepted.
+    pub max_json_depth: usize,
+}
+
+/// What the handler knows about the raw request, borrowed for decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded<'a> {
+    /// The raw body.
+    pub body: &'a [u8],
+    /// `?data=` from the query string, already percent-decoded.
+    pub query_data: Option<&'a str>,
+    /// `?compression=` or, failing that, `Content-Encoding`.
+    pub compression_hint: Option<&'a str>,
+    /// Whether `Content-Type` says `application/x-www-form-urlencoded`.
+    pub form: bool,
+}
+
+/// Decodes a request into JSON bytes. See the module docs for the rules.
+pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, [u8]>, DecodeError> {
+    let mut hint = Compression::from_hint(input.compression_hint.unwrap_or(""))?;
+    let mut bytes: Cow<'a, [u8]> = if !input.body.is_empty() {
+        Cow::Borrowed(input.body)
+    } else if let Some(data) = input.query_data.filter(|d| !d.is_empty()) {
+        Cow::Borrowed(data.as_bytes())
+    } else {
+        return Err(DecodeError::Empty);
+    };
+
+    if is_gzip(&bytes) {
+        bytes = Cow::Owned(gunzip(&bytes, limits.max_decompressed_bytes)?);
+        hint = Compression::None;
+    }
+
+    if input.form || bytes.starts_with(b"data=") {
+        let (data, form_hint) = form_data(&bytes)?;
+        if let Some(form_hint) = form_hint {
+            hint = Compression::from_hint(&form_hint)?;
+        }
+        bytes = Cow::Owned(data.into_bytes());
+    }
+
+    if hint == Compression::Lz64 && !looks_like_json(&bytes) {
+        bytes = Cow::Owned(lz64(&bytes)?);
+    }
+    if !is_gzip(&bytes) && !looks_like_json(&bytes) {
+        bytes = Cow::Owned(base64(&bytes)?);
+    }
+    if is_gzip(&bytes) {
+        bytes = Cow::Owned(gunzip(&bytes, limits.max_decompressed_bytes)?);
+    }
+    if bytes.len() > limits.max_decompressed_bytes {
+        return Err(DecodeError::DecompressedTooLarge {
+            max: limits.max_decompressed_bytes,
+        });
+    }
+
+    if let Err(err) = std::str::from_utf8(&bytes) {
+        return Err(DecodeError::Utf8 {
+            offset: err.valid_up_to(),
+        });
+    }
+    check_depth(&bytes, limits.max_json_depth)?;
+    Ok(bytes)
+}
+
+fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&GZIP_MAGIC)
+}
+
+fn looks_like_json(bytes: &[u8]) -> bool {
+    matches!(
+        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
+fn gunzip(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(max));
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(DecodeError::Gzip)?;
+    if out.len() > max {
+        return Err(DecodeError::DecompressedTooLarge { max });
+    }
+    Ok(out)
+}
+
+/// Extracts `data` (and an optional `compression`) from a form body.
+fn form_data(bytes: &[u8]) -> Result<(String, Option<String>), DecodeError> {
+    let mut data = None;
+    let mut compression = None;
+    for (key, value) in form_urlencoded::parse(bytes) {
+        match key.as_ref() {
+            "data" => data = Some(value.into_owned()),
+            "compression" => compression = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Ok((data.ok_or(DecodeError::FormWithoutData)?, compression))
+}
+
+/// Decodes base64 as SDKs send it: padded or not, standard or URL-safe, with
+/// form decoding having turned `+` into spaces and line breaks left in.
+fn base64(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let cleaned: Vec<u8> = bytes
+        .iter()
+        .filter(|b| !matches!(b, b'\n' | b'\r' | b'\t'))
+        .map(|&b| if b == b' ' { b'+' } else { b })
+        .collect();
+    let cleaned = cleaned.trim_ascii();
+    STANDARD_ANY_PADDING
+        .decode(cleaned)
+        .or_else(|_| URL_SAFE_ANY_PADDING.decode(cleaned))
+        .or_else(|_| general_purpose::STANDARD.decode(cleaned))
+        .map_err(DecodeError::Base64)
+}
+
+fn lz64(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Lz64)?;
+    let text = text.trim().replace(' ', "+");
+    let utf16 = lz_str::decompress_from_base64(&text).ok_or(DecodeError::Lz64)?;
+    let out = String::from_utf16(&utf16)
+        .map_err(|_| DecodeError::Lz64)?
+        .into_bytes();
+    // lz-string has no checksum: garbage in often decodes to garbage out
+    // rather than failing, and what SDKs compress is always JSON.
+    if looks_like_json(&out) {
+        Ok(out)
+    } else {
+        Err(DecodeError::Lz64)
+    }
+}
+
+/// Rejects JSON nested deeper than `max` without parsing it.
+fn check_depth(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Err(DecodeError::TooDeep { max });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_decompressed_bytes: 1 << 20,
+        max_json_depth: 8,
+    };
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).expect("write to vec");
+        enc.finish().expect("finish gzip")
+    }
+
+    fn body(body: &[u8]) -> Encoded<'_> {
+        Encoded {
+            body,
+            query_data: None,
+            compression_hint: None,
+            form: false,
+        }
+    }
+
+    #[test]
+    fn plain_json_passes_through_untouched() {
+        let out = decode(body(br#"{"event":"a"}"#), LIMITS).expect("decodes");
+        assert_eq!(&*out, br#"{"event":"a"}"#);
+        assert!(matches!(out, Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn gzip_is_detected_by_magic_bytes_whatever_the_hint_says() {
+        let compressed = gzip(br#"[{"event":"a"}]"#);
+        for hint in [None, Some("gzip-js"), Some("base64")] {
+            let input = Encoded {
+                compression_hint: hint,
+                ..body(&compressed)
+            };
+            assert_eq!(
+                &*decode(input, LIMITS).expect("decodes"),
+                br#"[{"event":"a"}]"#
+            );
+        }
+    }
+
+    #[test]
+    fn a_gzip_hint_on_a_form_body_falls_back_to_the_form() {
+        let b64 = general_purpose::STANDARD.encode(br#"{"event":"a"}"#);
+        let form = format!("data={}", b64.replace('=', "%3D"));
+        let input = Encoded {
+            compression_hint: Some("gzip-js"),
+            form: true,
+            ..body(form.as_bytes())
+        };
+        assert_eq!(
+            &*decode(input, LIMITS).expect("decodes"),
+            br#"{"event":"a"}"#
+        );
+    }
+
+    #[test]
+    fn form_base64_survives_plus_signs_turned_into_spaces() {
+        // "~~~>" encodes to "fn5+Pg==", whose '+' a form decoder turns into a space.
+        let json = br#"{"event":"~~~>"}"#;
+        let b64 = general_purpose::STANDARD.encode(json);
+        assert!(b64.contains('+'));
+        let form = format!("data={b64}");
+        let input = Encoded {
+            form: true,
+            ..body(form.as_bytes())
+        };
+        assert_eq!(&*decode(input, LIMITS).expect("decodes"), json);
+    }
+
+    #[test]
+    fn form_urlencoded_json_is_accepted() {
+        let form = "data=%7B%22event%22%3A%22a%22%7D";
+        let input = Encoded {
+            form: true,
+            ..body(form.as_bytes())
+        };
+        assert_eq!(
+            &*decode(input, LIMITS).expect("decodes"),
+            br#"{"event":"a"}"#
+        );
+    }
+
+    #[test]
+    fn lz64_from_the_query_hint_or_the_form_field() {
+        let json = r#"[{"event":"lz","properties":{"a":1}}]"#;
+        let packed = lz_str::compress_to_base64(json);
+        let input = Encoded {
+            compression_hint: Some("lz64"),
+            ..body(packed.as_bytes())
+        };
+        assert_eq!(&*decode(input, LIMITS).expect("decodes"), json.as_bytes());
+
+        let form: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("data", &packed)
+            .append_pair("compression", "lz64")
+            .finish();
+        let input = Encoded {
+            form: true,
+            ..body(form.as_bytes())
+        };
+        assert_eq!(&*decode(input, LIMITS).expect("decodes"), json.as_bytes());
+    }
+
+    #[test]
+    fn get_data_query_parameter_is_used_when_there_is_no_body() {
+        let b64 = general_purpose::STANDARD.encode(br#"{"event":"a"}"#);
+        let input = Encoded {
+            query_data: Some(&b64),
+            ..body(b"")
+        };
+        assert_eq!(
+            &*decode(input, LIMITS).expect("decodes"),
+            br#"{"event":"a"}"#
+        );
+    }
+
+    #[test]
+    fn bad_inputs_name_the_problem() {
+        assert!(matches!(decode(body(b""), LIMITS), Err(DecodeError::Empty)));
+        let corrupt = [0x1f, 0x8b, 0x08, 0x00, 0xde, 0xad];
+        assert!(matches!(
+            decode(body(&corrupt), LIMITS),
+            Err(DecodeError::Gzip(_))
+        ));
+        assert!(matches!(
+            decode(body(b"not json!"), LIMITS),
+            Err(DecodeError::Base64(_))
+        ));
+        let input = Encoded {
+            compression_hint: Some("brotli"),
+            ..body(b"{}")
+        };
+        let err = decode(input, LIMITS).expect_err("unknown hint");
+        assert!(err.to_string().contains("brotli"), "{err}");
+        assert!(matches!(
+            decode(body(b"{\"a\":\"\xff\"}"), LIMITS),
+            Err(DecodeError::Utf8 { offset: 6 })
+        ));
+        let input = Encoded {
+            form: true,
+            ..body(b"other=1")
+        };
+        assert!(matches!(
+            decode(input, LIMITS),
+            Err(DecodeError::FormWithoutData)
+        ));
+        let input = Encoded {
+            compression_hint: Some("lz64"),
+            ..body(b"!!!!")
+        };
+        assert!(matches!(decode(input, LIMITS), Err(DecodeError::Lz64)));
+    }
+
+    #[test]
+    fn nesting_beyond_the_cap_is_rejected_but_brackets_in_strings_do_not_count() {
+        let deep = "[".repeat(9) + &"]".repeat(9);
+        assert!(matches!(
+            decode(body(deep.as_bytes()), LIMITS),
+            Err(DecodeError::TooDeep { max: 8 })
+        ));
+        let shallow = format!(r#"{{"a":"{}"}}"#, "[[[[[[[[[[\\\"[[[[");
+        decode(body(shallow.as_bytes()), LIMITS).expect("brackets inside strings are text");
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_cap() {
+        let bomb = gzip(&vec![b' '; 4 << 20]);
+        let limits = DecodeLimits {
+            max_decompressed_bytes: 1 << 20,
+            max_json_depth: 8,
+        };
+        let err = decode(body(&bomb), limits).expect_err("over the cap");
+        assert!(err.is_too_large());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            form in proptest::prelude::any::<bool>(),
+            hint in proptest::sample::select(vec![None, Some("gzip"), Some("lz64"), Some("base64"), Some("zz")]),
+        ) {
+            let _ = decode(Encoded { body: &bytes, query_data: None, compression_hint: hint, form }, LIMITS);
+        }
+
+        #[test]
+        fn decode_never_panics_on_gzip_or_base64_wrapped_garbage(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let _ = decode(body(&gzip(&bytes)), LIMITS);
+            let b64 = general_purpose::STANDARD.encode(&bytes);
+            let _ = decode(body(b64.as_bytes()), LIMITS);
+            let lz = lz_str::compress_to_base64(String::from_utf8_lossy(&bytes).as_ref());
+            let _ = decode(Encoded { compression_hint: Some("lz64"), ..body(lz.as_bytes()) }, LIMITS);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The one error type every request path returns, and how it becomes an HTTP
+//! response.
+//!
+//! Handlers and the steps they call (decode, parse, validate, sink) all return
+//! [`CaptureError`]; its [`IntoResponse`] impl is the only place that picks a
+//! status code and a body. 4xx bodies name what was wrong with the request so
+//! an SDK author can fix it; 5xx bodies never echo internals (those go to the
+//! log instead).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::sink::SinkError;
+
+/// Everything that can make capture refuse a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The body (or a decoded layer of it) could not be read.
+    #[error("{0}")]
+    Decode(#[from] crate::decode::DecodeError),
+    /// The JSON was well formed but not a shape capture accepts.
+    #[error("{0}")]
+    Payload(String),
+    /// An event inside the payload failed validation.
+    #[error("event {index}: {reason}")]
+    InvalidEvent {
+        /// Position of the event in the request, from 0.
+        index: usize,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// No usable project token was found or it was malformed.
+    #[error("{0}")]
+    Token(#[from] crate::token::TokenError),
+    /// A session recording request was missing its session id or data.
+    #[error("{0}")]
+    Recording(String),
+    /// The body or a message built from it exceeds a configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The sink refused or failed to acknowledge the events.
+    #[error("sink: {0}")]
+    Sink(#[source] SinkError),
+    /// The body could not be read from the connection.
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// The client took too long to send its body.
+    #[error("the request body took too long to arrive")]
+    BodyTimeout,
+}
+
+impl From<SinkError> for CaptureError {
+    fn from(err: SinkError) -> Self {
+        match err {
+            SinkError::MessageTooLarge { size, max } => CaptureError::TooLarge(format!(
+                "an event of {size} bytes exceeds the maximum message size of {max} bytes"
+            )),
+            other => CaptureError::Sink(other),
+        }
+    }
+}
+
+/// JSON error body, shaped like PostHog's own capture errors.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    detail: String,
+}
+
+impl CaptureError {
+    /// Status code for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CaptureError::Decode(err) if err.is_too_large() => StatusCode::PAYLOAD_TOO_LARGE,
+            CaptureError::Decode(_)
+            | CaptureError::Payload(_)
+            | CaptureError::InvalidEvent { .. }
+            | CaptureError::Recording(_)
+            | CaptureError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            CaptureError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            CaptureError::Token(_) => StatusCode::UNAUTHORIZED,
+            CaptureError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CaptureError::Sink(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Short, stable code used in the response body and as a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CaptureError::Decode(err) if err.is_too_large() => "payload_too_large",
+            CaptureError::Decode(_) => "invalid_payload",
+            CaptureError::Payload(_) => "invalid_payload",
+            CaptureError::InvalidEvent { .. } => "invalid_event",
+            CaptureError::Token(_) => "invalid_token",
+            CaptureError::Recording(_) => "invalid_recording",
+            CaptureError::TooLarge(_) => "payload_too_large",
+            CaptureError::Sink(_) => "sink_unavailable",
+            CaptureError::BodyRead(_) => "body_read_failed",
+            CaptureError::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+impl IntoResponse for CaptureError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let (kind, detail) = if status.is_server_error() {
+            tracing::warn!(error = %self, code, "request failed on the server side");
+            (
+                "server_error",
+                "capture could not store the events, retry later".to_owned(),
+            )
+        } else {
+            let kind = if status == StatusCode::UNAUTHORIZED {
+                "authentication_error"
+            } else {
+                "validation_error"
+            };
+            (kind, self.to_string())
+        };
+        let mut response = (status, Json(ErrorBody { kind, code, detail })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}

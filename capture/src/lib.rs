@@ -1,0 +1,40 @@
+//! PostHog-compatible event capture: HTTP in, Kafka out.
+//!
+//! Any PostHog SDK can point at this service unmodified. Each request is
+//! decoded, validated, enriched and routed, and answered only after the sink
+//! acknowledged every event in it.
+//!
+//! # Layout
+//!
+//! - [`config`]: static settings (flags, `CAPTURE_*` env, YAML file).
+//! - [`router`]: endpoints, health, metrics, and the shared request pipeline.
+//! - [`decode`]: body bytes to JSON bytes (gzip, lz64, base64, forms).
+//! - [`parse`]: JSON to events and the request's token.
+//! - [`process`]: validation and enrichment into messages; [`recordings`]
+//!   does the same for `/s`.
+//! - [`event`]: the Kafka message contract (value, key, headers).
+//! - [`route`]: data types and their topics.
+//! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks.
+//! - [`server`]: accept loop, start-up and graceful shutdown.
+//! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
+//!   shared pieces.
+
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod parse;
+pub mod process;
+pub mod recordings;
+pub mod route;
+pub mod router;
+pub mod server;
+pub mod sink;
+pub mod timestamp;
+pub mod token;
+
+pub use config::Config;
+pub use event::CapturedEvent;
+pub use router::{AppState, Limits, app};

@@ -1,0 +1,36 @@
+//! The `capture` binary: load settings, set up logging, serve until SIGTERM.
+
+use capture::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = match Config::load(std::env::args_os()) {
+        Ok(config) => config,
+        Err(capture::config::ConfigError::Cli(err)) => err.exit(),
+        Err(err) => {
+            eprintln!("capture: {err}");
+            std::process::exit(2);
+        }
+    };
+    init_logging(&config.log.log_format, &config.log.log_level)?;
+    capture::server::run(&config, capture::server::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_logging(format: &LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level)
+        .map_err(|err| anyhow::anyhow!("invalid --log-level {level:?}: {err}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Metric names (the telemetry contract listed in `docs/telemetry.md`) and
+//! the Prometheus recorder behind `/metrics`.
+//!
+//! Label values are always bounded: endpoint families, data types, status
+//! codes and error codes. Tokens and distinct ids never become labels.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests by `endpoint` and `status`.
+pub const HTTP_REQUESTS: &str = "capture_http_requests_total";
+/// Request handling time by `endpoint`.
+pub const HTTP_REQUEST_SECONDS: &str = "capture_http_request_duration_seconds";
+/// Raw body size by `endpoint`.
+pub const BODY_BYTES: &str = "capture_request_body_bytes";
+/// Events received in accepted-for-processing requests, by `endpoint`.
+pub const EVENTS_RECEIVED: &str = "capture_events_received_total";
+/// Events acknowledged by the sink, by `data_type`.
+pub const EVENTS_PRODUCED: &str = "capture_events_produced_total";
+/// Events not produced, by `cause` (an error code).
+pub const EVENTS_DROPPED: &str = "capture_events_dropped_total";
+/// Time from enqueue to the last acknowledgement of a request, by `sink`.
+pub const SINK_ACK_SECONDS: &str = "capture_sink_ack_duration_seconds";
+/// Sink failures by `sink` and `error`.
+pub const SINK_ERRORS: &str = "capture_sink_errors_total";
+/// Messages waiting in the Kafka producer.
+pub const KAFKA_QUEUE_MESSAGES: &str = "capture_kafka_queue_messages";
+/// Bytes waiting in the Kafka producer.
+pub const KAFKA_QUEUE_BYTES: &str = "capture_kafka_queue_bytes";
+/// Brokers in state UP.
+pub const KAFKA_BROKERS_UP: &str = "capture_kafka_brokers_up";
+/// Messages the producer has transmitted.
+pub const KAFKA_TX_MESSAGES: &str = "capture_kafka_tx_messages_total";
+/// Message bytes the producer has transmitted.
+pub const KAFKA_TX_BYTES: &str = "capture_kafka_tx_bytes_total";
+/// Errors reported by the Kafka client.
+pub const KAFKA_CLIENT_ERRORS: &str = "capture_kafka_client_errors_total";
+/// Tasks alive in the async runtime.
+pub const RUNTIME_ALIVE_TASKS: &str = "capture_runtime_alive_tasks";
+/// 1 while the server is ready for traffic.
+pub const READY: &str = "capture_ready";
+
+/// Installs the global recorder. Call once per process; later calls return
+/// a handle to a fresh, uninstalled recorder so tests can build many apps.
+pub fn install() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(BODY_BYTES.into()),
+                &[
+                    256.0,
+                    1024.0,
+                    4096.0,
+                    16384.0,
+                    65536.0,
+                    262_144.0,
+                    1_048_576.0,
+                    4_194_304.0,
+                    16_777_216.0,
+                ],
+            )
+        });
+    let builder = match builder {
+        Ok(builder) => builder,
+        Err(err) => {
+            tracing::warn!(error = %err, "histogram buckets rejected; using summaries");
+            PrometheusBuilder::new()
+        }
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+        metrics_process::Collector::default().describe();
+    }
+    handle
+}
+
+/// Refreshes the process and runtime gauges; called on each scrape.
+pub fn collect_process() {
+    metrics_process::Collector::default().collect();
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(RUNTIME_ALIVE_TASKS).set(handle.metrics().num_alive_tasks() as f64);
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by endpoint family and status code"
+    );
+    describe_histogram!(HTTP_REQUEST_SECONDS, "Request handling time in seconds");
+    describe_histogram!(BODY_BYTES, "Raw request body size in bytes");
+    describe_counter!(EVENTS_RECEIVED, "Events in decoded requests");
+    describe_counter!(
+        EVENTS_PRODUCED,
+        "Events acknowledged by the sink, by data type"
+    );
+    describe_counter!(EVENTS_DROPPED, "Events not produced, by cause");
+    describe_histogram!(
+        SINK_ACK_SECONDS,
+        "Time for a request's messages to be acknowledged"
+    );
+    describe_counter!(SINK_ERRORS, "Sink failures by error kind");
+    describe_gauge!(
+        KAFKA_QUEUE_MESSAGES,
+        "Messages queued in the Kafka producer"
+    );
+    describe_gauge!(KAFKA_QUEUE_BYTES, "Bytes queued in the Kafka producer");
+    describe_gauge!(KAFKA_BROKERS_UP, "Kafka brokers the producer sees as UP");
+    describe_counter!(
+        KAFKA_TX_MESSAGES,
+        "Messages transmitted by the Kafka producer"
+    );
+    describe_counter!(
+        KAFKA_TX_BYTES,
+        "Message bytes transmitted by the Kafka producer"
+    );
+    describe_counter!(KAFKA_CLIENT_ERRORS, "Errors reported by librdkafka");
+    describe_gauge!(RUNTIME_ALIVE_TASKS, "Tasks alive in the tokio runtime");
+    describe_gauge!(READY, "1 when the server is ready for traffic");
+}

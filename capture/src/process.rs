@@ -1,0 +1,335 @@
+//! Validation and enrichment: from a [`Payload`] to the messages to produce.
+//!
+//! Every event of a request is checked before any message is built, so a
+//! request is either accepted whole or refused whole: a 400 never leaves half
+//! a batch in Kafka. Enrichment adds what the server knows (its clock, the
+//! client IP, a uuid when the client sent none) and never rewrites what the
+//! client sent, which travels on untouched in `data`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::CaptureError;
+use crate::event::CapturedEvent;
+use crate::parse::{Payload, RawEvent, request_token};
+use crate::route::{DataType, Topics};
+use crate::sink::Message;
+use crate::timestamp::{self, ClientTime};
+
+/// Longest distinct id kept, in characters; longer ones are truncated.
+pub const MAX_DISTINCT_ID_CHARS: usize = 200;
+
+/// Which family of endpoint received the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/e`, `/capture`, `/track`, `/i/v0/e`.
+    Event,
+    /// `/batch`.
+    Batch,
+    /// `/engage`: events without a name are `$identify`.
+    Engage,
+    /// `/s`: session recordings.
+    Recordings,
+}
+
+impl Endpoint {
+    /// Bounded metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Event => "event",
+            Endpoint::Batch => "batch",
+            Endpoint::Engage => "engage",
+            Endpoint::Recordings => "recordings",
+        }
+    }
+}
+
+/// What the server knows about the request, beyond its body.
+#[derive(Debug, Clone)]
+pub struct RequestContext<'a> {
+    /// Which endpoint received it.
+    pub endpoint: Endpoint,
+    /// Server time at arrival.
+    pub now: DateTime<Utc>,
+    /// The client's IP address.
+    pub ip: String,
+    /// `sent_at` from the `_` query parameter, if any.
+    pub query_sent_at: Option<DateTime<Utc>>,
+    /// Topic names.
+    pub topics: &'a Topics,
+    /// Largest message value accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Builds one message per analytics event of the payload.
+pub fn analytics_messages(
+    payload: Payload,
+    ctx: &RequestContext<'_>,
+) -> Result<Vec<Message>, CaptureError> {
+    let token = request_token(&payload)?;
+    let sent_at = payload.sent_at.or(ctx.query_sent_at);
+    let now_text = timestamp::format(ctx.now);
+    let sent_at_text = sent_at.map(timestamp::format);
+    let mut messages = Vec::with_capacity(payload.events.len());
+    for (index, mut event) in payload.events.into_iter().enumerate() {
+        let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
+        let name = event_name(&mut event, ctx.endpoint).map_err(invalid)?;
+        let distinct_id = distinct_id(&event).map_err(invalid)?;
+        let uuid = event_uuid(&event).map_err(invalid)?;
+        let properties = event.get("properties").and_then(Value::as_object);
+        let flag =
+            |key: &str| properties.and_then(|p| p.get(key)).and_then(Value::as_bool) == Some(true);
+        let client_time = ClientTime {
+            timestamp: event.get("timestamp").and_then(Value::as_str),
+            offset: event.get("offset").and_then(Value::as_i64),
+            sent_at,
+            ignore_sent_at: flag("$ignore_sent_at"),
+        };
+        let is_cookieless_mode = flag("$cookieless_mode");
+        let ts = timestamp::resolve(client_time, ctx.now);
+        let kind = DataType::for_event(&name, payload.historical_migration);
+        let captured = CapturedEvent {
+            uuid,
+            distinct_id,
+            ip: ctx.ip.clone(),
+            data: serde_json::to_string(&event).map_err(|err| invalid(err.to_string()))?,
+            now: now_text.clone(),
+            sent_at: sent_at_text.clone(),
+            token: token.clone(),
+            event: name,
+            timestamp: timestamp::format(ts),
+            is_cookieless_mode,
+        };
+        let key = captured.key();
+        let message = captured.into_message(kind, Arc::clone(ctx.topics.topic(kind)), Some(key));
+        check_size(&message, ctx.max_message_bytes)?;
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+/// Refuses a message the sink could not take anyway.
+pub fn check_size(message: &Message, max: usize) -> Result<(), CaptureError> {
+    if message.payload.len() > max {
+        return Err(CaptureError::TooLarge(format!(
+            "an event of {} bytes exceeds the maximum message size of {max} bytes",
+            message.payload.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The event name; `/engage` names unnamed events `$identify` (in `data` too).
+fn event_name(event: &mut RawEvent, endpoint: Endpoint) -> Result<String, String> {
+    match event.get("event") {
+        Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+        Some(Value::String(_)) => Err("`event` name is empty".into()),
+        None | Some(Value::Null) if endpoint == Endpoint::Engage => {
+            event.insert("event".into(), Value::String("$identify".into()));
+            Ok("$identify".into())
+        }
+        None | Some(Value::Null) => Err("missing `event` name".into()),
+        Some(_) => Err("`event` name must be a string".into()),
+    }
+}
+
+/// The distinct id from the event or its properties, as a clean string.
+pub fn distinct_id(event: &RawEvent) -> Result<String, String> {
+    let value = ["distinct_id", "$distinct_id"]
+        .iter()
+        .find_map(|field| event.get(*field).filter(|v| !v.is_null()))
+        .or_else(|| {
+            event
+                .get("properties")
+                .and_then(|p| p.get("distinct_id"))
+                .filter(|v| !v.is_null())
+        })
+        .ok_or("missing `distinct_id` (in the event or its properties)")?;
+    let text = match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    if text.trim().is_empty() {
+        return Err("`distinct_id` is empty".into());
+    }
+    let clean = text.replace('\0', "\u{FFFD}");
+    Ok(match clean.char_indices().nth(MAX_DISTINCT_ID_CHARS) {
+        Some((cut, _)) => clean[..cut].to_owned(),
+        None => clean,
+    })
+}
+
+/// The client's uuid, or a new UUIDv7.
+pub fn event_uuid(event: &RawEvent) -> Result<Uuid, String> {
+    match event.get("uuid") {
+        None | Some(Value::Null) => Ok(Uuid::now_v7()),
+        Some(Value::String(text)) => {
+            Uuid::parse_str(text).map_err(|_| format!("`uuid` is not a valid UUID: {text:?}"))
+        }
+        Some(_) => Err("`uuid` must be a string".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::parse::parse;
+
+    fn ctx(topics: &Topics, endpoint: Endpoint) -> RequestContext<'_> {
+        RequestContext {
+            endpoint,
+            now: timestamp::parse("2024-01-01T12:00:00Z").expect("time"),
+            ip: "10.0.0.1".into(),
+            query_sent_at: None,
+            topics,
+            max_message_bytes: 1 << 20,
+        }
+    }
+
+    fn run(body: serde_json::Value, endpoint: Endpoint) -> Result<Vec<Message>, CaptureError> {
+        let topics = Topics::default();
+        let payload = parse(body.to_string().as_bytes())?;
+        analytics_messages(payload, &ctx(&topics, endpoint))
+    }
+
+    fn value(message: &Message) -> CapturedEvent {
+        serde_json::from_str(&message.payload).expect("message value parses")
+    }
+
+    #[test]
+    fn events_are_routed_by_name_and_keyed_by_token_and_distinct_id() {
+        let messages = run(
+            json!({"api_key": "phc_t", "batch": [
+                {"event": "$pageview", "distinct_id": "u1"},
+                {"event": "$exception", "distinct_id": "u1"},
+                {"event": "$$client_ingestion_warning", "distinct_id": "u1"},
+            ]}),
+            Endpoint::Batch,
+        )
+        .expect("valid");
+        let topics: Vec<_> = messages.iter().map(|m| m.topic.to_string()).collect();
+        assert_eq!(
+            topics,
+            ["clickhouse_events", "exceptions", "client_warnings"]
+        );
+        assert_eq!(messages[0].key.as_deref(), Some("phc_t:u1"));
+    }
+
+    #[test]
+    fn distinct_ids_are_stringified_cleaned_and_truncated() {
+        let long = "x".repeat(300);
+        let cases = [
+            (json!({"distinct_id": 42}), "42".to_owned()),
+            (json!({"distinct_id": true}), "true".to_owned()),
+            (json!({"$distinct_id": "d"}), "d".to_owned()),
+            (json!({"properties": {"distinct_id": "p"}}), "p".to_owned()),
+            (json!({"distinct_id": "a\u{0}b"}), "a\u{FFFD}b".to_owned()),
+            (json!({"distinct_id": long}), "x".repeat(200)),
+        ];
+        for (event, expected) in cases {
+            let event = event.as_object().expect("object").clone();
+            assert_eq!(distinct_id(&event).expect("valid"), expected);
+        }
+        for bad in [
+            json!({}),
+            json!({"distinct_id": null}),
+            json!({"distinct_id": "  "}),
+        ] {
+            assert!(distinct_id(bad.as_object().expect("object")).is_err());
+        }
+    }
+
+    #[test]
+    fn a_bad_event_refuses_the_whole_request_and_names_its_position() {
+        let err = run(
+            json!({"api_key": "phc_t", "batch": [
+                {"event": "ok", "distinct_id": "u"},
+                {"event": "no id"},
+            ]}),
+            Endpoint::Batch,
+        )
+        .expect_err("second event invalid");
+        assert_eq!(
+            err.to_string(),
+            "event 1: missing `distinct_id` (in the event or its properties)"
+        );
+    }
+
+    #[test]
+    fn engage_names_unnamed_events_identify_in_the_value_and_data() {
+        let messages = run(
+            json!({"$token": "phc_t", "$distinct_id": "u", "$set": {"a": 1}}),
+            Endpoint::Engage,
+        )
+        .expect("valid");
+        let captured = value(&messages[0]);
+        assert_eq!(captured.event, "$identify");
+        let data: serde_json::Value = serde_json::from_str(&captured.data).expect("data");
+        assert_eq!(data["event"], "$identify");
+        let err = run(
+            json!({"$token": "phc_t", "$distinct_id": "u"}),
+            Endpoint::Event,
+        )
+        .expect_err("no name");
+        assert!(err.to_string().contains("missing `event`"));
+    }
+
+    #[test]
+    fn client_uuid_is_kept_and_a_v7_is_made_otherwise() {
+        let id = "018a981f-4b35-7c66-825e-8b0eeae65714";
+        let messages = run(json!([{"event": "e", "distinct_id": "u", "token": "phc_t", "uuid": id}, {"event": "e", "distinct_id": "u", "token": "phc_t"}]), Endpoint::Event)
+            .expect("valid");
+        assert_eq!(value(&messages[0]).uuid.to_string(), id);
+        assert_eq!(value(&messages[1]).uuid.get_version_num(), 7);
+        let err = run(
+            json!({"event": "e", "distinct_id": "u", "token": "phc_t", "uuid": "nope"}),
+            Endpoint::Event,
+        )
+        .expect_err("bad uuid");
+        assert!(err.to_string().contains("not a valid UUID"));
+    }
+
+    #[test]
+    fn cookieless_events_are_keyed_by_ip() {
+        let messages = run(
+            json!({"event": "e", "distinct_id": "$posthog_cookieless", "token": "phc_t", "properties": {"$cookieless_mode": true}}),
+            Endpoint::Event,
+        )
+        .expect("valid");
+        assert_eq!(messages[0].key.as_deref(), Some("phc_t:10.0.0.1"));
+        assert!(value(&messages[0]).is_cookieless_mode);
+    }
+
+    #[test]
+    fn historical_batches_go_to_the_historical_topic() {
+        let messages = run(
+            json!({"api_key": "phc_t", "historical_migration": true, "batch": [{"event": "e", "distinct_id": "u"}]}),
+            Endpoint::Batch,
+        )
+        .expect("valid");
+        assert_eq!(&*messages[0].topic, "historical_events");
+    }
+
+    #[test]
+    fn oversized_events_are_refused_as_too_large() {
+        let topics = Topics::default();
+        let big = "x".repeat(2000);
+        let payload = parse(
+            json!({"event": "e", "distinct_id": "u", "token": "phc_t", "properties": {"big": big}})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("parse");
+        let small = RequestContext {
+            max_message_bytes: 1000,
+            ..ctx(&topics, Endpoint::Event)
+        };
+        let err = analytics_messages(payload, &small).expect_err("too large");
+        assert_eq!(err.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -1,0 +1,457 @@
+//! HTTP surface: the capture endpoints, health, metrics, and the one request
+//! pipeline every capture endpoint shares.
+//!
+//! [`app`] builds the whole router from an [`AppState`], so tests drive it
+//! with `tower::ServiceExt::oneshot` and no socket. The pipeline is
+//! read body -> decode -> parse -> validate and enrich -> sink, and the
+//! response is sent only after the sink acknowledged every message.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, get, on};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::clock::Clock;
+use crate::config::LimitsConfig;
+use crate::decode::{DecodeLimits, Encoded, decode};
+use crate::error::CaptureError;
+use crate::metrics as m;
+use crate::parse::parse;
+use crate::process::{Endpoint, RequestContext, analytics_messages};
+use crate::recordings::recording_message;
+use crate::route::Topics;
+use crate::sink::{Health, Sink};
+use crate::timestamp;
+use crate::token::Masked;
+
+/// The capture endpoints; each is served with and without a trailing slash.
+pub const CAPTURE_ROUTES: [(&str, Endpoint); 7] = [
+    ("/e", Endpoint::Event),
+    ("/capture", Endpoint::Event),
+    ("/track", Endpoint::Event),
+    ("/i/v0/e", Endpoint::Event),
+    ("/engage", Endpoint::Engage),
+    ("/batch", Endpoint::Batch),
+    ("/s", Endpoint::Recordings),
+];
+
+/// Request limits, resolved from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Body cap for single-event endpoints.
+    pub event_body_bytes: usize,
+    /// Body cap for `/batch`.
+    pub batch_body_bytes: usize,
+    /// Body cap for `/s`.
+    pub recording_body_bytes: usize,
+    /// Caps applied while decoding.
+    pub decode: DecodeLimits,
+    /// Largest message value.
+    pub max_message_bytes: usize,
+    /// Longest time a client may take to send its body.
+    pub body_read_timeout: Duration,
+}
+
+impl Limits {
+    /// Limits from the static configuration.
+    pub fn from_config(config: &LimitsConfig, body_read_timeout: Duration) -> Self {
+        Limits {
+            event_body_bytes: config.max_event_body_bytes,
+            batch_body_bytes: config.max_batch_body_bytes,
+            recording_body_bytes: config.max_recording_body_bytes,
+            decode: DecodeLimits {
+                max_decompressed_bytes: config.max_decompressed_bytes,
+                max_json_depth: config.max_json_depth.get() as usize,
+            },
+            max_message_bytes: config.max_message_bytes,
+            body_read_timeout,
+        }
+    }
+
+    fn body_limit(&self, endpoint: Endpoint) -> usize {
+        match endpoint {
+            Endpoint::Event | Endpoint::Engage => self.event_body_bytes,
+            Endpoint::Batch => self.batch_body_bytes,
+            Endpoint::Recordings => self.recording_body_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            event_body_bytes: 2_000_000,
+            batch_body_bytes: 20_000_000,
+            recording_body_bytes: 25_000_000,
+            decode: DecodeLimits {
+                max_decompressed_bytes: 64_000_000,
+                max_json_depth: 64,
+            },
+            max_message_bytes: 1_000_000,
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything a request handler needs, shared by all requests.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    sink: Arc<dyn Sink>,
+    clock: Arc<dyn Clock>,
+    topics: Topics,
+    limits: Limits,
+    shutting_down: AtomicBool,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// State for a router producing to `sink`.
+    pub fn new(sink: Arc<dyn Sink>, clock: Arc<dyn Clock>, topics: Topics, limits: Limits) -> Self {
+        AppState(Arc::new(Inner {
+            sink,
+            clock,
+            topics,
+            limits,
+            shutting_down: AtomicBool::new(false),
+            metrics: None,
+        }))
+    }
+
+    /// Serves `/metrics` from `handle`. Call before cloning the state.
+    pub fn with_metrics(self, handle: PrometheusHandle) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut inner) => {
+                inner.metrics = Some(handle);
+                AppState(Arc::new(inner))
+            }
+            Err(shared) => AppState(shared),
+        }
+    }
+
+    /// Marks the server as shutting down: readiness fails from now on.
+    pub fn begin_shutdown(&self) {
+        self.0.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// The sink requests go to.
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.0.sink
+    }
+}
+
+/// Builds the router.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/", get(|| async { "capture" }))
+        .route("/_liveness", get(|| async { "ok" }))
+        .route("/_readiness", get(readiness))
+        .route("/metrics", get(metrics_endpoint));
+    for (path, endpoint) in CAPTURE_ROUTES {
+        let handler = on(
+            MethodFilter::GET.or(MethodFilter::POST),
+            move |State(state): State<AppState>, req: Request| capture(state, endpoint, req),
+        )
+        .options(|| async { StatusCode::OK });
+        router = router
+            .route(path, handler.clone())
+            .route(&format!("{path}/"), handler);
+    }
+    let body_read_timeout = state.0.limits.body_read_timeout;
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_headers(AllowHeaders::mirror_request())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_credentials(true)
+        .max_age(Duration::from_secs(3600));
+    router
+        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The success body.
+#[derive(Debug, Serialize)]
+struct CaptureResponse {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_limited: Option<Vec<String>>,
+}
+
+async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let result = handle(&state, endpoint, req).await;
+    let status = result
+        .as_ref()
+        .map_or_else(CaptureError::status, |_| StatusCode::OK);
+    metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.label(), "status" => status.as_str().to_owned())
+        .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_SECONDS, "endpoint" => endpoint.label())
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => axum::Json(CaptureResponse {
+            status: "Ok",
+            quota_limited: None,
+        })
+        .into_response(),
+        Err(err) => {
+            if !status.is_server_error() {
+                tracing::debug!(error = %err, code = err.code(), "request refused");
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn handle(state: &AppState, endpoint: Endpoint, req: Request) -> Result<(), CaptureError> {
+    let inner = &state.0;
+    let now = inner.clock.now();
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, inner.limits.body_limit(endpoint)).await?;
+    metrics::histogram!(m::BODY_BYTES, "endpoint" => endpoint.label()).record(body.len() as f64);
+
+    let query = CaptureQuery::parse(parts.uri.query());
+    let header_text =
+        |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let form = header_text(header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
+    let encoded = Encoded {
+        body: &body,
+        query_data: query.data.as_deref(),
+        compression_hint: query
+            .compression
+            .as_deref()
+            .or_else(|| header_text(header::CONTENT_ENCODING)),
+        form,
+    };
+    let decoded = decode(encoded, inner.limits.decode)?;
+    let payload = parse(&decoded)?;
+    drop(decoded);
+
+    let events = payload.events.len();
+    metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => endpoint.label()).increment(events as u64);
+    let ctx = RequestContext {
+        endpoint,
+        now,
+        ip: client_ip(
+            &parts.headers,
+            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+        ),
+        query_sent_at: query.sent_at,
+        topics: &inner.topics,
+        max_message_bytes: inner.limits.max_message_bytes,
+    };
+    let produced = async {
+        let messages = match endpoint {
+            Endpoint::Recordings => vec![recording_message(payload, &ctx)?],
+            _ => analytics_messages(payload, &ctx)?,
+        };
+        let token = messages
+            .first()
+            .and_then(|m| m.headers.first())
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        let kinds: Vec<_> = messages.iter().map(|m| m.kind).collect();
+        inner.sink.send(messages).await.map_err(|err| {
+            metrics::counter!(m::SINK_ERRORS, "sink" => inner.sink.name(), "error" => err.label())
+                .increment(1);
+            CaptureError::from(err)
+        })?;
+        for kind in kinds {
+            metrics::counter!(m::EVENTS_PRODUCED, "data_type" => kind.label()).increment(1);
+        }
+        tracing::debug!(token = %Masked(&token), events, "request accepted");
+        Ok(())
+    };
+    produced.await.inspect_err(|err: &CaptureError| {
+        metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(events as u64);
+    })
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, CaptureError> {
+    let too_large = || {
+        CaptureError::TooLarge(format!(
+            "request body exceeds the {limit}-byte limit of this endpoint"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
+        Err(err) if err.is::<tower_http::timeout::TimeoutError>() => Err(CaptureError::BodyTimeout),
+        Err(err) => Err(CaptureError::BodyRead(err.to_string())),
+    }
+}
+
+/// The query parameters SDKs send.
+#[derive(Debug, Default)]
+struct CaptureQuery {
+    data: Option<String>,
+    compression: Option<String>,
+    sent_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl CaptureQuery {
+    fn parse(query: Option<&str>) -> Self {
+        let mut out = CaptureQuery::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match key.as_ref() {
+                "data" => out.data = Some(value.into_owned()),
+                "compression" => out.compression = Some(value.into_owned()),
+                "_" => {
+                    out.sent_at = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|ms| ms.is_finite())
+                        .and_then(|ms| timestamp::from_millis(ms as i64));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// The client's address: `X-Forwarded-For` (first hop), `Forwarded: for=`,
+/// `X-Real-Ip`, then the socket. Capture sits behind a load balancer in every
+/// real deployment, so the proxy headers are trusted.
+fn client_ip(headers: &HeaderMap, socket: Option<&ConnectInfo<SocketAddr>>) -> String {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let from_xff = text("x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .and_then(parse_ip);
+    let from_forwarded = || {
+        text("forwarded").and_then(|v| {
+            v.split([';', ','])
+                .filter_map(|part| {
+                    let (key, value) = part.trim().split_once('=')?;
+                    key.eq_ignore_ascii_case("for").then_some(value)
+                })
+                .find_map(parse_ip)
+        })
+    };
+    let from_real_ip = || text("x-real-ip").and_then(parse_ip);
+    from_xff
+        .or_else(from_forwarded)
+        .or_else(from_real_ip)
+        .or_else(|| socket.map(|ConnectInfo(addr)| addr.ip()))
+        .map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string())
+}
+
+/// Parses an address as proxies write it: bare, quoted, bracketed, with a port.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_matches('"');
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    text.rsplit_once(':')
+        .and_then(|(host, _port)| host.parse().ok())
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    let health = if state.0.shutting_down.load(Ordering::SeqCst) {
+        Health::NotReady("shutting down".into())
+    } else {
+        state.0.sink.health()
+    };
+    match health {
+        Health::Ready => {
+            metrics::gauge!(m::READY).set(1.0);
+            (StatusCode::OK, "ready").into_response()
+        }
+        Health::NotReady(reason) => {
+            metrics::gauge!(m::READY).set(0.0);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}"),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    match &state.0.metrics {
+        Some(handle) => {
+            m::collect_process();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn client_ip_prefers_proxy_headers_in_order() {
+        let socket = ConnectInfo(SocketAddr::from(([10, 9, 8, 7], 5555)));
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_ip(&headers, Some(&socket)), "10.9.8.7");
+        headers.insert("x-real-ip", HeaderValue::from_static("1.1.1.1"));
+        assert_eq!(client_ip(&headers, Some(&socket)), "1.1.1.1");
+        headers.insert(
+            "forwarded",
+            HeaderValue::from_static("proto=https;for=\"[2001:db8::1]:4711\""),
+        );
+        assert_eq!(client_ip(&headers, Some(&socket)), "2001:db8::1");
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.5, 10.0.0.1"),
+        );
+        assert_eq!(client_ip(&headers, Some(&socket)), "203.0.113.5");
+        headers.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
+        assert_eq!(client_ip(&headers, Some(&socket)), "2001:db8::1");
+    }
+
+    #[test]
+    fn query_parameters_are_read() {
+        let q = CaptureQuery::parse(Some("compression=gzip-js&ip=1&_=1694769305355&ver=1.78.5"));
+        assert_eq!(q.compression.as_deref(), Some("gzip-js"));
+        assert_eq!(
+            q.sent_at.map(timestamp::format).as_deref(),
+            Some("2023-09-15T09:15:05.355000+00:00")
+        );
+        assert!(CaptureQuery::parse(Some("_=NaN")).sent_at.is_none());
+    }
+}

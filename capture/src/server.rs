@@ -1,0 +1,209 @@
+//! Process lifecycle: building the sink from configuration, accepting
+//! connections, and shutting down without losing acknowledged work.
+//!
+//! [`serve`] owns the accept loop (hyper, with a header read timeout that
+//! `axum::serve` does not expose) and drains in-flight requests when its
+//! shutdown future resolves. [`run`] wires configuration, sink, router and
+//! shutdown together for the binary.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::clock::SystemClock;
+use crate::config::{Config, SinkKind};
+use crate::router::{AppState, Limits, app};
+use crate::sink::kafka::{KafkaSink, ensure_topics};
+use crate::sink::{JsonLinesSink, NoopSink, Sink, SinkError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The sink could not be created.
+    #[error("cannot start the {sink} sink: {source}")]
+    Sink {
+        /// Which sink.
+        sink: &'static str,
+        /// Why.
+        #[source]
+        source: SinkError,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Connection-level settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeSettings {
+    /// Longest time to receive request headers.
+    pub header_read_timeout: Duration,
+    /// Longest time to drain in-flight requests after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// Builds the sink the configuration asks for.
+pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, StartError> {
+    let kind = config.sink_kind();
+    let sink: Arc<dyn Sink> = match kind {
+        SinkKind::Kafka => {
+            let err = |source| StartError::Sink {
+                sink: "kafka",
+                source,
+            };
+            if config.kafka.ensure_topics {
+                let topics = config.topics();
+                let names: Vec<&str> = topics.all().iter().map(|t| &***t).collect();
+                ensure_topics(&config.kafka, &names).await.map_err(err)?;
+            }
+            Arc::new(
+                KafkaSink::start(&config.kafka, config.limits.max_message_bytes)
+                    .await
+                    .map_err(err)?,
+            )
+        }
+        SinkKind::Stdout => Arc::new(JsonLinesSink::stdout()),
+        SinkKind::File => {
+            let path = config.sink.sink_file.clone().unwrap_or_default();
+            Arc::new(JsonLinesSink::file(&path).map_err(|e| StartError::Sink {
+                sink: "file",
+                source: SinkError::Io(e),
+            })?)
+        }
+        SinkKind::Noop => Arc::new(NoopSink),
+    };
+    Ok(sink)
+}
+
+/// Runs the server until `shutdown` resolves, then drains requests and
+/// flushes the sink.
+pub async fn run(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let address = config.http.address;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })?;
+    let sink = build_sink(config).await?;
+    let limits = Limits::from_config(&config.limits, config.http.body_read_timeout);
+    let state = AppState::new(
+        Arc::clone(&sink),
+        Arc::new(SystemClock),
+        config.topics(),
+        limits,
+    )
+    .with_metrics(crate::metrics::install());
+    tracing::info!(
+        address = %listener.local_addr().unwrap_or(address),
+        sink = sink.name(),
+        "capture listening"
+    );
+    let settings = ServeSettings {
+        header_read_timeout: config.http.header_read_timeout,
+        drain_timeout: config.http.shutdown_timeout,
+    };
+    let draining = state.clone();
+    serve(listener, app(state), settings, async move {
+        shutdown.await;
+        draining.begin_shutdown();
+        tracing::info!("shutdown requested; draining in-flight requests");
+    })
+    .await;
+    match sink.flush(config.http.shutdown_timeout).await {
+        Ok(()) => tracing::info!("sink flushed; exiting"),
+        Err(err) => tracing::error!(error = %err, "sink flush incomplete at shutdown"),
+    }
+    Ok(())
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, then waits
+/// (up to the drain timeout) for open connections to finish their requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    settings: ServeSettings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req
+        });
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(settings.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

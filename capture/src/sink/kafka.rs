@@ -1,0 +1,285 @@
+//! The Kafka sink, on librdkafka through `rdkafka`.
+//!
+//! Every message of a request is enqueued without blocking, then the request
+//! waits for all delivery reports; a full local queue answers at once with
+//! [`SinkError::QueueFull`] so clients back off instead of piling up. A
+//! background task checks broker metadata so readiness follows the cluster.
+//! Topic management beyond `--ensure-topics` belongs to the operator.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::try_join_all;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+
+use super::{Health, Message, Sink, SinkError};
+use crate::config::{Acks, KafkaCompression, KafkaConfig};
+use crate::metrics as m;
+
+/// Room librdkafka needs beyond the value for key, headers and framing.
+const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Builds the librdkafka configuration from typed settings.
+pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    let acks = match config.acks {
+        Acks::All => "all",
+        Acks::Leader => "1",
+        Acks::None => "0",
+    };
+    let compression = match config.compression {
+        KafkaCompression::None => "none",
+        KafkaCompression::Gzip => "gzip",
+        KafkaCompression::Snappy => "snappy",
+        KafkaCompression::Lz4 => "lz4",
+        KafkaCompression::Zstd => "zstd",
+    };
+    client
+        .set("bootstrap.servers", config.brokers.join(","))
+        .set("client.id", &config.client_id)
+        .set("acks", acks)
+        .set("enable.idempotence", config.idempotence.to_string())
+        .set("compression.type", compression)
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .set(
+            "queue.buffering.max.messages",
+            config.queue_messages.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            config.queue_kbytes.to_string(),
+        )
+        .set(
+            "message.timeout.ms",
+            config.message_timeout.as_millis().to_string(),
+        )
+        .set(
+            "message.max.bytes",
+            (max_message_bytes + MESSAGE_OVERHEAD_BYTES).to_string(),
+        )
+        .set("statistics.interval.ms", "10000")
+        .set("partitioner", "murmur2_random");
+    client
+}
+
+/// Client context that turns librdkafka statistics and errors into metrics
+/// and logs.
+#[derive(Debug, Default)]
+pub struct StatsContext;
+
+impl ClientContext for StatsContext {
+    fn stats(&self, stats: Statistics) {
+        metrics::gauge!(m::KAFKA_QUEUE_MESSAGES).set(stats.msg_cnt as f64);
+        metrics::gauge!(m::KAFKA_QUEUE_BYTES).set(stats.msg_size as f64);
+        let up = stats.brokers.values().filter(|b| b.state == "UP").count();
+        metrics::gauge!(m::KAFKA_BROKERS_UP).set(up as f64);
+        metrics::counter!(m::KAFKA_TX_MESSAGES).absolute(u64::try_from(stats.txmsgs).unwrap_or(0));
+        metrics::counter!(m::KAFKA_TX_BYTES)
+            .absolute(u64::try_from(stats.txmsg_bytes).unwrap_or(0));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(m::KAFKA_CLIENT_ERRORS).increment(1);
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+/// Produces to Kafka and reports broker reachability.
+pub struct KafkaSink {
+    producer: FutureProducer<StatsContext>,
+    reachable: Arc<AtomicBool>,
+    max_message_bytes: usize,
+    ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("reachable", &self.reachable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Creates the producer, checks broker metadata once, and starts the
+    /// background health check. A cluster that is down at start is not an
+    /// error: the pod stays unready until it answers.
+    pub async fn start(config: &KafkaConfig, max_message_bytes: usize) -> Result<Self, SinkError> {
+        let client = client_config(config, max_message_bytes);
+        let producer: FutureProducer<StatsContext> = client
+            .create_with_context(StatsContext)
+            .map_err(SinkError::Kafka)?;
+        let reachable = Arc::new(AtomicBool::new(false));
+        let sink = KafkaSink {
+            producer,
+            reachable,
+            max_message_bytes: max_message_bytes + MESSAGE_OVERHEAD_BYTES,
+            ack_timeout: config.message_timeout + Duration::from_secs(5),
+        };
+        match sink.check_metadata(config.metadata_timeout).await {
+            Ok(brokers) => tracing::info!(brokers, "kafka cluster reachable"),
+            Err(err) => {
+                tracing::error!(error = %err, "kafka cluster not reachable at start; staying unready")
+            }
+        }
+        sink.spawn_health_check(config.metadata_timeout, config.health_interval);
+        Ok(sink)
+    }
+
+    async fn check_metadata(&self, timeout: Duration) -> Result<usize, SinkError> {
+        let producer = self.producer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|md| md.brokers().len())
+        })
+        .await
+        .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
+        .map_err(SinkError::Kafka);
+        self.reachable.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
+
+    fn spawn_health_check(&self, timeout: Duration, interval: Duration) {
+        let producer = self.producer.clone();
+        let reachable = Arc::clone(&self.reachable);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let producer = producer.clone();
+                let ok = tokio::task::spawn_blocking(move || {
+                    producer.client().fetch_metadata(None, timeout).is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                if reachable.swap(ok, Ordering::Relaxed) != ok {
+                    if ok {
+                        tracing::info!("kafka cluster reachable again");
+                    } else {
+                        tracing::error!("kafka cluster unreachable");
+                    }
+                }
+            }
+        });
+    }
+
+    fn map_error(&self, err: KafkaError, size: usize) -> SinkError {
+        match err {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => SinkError::QueueFull,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                SinkError::MessageTooLarge {
+                    size,
+                    max: self.max_message_bytes,
+                }
+            }
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => SinkError::Timeout,
+            other => SinkError::Kafka(other),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError> {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+            for (key, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::to(&message.topic)
+                .payload(message.payload.as_bytes())
+                .headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_bytes());
+            }
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(err, _)| self.map_error(err, message.payload.len()))?;
+            let size = message.payload.len();
+            deliveries.push(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((err, _))) => Err(self.map_error(err, size)),
+                    Err(_canceled) => Err(SinkError::Timeout),
+                }
+            });
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.ack_timeout, try_join_all(deliveries)).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(SinkError::Timeout),
+        };
+        metrics::histogram!(m::SINK_ACK_SECONDS, "sink" => "kafka")
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn health(&self) -> Health {
+        if self.reachable.load(Ordering::Relaxed) {
+            Health::Ready
+        } else {
+            Health::NotReady("kafka brokers unreachable".into())
+        }
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
+            .map_err(SinkError::Kafka)
+    }
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they
+/// are. For standalone use: in Kubernetes the operator owns topics.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), SinkError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config, 1 << 20)
+        .create()
+        .map_err(SinkError::Kafka)?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                config.ensure_topics_partitions.get(),
+                TopicReplication::Fixed(config.ensure_topics_replication.get()),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(config.metadata_timeout));
+    for result in admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(SinkError::Kafka)?
+    {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(SinkError::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
+                    tracing::error!(topic = %name, error = %code, "could not create topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}

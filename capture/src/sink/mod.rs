@@ -1,0 +1,106 @@
+//! Where accepted events go. Sinks are capture's storage plugins: Kafka for
+//! production, JSON lines on stdout or in a file for trying capture out and
+//! for local pipelines, `noop` for load tests of the HTTP path, and an
+//! in-memory sink for tests.
+//!
+//! A sink's `send` returns only when every message of the call is
+//! acknowledged (or one failed): handlers answer 200 only after that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::route::DataType;
+
+mod jsonl;
+pub mod kafka;
+mod memory;
+mod noop;
+
+pub use jsonl::JsonLinesSink;
+pub use memory::MemorySink;
+pub use noop::NoopSink;
+
+/// One message to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// What kind of data it is (for metrics).
+    pub kind: DataType,
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Partition key; `None` lets the producer spread messages.
+    pub key: Option<String>,
+    /// Kafka headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The JSON value.
+    pub payload: String,
+}
+
+/// Why a sink did not acknowledge messages.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The producer's local queue is full: back off.
+    #[error("producer queue is full")]
+    QueueFull,
+    /// No acknowledgement arrived in time.
+    #[error("timed out waiting for acknowledgement")]
+    Timeout,
+    /// A message exceeds what the broker accepts.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// Size of the message in bytes.
+        size: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The broker or client reported an error.
+    #[error("kafka error: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    /// Writing to a file or stdout failed.
+    #[error("write failed: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl SinkError {
+    /// Bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SinkError::QueueFull => "queue_full",
+            SinkError::Timeout => "timeout",
+            SinkError::MessageTooLarge { .. } => "too_large",
+            SinkError::Kafka(_) => "kafka",
+            SinkError::Io(_) => "io",
+        }
+    }
+}
+
+/// Whether the sink can take traffic, and if not why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Ready for traffic.
+    Ready,
+    /// Not ready, with a reason for the readiness endpoint.
+    NotReady(String),
+}
+
+/// A destination for captured events.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Short name for logs and metric labels.
+    fn name(&self) -> &'static str;
+
+    /// Produces every message and returns once all are acknowledged.
+    async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError>;
+
+    /// Whether the sink is reachable.
+    fn health(&self) -> Health {
+        Health::Ready
+    }
+
+    /// Delivers anything still buffered, waiting at most `timeout`.
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        let _ = timeout;
+        Ok(())
+    }
+}
