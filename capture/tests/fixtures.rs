@@ -22,7 +22,8 @@ use tower::ServiceExt as _;
 
 fn fixture_path() -> PathBuf {
     // `shared/` sits beside the clone, both here and in CI.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/posthog/requests_dump.jsonl")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/posthog/requests_dump.jsonl")
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,11 +95,20 @@ fn normalise(message: &Map<String, Value>) -> Map<String, Value> {
 #[tokio::test]
 async fn every_recorded_request_produces_what_posthog_capture_produced() {
     let requests = recorded_requests();
-    assert!(requests.len() >= 16, "fixture has {} requests", requests.len());
+    assert!(
+        requests.len() >= 16,
+        "fixture has {} requests",
+        requests.len()
+    );
     let sink = Arc::new(MemorySink::default());
     let clock = Arc::new(FixedClock::new(Utc::now()));
     let topics = Topics::default();
-    let state = AppState::new(sink.clone(), clock.clone(), topics.clone(), Limits::default());
+    let state = AppState::new(
+        sink.clone(),
+        clock.clone(),
+        topics.clone(),
+        Limits::default(),
+    );
     let router = app(state);
 
     let mut compared = 0;
@@ -114,15 +124,24 @@ async fn every_recorded_request_produces_what_posthog_capture_produced() {
         if !recorded.content_encoding.is_empty() {
             request = request.header("Content-Encoding", recorded.content_encoding.as_str());
         }
-        let body = STANDARD.decode(&recorded.body).expect("fixture body is base64");
+        let body = STANDARD
+            .decode(&recorded.body)
+            .expect("fixture body is base64");
         let response = router
             .clone()
             .oneshot(request.body(Body::from(body)).expect("request"))
             .await
             .expect("router answers");
         let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
-        assert_eq!(status, 200, "line {line}: {}", String::from_utf8_lossy(&body));
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(
+            status,
+            200,
+            "line {line}: {}",
+            String::from_utf8_lossy(&body)
+        );
         assert_eq!(&body[..], br#"{"status":"Ok"}"#, "line {line}");
 
         let produced = sink.take();
@@ -148,24 +167,34 @@ fn check_message(
     topics: &Topics,
 ) {
     let at = format!("line {line}, message {index}");
-    let value: Map<String, Value> = serde_json::from_str(&message.payload).expect("payload is JSON");
+    let value: Map<String, Value> =
+        serde_json::from_str(&message.payload).expect("payload is JSON");
     let expected = normalise(expected);
     let actual = normalise(&value);
     for (field, want) in &expected {
         assert_eq!(actual.get(field), Some(want), "{at}: field {field}");
     }
     // Our value carries only the contract's extra fields beyond the original.
-    let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let extra: Vec<&String> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
     let allowed_extra: Vec<&str> = if expected.contains_key("sent_at") {
         vec!["event", "timestamp"]
     } else {
         vec!["event", "timestamp", "sent_at"]
     };
     for field in extra {
-        assert!(allowed_extra.contains(&field.as_str()), "{at}: unexpected field {field}");
+        assert!(
+            allowed_extra.contains(&field.as_str()),
+            "{at}: unexpected field {field}"
+        );
     }
     if !expected.contains_key("sent_at") {
-        assert!(!actual.contains_key("sent_at"), "{at}: sent_at should be absent");
+        assert!(
+            !actual.contains_key("sent_at"),
+            "{at}: sent_at should be absent"
+        );
     }
 
     let data = &actual["data"];
@@ -180,7 +209,11 @@ fn check_message(
     assert_eq!(&message.topic, topic, "{at}: topic");
     let token = expected["token"].as_str().expect("token");
     let distinct_id = expected["distinct_id"].as_str().expect("distinct_id");
-    assert_eq!(message.key.as_deref(), Some(format!("{token}:{distinct_id}").as_str()), "{at}: key");
+    assert_eq!(
+        message.key.as_deref(),
+        Some(format!("{token}:{distinct_id}").as_str()),
+        "{at}: key"
+    );
     let header = |name: &str| {
         message
             .headers

@@ -163,7 +163,11 @@ pub async fn create_topics(names: &[&str], partitions: i32) {
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &options).await.expect("create topics") {
+    for result in admin
+        .create_topics(&new, &options)
+        .await
+        .expect("create topics")
+    {
         if let Err((topic, code)) = result {
             panic!("creating topic {topic} failed: {code}");
         }
@@ -234,7 +238,9 @@ pub fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
         records.push(Record {
             partition: message.partition(),
             offset: message.offset(),
-            key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
             headers,
             value: serde_json::from_slice(message.payload().unwrap_or_default())
                 .expect("message value is JSON"),
@@ -254,7 +260,11 @@ pub fn read_exactly(topic: &str, count: usize) -> Vec<Record> {
     );
     // Anything beyond `count` would be a duplicate or a stray event.
     let extra = read_topic(topic, count + 1, Duration::from_millis(500));
-    assert_eq!(extra.len(), count, "more than {count} messages on {topic}: {extra:#?}");
+    assert_eq!(
+        extra.len(),
+        count,
+        "more than {count} messages on {topic}: {extra:#?}"
+    );
     records
 }
 
@@ -333,7 +343,10 @@ impl Capture {
             if let Some(status) = self.child.try_wait().expect("wait for capture") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "capture did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "capture did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
