@@ -201,6 +201,9 @@ pub struct KafkaConfig {
     /// How often broker reachability is checked for readiness.
     #[arg(long = "kafka-health-interval", env = "CAPTURE_KAFKA_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
+    /// How often librdkafka reports the statistics behind the `capture_kafka_*` metrics.
+    #[arg(long = "kafka-statistics-interval", env = "CAPTURE_KAFKA_STATISTICS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub statistics_interval: Duration,
     /// Client id reported to the brokers.
     #[arg(
         long = "kafka-client-id",

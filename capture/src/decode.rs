@@ -389,8 +389,14 @@ mod tests {
 
     #[test]
     fn json_sent_with_a_form_content_type_is_read_as_json() {
-        let input = Encoded { form: true, ..body(br#"{"event":"a"}"#) };
-        assert_eq!(&*decode(input, LIMITS).expect("decodes"), br#"{"event":"a"}"#);
+        let input = Encoded {
+            form: true,
+            ..body(br#"{"event":"a"}"#)
+        };
+        assert_eq!(
+            &*decode(input, LIMITS).expect("decodes"),
+            br#"{"event":"a"}"#
+        );
     }
 
     #[test]

@@ -381,31 +381,34 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
         .and_then(|(host, _port)| host.parse().ok())
 }
 
-async fn readiness(State(state): State<AppState>) -> Response {
+/// Whether the server should get traffic; also kept in the `capture_ready`
+/// gauge so a scrape shows it without probing.
+fn health(state: &AppState) -> Health {
     let health = if state.0.shutting_down.load(Ordering::SeqCst) {
         Health::NotReady("shutting down".into())
     } else {
         state.0.sink.health()
     };
-    match health {
-        Health::Ready => {
-            metrics::gauge!(m::READY).set(1.0);
-            (StatusCode::OK, "ready").into_response()
-        }
-        Health::NotReady(reason) => {
-            metrics::gauge!(m::READY).set(0.0);
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {reason}"),
-            )
-                .into_response()
-        }
+    let ready = matches!(health, Health::Ready);
+    metrics::gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
+    health
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    match health(&state) {
+        Health::Ready => (StatusCode::OK, "ready").into_response(),
+        Health::NotReady(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics_endpoint(State(state): State<AppState>) -> Response {
     match &state.0.metrics {
         Some(handle) => {
+            health(&state);
             m::collect_process();
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

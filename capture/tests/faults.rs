@@ -78,12 +78,34 @@ async fn broker_loss_turns_into_503_and_not_ready_and_recovers() {
     assert_eq!(readiness(&capture).await, 200);
 
     cluster.broker_down(1).expect("broker down");
-    let (status, retry_after, text) = send(capture.url("/e"), event("during")).await;
+    let uuid = "01890d5a-6c84-7f5a-9a8c-000000000503";
+    let lost = json!({"event": "e", "distinct_id": "during", "token": TOKEN, "uuid": uuid});
+    let (status, retry_after, text) = send(capture.url("/e"), lost.to_string()).await;
     assert_eq!(status, 503, "{text}");
     assert!(retry_after.is_some(), "503 carries Retry-After");
     let error: serde_json::Value = serde_json::from_str(&text).expect("JSON error");
     assert_eq!(error["type"], "server_error", "{text}");
     wait_for_readiness(&capture, 503).await;
+    // The failure is logged as JSON with the event's uuid and the request id,
+    // and the token only masked.
+    let logs = capture.logs();
+    let line = logs
+        .iter()
+        .find(|line| line.contains("event not acknowledged"))
+        .unwrap_or_else(|| panic!("no delivery failure logged: {logs:#?}"));
+    let entry: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(entry["uuid"], uuid, "{line}");
+    assert_eq!(entry["level"], "WARN", "{line}");
+    assert!(
+        entry["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{line}"
+    );
+    assert!(
+        !logs.join("\n").contains(TOKEN),
+        "token in clear in the logs"
+    );
 
     cluster.broker_up(1).expect("broker up");
     wait_for_readiness(&capture, 200).await;

@@ -167,6 +167,9 @@ async fn every_endpoint_with_and_without_trailing_slash_produces() {
     assert_eq!(engage["$set"]["plan"], "pro");
 }
 
+/// Distinct id (also the case's name), path, headers, body.
+type EncodingCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, Vec<u8>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_encoding_decodes_to_the_same_event() {
     let topics = Topics::create(1).await;
@@ -174,7 +177,7 @@ async fn every_encoding_decodes_to_the_same_event() {
     let text = |id: &str| event_for(id).to_string();
     let plain = [("Content-Type", "text/plain")];
     let form_type = [("Content-Type", "application/x-www-form-urlencoded")];
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    let cases: Vec<EncodingCase<'_>> = vec![
         (
             "plain",
             "/e".into(),
@@ -413,5 +416,60 @@ async fn bad_requests_are_refused_with_the_reason_and_produce_nothing() {
     assert!(
         !logs.contains("phx_secret"),
         "personal key in logs:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_cover_requests_events_sink_kafka_and_the_process() {
+    let topics = Topics::create(1).await;
+    let capture = capture_for(&topics, &["--kafka-statistics-interval", "200ms"]);
+    let json_type = [("Content-Type", "application/json")];
+    let batch = json!({"api_key": TOKEN, "batch": [
+        {"event": "a", "distinct_id": "secret-person"}, {"event": "$exception", "distinct_id": "d"}]});
+    let (status, text) = post(&capture, "/batch", &json_type, batch.to_string()).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, _) = post(
+        &capture,
+        "/e",
+        &json_type,
+        r#"{"event":"e","distinct_id":"d"}"#,
+    )
+    .await;
+    assert_eq!(status, 401);
+    read_exactly(&topics.events, 1);
+    // Let one statistics report arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
+    let text = client()
+        .get(capture.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    for expected in [
+        r#"capture_http_requests_total{endpoint="batch",status="200"} 1"#,
+        r#"capture_http_requests_total{endpoint="event",status="401"} 1"#,
+        r#"capture_events_received_total{endpoint="batch"} 2"#,
+        r#"capture_events_produced_total{data_type="events"} 1"#,
+        r#"capture_events_produced_total{data_type="exceptions"} 1"#,
+        r#"capture_events_dropped_total{cause="invalid_token"} 1"#,
+        r#"capture_request_body_bytes_count{endpoint="batch"} 1"#,
+        r#"capture_sink_ack_duration_seconds_count{sink="kafka"} 1"#,
+        "capture_kafka_brokers_up 1",
+        "capture_kafka_tx_messages_total",
+        "capture_kafka_queue_messages",
+        "capture_runtime_alive_tasks",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "capture_ready 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(
+        !text.contains(TOKEN) && !text.contains("secret-person"),
+        "unbounded label values:\n{text}"
     );
 }

@@ -22,6 +22,7 @@ use rdkafka::statistics::Statistics;
 
 use super::{Health, Message, Sink, SinkError};
 use crate::config::{Acks, KafkaCompression, KafkaConfig};
+use crate::event::header;
 use crate::metrics as m;
 
 /// Room librdkafka needs beyond the value for key, headers and framing.
@@ -65,7 +66,10 @@ pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientCo
             "message.max.bytes",
             (max_message_bytes + MESSAGE_OVERHEAD_BYTES).to_string(),
         )
-        .set("statistics.interval.ms", "10000")
+        .set(
+            "statistics.interval.ms",
+            config.statistics_interval.as_millis().to_string(),
+        )
         .set("partitioner", "murmur2_random");
     client
 }
@@ -213,13 +217,25 @@ impl Sink for KafkaSink {
                 .producer
                 .send_result(record)
                 .map_err(|(err, _)| self.map_error(err, message.payload.len()))?;
-            let size = message.payload.len();
             deliveries.push(async move {
-                match delivery.await {
+                let result = match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((err, _))) => Err(self.map_error(err, size)),
+                    Ok(Err((err, _))) => Err(self.map_error(err, message.payload.len())),
                     Err(_canceled) => Err(SinkError::Timeout),
+                };
+                if let Err(err) = &result {
+                    let uuid = message
+                        .headers
+                        .iter()
+                        .find(|(name, _)| *name == header::UUID);
+                    tracing::warn!(
+                        uuid = uuid.map_or("", |(_, uuid)| uuid.as_str()),
+                        topic = %message.topic,
+                        error = %err,
+                        "event not acknowledged by kafka"
+                    );
                 }
+                result
             });
         }
         let started = Instant::now();

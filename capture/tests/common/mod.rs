@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,9 @@ use rdkafka::{Offset, TopicPartitionList};
 pub struct Broker {
     /// `host:port` to bootstrap from.
     pub address: String,
-    // Closing this pipe (when the test process exits, however it exits)
-    // makes the wrapper shell stop the broker.
-    _lifeline: Mutex<ChildStdin>,
+    // The wrapper shell; its stdin pipe closing (when the test process
+    // exits, however it exits) makes it stop the broker.
+    _wrapper: Mutex<Child>,
 }
 
 static BROKER: OnceLock<Broker> = OnceLock::new();
@@ -68,7 +68,7 @@ fn start_broker() -> Broker {
         --storage-engine memory://tansu/ >"$2" 2>&1 & broker=$!
         cat >/dev/null
         kill $broker"#;
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg(tansu_bin())
@@ -77,7 +77,6 @@ fn start_broker() -> Broker {
         .stdin(Stdio::piped())
         .spawn()
         .expect("start the tansu broker (set TANSU_BIN or run .ci/run)");
-    let lifeline = child.stdin.take().expect("piped stdin");
     let address = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&address).is_err() {
@@ -89,7 +88,7 @@ fn start_broker() -> Broker {
     }
     Broker {
         address,
-        _lifeline: Mutex::new(lifeline),
+        _wrapper: Mutex::new(child),
     }
 }
 
