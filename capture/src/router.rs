@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutError};
 use tower_http::trace::TraceLayer;
 
 use crate::clock::Clock;
@@ -307,10 +307,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
-        Err(err) if err.is::<tower_http::timeout::TimeoutError>() => Err(CaptureError::BodyTimeout),
+        Err(err) if caused_by::<LengthLimitError>(&*err) => Err(too_large()),
+        Err(err) if caused_by::<TimeoutError>(&*err) => Err(CaptureError::BodyTimeout),
         Err(err) => Err(CaptureError::BodyRead(err.to_string())),
     }
+}
+
+/// Whether `err` or anything in its source chain is an `E` (axum wraps
+/// body errors, so a plain downcast misses them).
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<E>())
 }
 
 /// The query parameters SDKs send.

@@ -279,10 +279,16 @@ impl Capture {
     /// Starts capture on an ephemeral port with JSON logs and `args`, and
     /// waits until it is listening.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Capture {
+        Capture::start_with_env(args, &[])
+    }
+
+    /// Like [`Capture::start`], with extra environment variables.
+    pub fn start_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Capture {
         let mut child = Command::new(env!("CARGO_BIN_EXE_capture"))
             .args(["--address", "127.0.0.1:0", "--log-format", "json"])
             .args(args.iter().map(AsRef::as_ref))
             .env_remove("CAPTURE_CONFIG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,233 @@
+//! HTTP behaviour of the capture binary that needs no broker: health and
+//! metadata endpoints, CORS, timeouts, the file sink and start-up errors.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use serde_json::json;
+
+fn noop_capture(extra: &[&str]) -> Capture {
+    let mut args = vec!["--sink", "noop"];
+    args.extend_from_slice(extra);
+    Capture::start(&args)
+}
+
+#[tokio::test]
+async fn health_metadata_and_unknown_paths() {
+    let capture = noop_capture(&[]);
+    let get = |path: &str| reqwest::get(capture.url(path));
+    let root = get("/").await.expect("root");
+    assert_eq!(root.status(), 200);
+    assert_eq!(root.text().await.expect("text"), "capture");
+    assert_eq!(get("/_liveness").await.expect("liveness").status(), 200);
+    assert_eq!(get("/_readiness").await.expect("readiness").status(), 200);
+    assert_eq!(get("/nope").await.expect("404").status(), 404);
+    let put = reqwest::Client::new()
+        .put(capture.url("/e"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 405);
+    let response = reqwest::Client::new()
+        .post(capture.url("/e"))
+        .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
+        .send()
+        .await
+        .expect("post");
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .expect("a request id");
+    assert_eq!(request_id.len(), 36, "{request_id:?}");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_mirrors_origin_and_headers() {
+    let capture = noop_capture(&[]);
+    let response = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, capture.url("/batch/"))
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type,x-custom")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        header("access-control-allow-origin"),
+        "https://app.example.com"
+    );
+    assert_eq!(
+        header("access-control-allow-headers"),
+        "content-type,x-custom"
+    );
+    assert_eq!(header("access-control-allow-credentials"), "true");
+    assert!(header("access-control-allow-methods").contains("POST"));
+
+    let response = reqwest::Client::new()
+        .post(capture.url("/e"))
+        .header("Origin", "https://other.example.org")
+        .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"https://other.example.org"[..])
+    );
+}
+
+/// Reads from `stream` until the server answers or closes; returns what came.
+fn read_answer(mut stream: TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let capture = noop_capture(&["--header-read-timeout", "500ms"]);
+    let mut stream = TcpStream::connect(capture.address).expect("connect");
+    stream
+        .write_all(b"POST /e HTTP/1.1\r\nHost: x\r\n")
+        .expect("partial headers");
+    let started = Instant::now();
+    let answer = read_answer(stream);
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "connection held open"
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[test]
+fn slow_bodies_get_408() {
+    let capture = noop_capture(&["--body-read-timeout", "500ms"]);
+    let mut stream = TcpStream::connect(capture.address).expect("connect");
+    stream
+        .write_all(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"event\":")
+        .expect("partial body");
+    let answer = read_answer(stream);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[tokio::test]
+async fn the_file_sink_appends_one_json_line_per_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.jsonl");
+    let path_arg = path.to_str().expect("utf-8 path");
+    let capture = Capture::start(&[
+        "--sink",
+        "file",
+        "--sink-file",
+        path_arg,
+        "--events-topic",
+        "ev",
+    ]);
+    let batch = json!({"api_key": "phc_file", "batch": [
+        {"event": "a", "distinct_id": "d1"}, {"event": "b", "distinct_id": "d2"}]});
+    let response = reqwest::Client::new()
+        .post(capture.url("/batch"))
+        .body(batch.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 200);
+    let text = std::fs::read_to_string(&path).expect("sink file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["topic"], "ev");
+    assert_eq!(lines[0]["key"], "phc_file:d1");
+    assert_eq!(lines[1]["headers"]["event"], "b");
+    assert_eq!(lines[1]["value"]["distinct_id"], "d2");
+}
+
+#[test]
+fn bad_settings_stop_the_start_and_name_the_setting() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_capture"))
+            .args(args)
+            .env_remove("CAPTURE_KAFKA_BROKERS")
+            .output()
+            .expect("run capture");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["--sink", "kafka"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--kafka-brokers"), "{stderr}");
+    let (code, stderr) = run(&["--kafka-linger", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--kafka-linger"), "{stderr}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("capture.yaml");
+    std::fs::write(&file, "adress: 0.0.0.0:3000\n").expect("write config");
+    let (code, stderr) = run(&["--config", file.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown setting `adress`"), "{stderr}");
+}
+
+#[tokio::test]
+async fn settings_come_from_the_yaml_file_and_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let file = dir.path().join("capture.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "sink: file\nsink-file: {}\nevents-topic: from-file\n",
+            out.display()
+        ),
+    )
+    .expect("write config");
+    let send = |capture: Capture| async move {
+        let response = reqwest::Client::new()
+            .post(capture.url("/e"))
+            .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 200);
+    };
+    let last_topic = || {
+        let text = std::fs::read_to_string(&out).expect("out");
+        let line: serde_json::Value =
+            serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+        line["topic"].as_str().expect("topic").to_owned()
+    };
+    let config = file.to_str().expect("utf-8");
+    send(Capture::start(&["--config", config])).await;
+    assert_eq!(last_topic(), "from-file");
+    // The environment overrides the file, and a flag overrides both.
+    let env = [("CAPTURE_EVENTS_TOPIC", "from-env")];
+    send(Capture::start_with_env(&["--config", config], &env)).await;
+    assert_eq!(last_topic(), "from-env");
+    let flag = ["--config", config, "--events-topic", "from-flag"];
+    send(Capture::start_with_env(&flag, &env)).await;
+    assert_eq!(last_topic(), "from-flag");
+}
