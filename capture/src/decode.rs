@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::io::Read;
 
+use crate::lzstring::LzError;
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
@@ -152,7 +153,7 @@ pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, [u
     }
 
     if hint == Compression::Lz64 && !looks_like_json(&bytes) {
-        bytes = Cow::Owned(lz64(&bytes)?);
+        bytes = Cow::Owned(lz64(&bytes, limits.max_decompressed_bytes)?);
     }
     if !is_gzip(&bytes) && !looks_like_json(&bytes) {
         bytes = Cow::Owned(base64(&bytes)?);
@@ -229,10 +230,16 @@ fn base64(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
         .map_err(DecodeError::Base64)
 }
 
-fn lz64(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Lz64)?;
-    let text = text.trim().replace(' ', "+");
-    let utf16 = lz_str::decompress_from_base64(&text).ok_or(DecodeError::Lz64)?;
+fn lz64(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    let text: Vec<u8> = bytes
+        .trim_ascii()
+        .iter()
+        .map(|&b| if b == b' ' { b'+' } else { b })
+        .collect();
+    let utf16 = crate::lzstring::decompress_from_base64(&text, max).map_err(|err| match err {
+        LzError::TooLarge => DecodeError::DecompressedTooLarge { max },
+        LzError::Invalid => DecodeError::Lz64,
+    })?;
     let out = String::from_utf16(&utf16)
         .map_err(|_| DecodeError::Lz64)?
         .into_bytes();

@@ -8,7 +8,8 @@
 //!
 //! - [`config`]: static settings (flags, `CAPTURE_*` env, YAML file).
 //! - [`router`]: endpoints, health, metrics, and the shared request pipeline.
-//! - [`decode`]: body bytes to JSON bytes (gzip, lz64, base64, forms).
+//! - [`decode`]: body bytes to JSON bytes (gzip, lz64, base64, forms);
+//!   [`lzstring`] is its bounded lz-string decompressor.
 //! - [`parse`]: JSON to events and the request's token.
 //! - [`process`]: validation and enrichment into messages; [`recordings`]
 //!   does the same for `/s`.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod lzstring;
 pub mod metrics;
 pub mod parse;
 pub mod process;

@@ -231,3 +231,25 @@ async fn settings_come_from_the_yaml_file_and_the_environment() {
     send(Capture::start_with_env(&flag, &env)).await;
     assert_eq!(last_topic(), "from-flag");
 }
+
+#[tokio::test]
+async fn an_lz_string_bomb_is_refused_at_the_decompressed_cap() {
+    let capture = noop_capture(&[
+        "--max-event-body-bytes",
+        "10kB",
+        "--max-decompressed-bytes",
+        "50kB",
+    ]);
+    // A couple of kilobytes that would expand to 100 kB.
+    let bomb = lz_str::compress_to_base64(&format!(r#"{{"event":"{}"}}"#, "a".repeat(100_000)));
+    assert!(bomb.len() < 5_000, "{}", bomb.len());
+    let response = reqwest::Client::new()
+        .post(capture.url("/e/?compression=lz64"))
+        .body(bomb)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 413);
+    let text = response.text().await.expect("text");
+    assert!(text.contains("payload_too_large"), "{text}");
+}
