@@ -1,1 +1,848 @@
-fn main() {}
+//! Load benchmark: the real `capture` binary producing to a real
+//! Kafka-protocol broker (tansu), next to a bare axum server that only reads
+//! the body, under the same load.
+//!
+//! For each scenario (`/e` with one event per request, `/batch` with
+//! `LOAD_BENCH_BATCH_SIZE` events per request) the bench starts a fresh
+//! capture process on throwaway topics and a fresh bare server (this binary
+//! re-executed with `LOAD_BENCH_ROLE=bare`), warms each up, then sends the
+//! same bodies at the same concurrency to each and reports events/s, request
+//! latency percentiles, the server process's CPU time per 1,000 events (from
+//! `/proc/PID/stat`, read before and after the measured phase) and its peak
+//! RSS (`VmHWM`). Finally it reads the topic back and checks that every
+//! event capture acknowledged is there exactly once.
+//!
+//! It prints numbers and asserts nothing about timings. Settings (env vars):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `LOAD_BENCH_REQUESTS` | 20000 | measured `/e` requests |
+//! | `LOAD_BENCH_BATCH_REQUESTS` | 2000 | measured `/batch` requests |
+//! | `LOAD_BENCH_WARMUP_PERCENT` | 10 | warm-up requests, as % of measured |
+//! | `LOAD_BENCH_CONCURRENCY` | 32 | connections / in-flight requests |
+//! | `LOAD_BENCH_BATCH_SIZE` | 100 | events per `/batch` request |
+//! | `LOAD_BENCH_PARTITIONS` | 4 | partitions of the events topic |
+//! | `LOAD_BENCH_SCENARIOS` | `e,batch` | which scenarios to run |
+//! | `LOAD_BENCH_CAPTURE_ARGS` | (none) | extra capture flags, space-separated |
+//!
+//! Run with `cargo bench -p capture --bench load`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "phc_LoadBench0123456789abcdefghijklmnopqrstu";
+/// The env var that turns this binary into the bare comparison server.
+const ROLE_VAR: &str = "LOAD_BENCH_ROLE";
+/// Target size of one serialized event, in bytes.
+const EVENT_BYTES: usize = 1024;
+
+fn main() {
+    if std::env::var(ROLE_VAR).as_deref() == Ok("bare") {
+        bare::serve();
+        return;
+    }
+    let settings = Settings::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(settings));
+}
+
+/// What to run, from `LOAD_BENCH_*` variables.
+#[derive(Debug, Clone)]
+struct Settings {
+    event_requests: usize,
+    batch_requests: usize,
+    warmup_percent: usize,
+    concurrency: usize,
+    batch_size: usize,
+    partitions: i32,
+    scenarios: Vec<String>,
+    capture_args: Vec<String>,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Settings {
+            event_requests: env_or("LOAD_BENCH_REQUESTS", 20_000),
+            batch_requests: env_or("LOAD_BENCH_BATCH_REQUESTS", 2_000),
+            warmup_percent: env_or("LOAD_BENCH_WARMUP_PERCENT", 10),
+            concurrency: env_or::<usize>("LOAD_BENCH_CONCURRENCY", 32).max(1),
+            batch_size: env_or::<usize>("LOAD_BENCH_BATCH_SIZE", 100).max(1),
+            partitions: env_or::<i32>("LOAD_BENCH_PARTITIONS", 4).max(1),
+            scenarios: std::env::var("LOAD_BENCH_SCENARIOS")
+                .unwrap_or_else(|_| "e,batch".into())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            capture_args: std::env::var("LOAD_BENCH_CAPTURE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    fn warmup(&self, measured: usize) -> usize {
+        (measured * self.warmup_percent / 100).max(self.concurrency)
+    }
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+/// One endpoint under test.
+struct Scenario {
+    label: &'static str,
+    path: &'static str,
+    events_per_request: usize,
+    requests: usize,
+    warmup: usize,
+    /// CPU ms per 1,000 events this capture should stay under.
+    target_ms: f64,
+    /// PostHog's own capture on these machines, for comparison.
+    posthog_ms: f64,
+    bodies: Arc<Vec<Bytes>>,
+}
+
+/// What one measured phase against one server produced.
+#[derive(Debug, Clone)]
+struct Measurement {
+    ok_requests: usize,
+    failed_requests: usize,
+    first_failure: Option<String>,
+    events: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+    cpu_ms: f64,
+    client_cpu_ms: f64,
+    peak_rss_kib: Option<u64>,
+}
+
+impl Measurement {
+    fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn cpu_per_1000(&self) -> f64 {
+        if self.events == 0 {
+            return f64::NAN;
+        }
+        self.cpu_ms * 1000.0 / self.events as f64
+    }
+}
+
+/// The outcome of reading the topic back.
+#[derive(Debug)]
+struct KafkaCheck {
+    expected: usize,
+    read_back: usize,
+    distinct_uuids: usize,
+    /// Whether a second read found more than `expected` messages.
+    extra: bool,
+    shape_ok: bool,
+    read_time: Duration,
+}
+
+impl KafkaCheck {
+    fn ok(&self) -> bool {
+        self.read_back == self.expected
+            && self.distinct_uuids == self.expected
+            && !self.extra
+            && self.shape_ok
+    }
+}
+
+struct ScenarioResult {
+    label: &'static str,
+    events_per_request: usize,
+    target_ms: f64,
+    posthog_ms: f64,
+    capture: Measurement,
+    bare: Measurement,
+    kafka: KafkaCheck,
+}
+
+async fn run(settings: Settings) {
+    let ticks = clock_ticks();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu_model = cpu_model();
+    let event_bodies = Arc::new((0..1_000).map(single_event_body).collect::<Vec<_>>());
+    let batch_bodies = Arc::new(
+        (0..20)
+            .map(|i| batch_body(i, settings.batch_size))
+            .collect::<Vec<_>>(),
+    );
+    let avg_event = event_bodies.iter().map(Bytes::len).sum::<usize>() / event_bodies.len();
+    let avg_batch = batch_bodies.iter().map(Bytes::len).sum::<usize>() / batch_bodies.len();
+    println!("capture load bench");
+    println!(
+        "  machine: {cpus} CPUs ({cpu_model}), CLK_TCK {ticks}, load average {}",
+        load_average()
+    );
+    println!(
+        "  load: {} connections, /e body ~{avg_event} B, /batch body ~{avg_batch} B ({} events), {} partitions",
+        settings.concurrency, settings.batch_size, settings.partitions
+    );
+    if !settings.capture_args.is_empty() {
+        println!("  extra capture flags: {}", settings.capture_args.join(" "));
+    }
+
+    let mut results = Vec::new();
+    for name in &settings.scenarios {
+        let scenario = match name.as_str() {
+            "e" => Scenario {
+                label: "/e",
+                path: "/e",
+                events_per_request: 1,
+                requests: settings.event_requests,
+                warmup: settings.warmup(settings.event_requests),
+                target_ms: 25.0,
+                posthog_ms: 75.0,
+                bodies: Arc::clone(&event_bodies),
+            },
+            "batch" => Scenario {
+                label: "/batch",
+                path: "/batch",
+                events_per_request: settings.batch_size,
+                requests: settings.batch_requests,
+                warmup: settings.warmup(settings.batch_requests),
+                target_ms: 8.0,
+                posthog_ms: 23.0,
+                bodies: Arc::clone(&batch_bodies),
+            },
+            other => panic!("unknown scenario {other:?} in LOAD_BENCH_SCENARIOS (use e, batch)"),
+        };
+        results.push(run_scenario(&settings, &scenario, ticks).await);
+    }
+    report(&results);
+    println!("load average at the end: {}", load_average());
+}
+
+async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> ScenarioResult {
+    println!(
+        "\n[{}] {} warm-up + {} measured requests per server, {} event(s) each",
+        scenario.label, scenario.warmup, scenario.requests, scenario.events_per_request
+    );
+    let topics = common::Topics::create(settings.partitions).await;
+    let extra: Vec<&str> = settings.capture_args.iter().map(String::as_str).collect();
+    let mut capture = common::capture_for(&topics, &extra);
+    let client = http_client(settings.concurrency);
+
+    // Capture first, then the bare server: each is warmed up right before
+    // its measured phase so no keep-alive connection sits idle in between.
+    let url = capture.url(scenario.path);
+    let warm = drive(
+        &client,
+        &url,
+        scenario,
+        scenario.warmup,
+        settings.concurrency,
+    )
+    .await;
+    let measured = measure(&client, &url, scenario, capture.pid(), settings, ticks).await;
+    let capture_ok_requests = warm.ok + measured.ok_requests;
+    print_line("capture", &measured);
+    drop(client);
+
+    let bare = bare::Bare::start();
+    let client = http_client(settings.concurrency);
+    let url = bare.url(scenario.path);
+    drive(
+        &client,
+        &url,
+        scenario,
+        scenario.warmup,
+        settings.concurrency,
+    )
+    .await;
+    let bare_measured = measure(&client, &url, scenario, bare.pid(), settings, ticks).await;
+    print_line("bare", &bare_measured);
+    drop(client);
+    drop(bare);
+
+    let status = tokio::task::spawn_blocking(move || capture.terminate())
+        .await
+        .expect("terminate capture");
+    if !status.success() {
+        println!("  capture exited with {status}");
+    }
+    let expected = capture_ok_requests * scenario.events_per_request;
+    let topic = topics.events.clone();
+    let kafka = tokio::task::spawn_blocking(move || check_topic(&topic, expected))
+        .await
+        .expect("read the topic back");
+    println!(
+        "  kafka: {} of {} acknowledged events read back in {:.1} s, {} distinct uuids, {}, values well-formed: {}: {}",
+        kafka.read_back,
+        kafka.expected,
+        kafka.read_time.as_secs_f64(),
+        kafka.distinct_uuids,
+        if kafka.extra {
+            "EXTRA messages found"
+        } else {
+            "no extra messages"
+        },
+        kafka.shape_ok,
+        if kafka.ok() { "OK" } else { "MISMATCH" }
+    );
+    ScenarioResult {
+        label: scenario.label,
+        events_per_request: scenario.events_per_request,
+        target_ms: scenario.target_ms,
+        posthog_ms: scenario.posthog_ms,
+        capture: measured,
+        bare: bare_measured,
+        kafka,
+    }
+}
+
+fn http_client(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// The measured phase: CPU and wall time around one run of the load.
+async fn measure(
+    client: &reqwest::Client,
+    url: &str,
+    scenario: &Scenario,
+    pid: u32,
+    settings: &Settings,
+    ticks: f64,
+) -> Measurement {
+    let own_pid = std::process::id();
+    let cpu_before = cpu_time_ticks(pid);
+    let own_before = cpu_time_ticks(own_pid);
+    let started = Instant::now();
+    let load = drive(
+        client,
+        url,
+        scenario,
+        scenario.requests,
+        settings.concurrency,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let cpu_after = cpu_time_ticks(pid);
+    let own_after = cpu_time_ticks(own_pid);
+    let mut latencies = load.latencies;
+    latencies.sort_unstable();
+    Measurement {
+        ok_requests: load.ok,
+        failed_requests: load.failed,
+        first_failure: load.first_failure,
+        events: load.ok * scenario.events_per_request,
+        elapsed,
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        cpu_ms: (cpu_after - cpu_before) as f64 * 1000.0 / ticks,
+        client_cpu_ms: (own_after - own_before) as f64 * 1000.0 / ticks,
+        peak_rss_kib: peak_rss_kib(pid),
+    }
+}
+
+/// What one run of the load produced.
+struct Load {
+    ok: usize,
+    failed: usize,
+    first_failure: Option<String>,
+    latencies: Vec<Duration>,
+}
+
+/// Sends `requests` requests to `url` from `concurrency` workers, each with
+/// one request in flight at a time, cycling through the scenario's bodies.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    scenario: &Scenario,
+    requests: usize,
+    concurrency: usize,
+) -> Load {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let next = Arc::clone(&next);
+        let client = client.clone();
+        let url = url.to_owned();
+        let bodies = Arc::clone(&scenario.bodies);
+        workers.push(tokio::spawn(async move {
+            let mut load = Load {
+                ok: 0,
+                failed: 0,
+                first_failure: None,
+                latencies: Vec::with_capacity(requests / concurrency + 1),
+            };
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= requests {
+                    break;
+                }
+                let body = bodies[index % bodies.len()].clone();
+                let started = Instant::now();
+                let outcome = send(&client, &url, body).await;
+                load.latencies.push(started.elapsed());
+                match outcome {
+                    Ok(()) => load.ok += 1,
+                    Err(failure) => {
+                        load.failed += 1;
+                        load.first_failure.get_or_insert(failure);
+                    }
+                }
+            }
+            load
+        }));
+    }
+    let mut total = Load {
+        ok: 0,
+        failed: 0,
+        first_failure: None,
+        latencies: Vec::with_capacity(requests),
+    };
+    for worker in workers {
+        let load = worker.await.expect("load worker");
+        total.ok += load.ok;
+        total.failed += load.failed;
+        total.first_failure = total.first_failure.or(load.first_failure);
+        total.latencies.extend(load.latencies);
+    }
+    total
+}
+
+async fn send(client: &reqwest::Client, url: &str, body: Bytes) -> Result<(), String> {
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| format!("request failed: {err}"))?;
+    let status = response.status();
+    let text = response
+        .bytes()
+        .await
+        .map_err(|err| format!("reading the response failed: {err}"))?;
+    if status == reqwest::StatusCode::OK {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// utime + stime of a whole process (all threads), in clock ticks.
+fn cpu_time_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|err| panic!("reading /proc/{pid}/stat: {err}"));
+    // The command name may contain spaces; the fields after it do not.
+    let after_name = stat.rfind(')').map_or("", |end| &stat[end + 1..]);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3.
+    let field = |n: usize| -> u64 {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("field {n} of /proc/{pid}/stat: {stat:?}"))
+    };
+    field(14) + field(15)
+}
+
+/// `VmHWM` of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages: how busy the shared
+/// machine was, for reading the numbers.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Reads the topic back and checks every acknowledged event is there once:
+/// a first read waits for `expected` messages, a second one looks for more
+/// (a duplicate or a stray message) for as long as the first read took.
+fn check_topic(topic: &str, expected: usize) -> KafkaCheck {
+    let started = Instant::now();
+    let timeout = Duration::from_secs(60 + (expected / 1_000) as u64);
+    let records = common::read_topic(topic, expected, timeout);
+    let read_time = started.elapsed();
+    let mut uuids: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.value["uuid"].as_str())
+        .collect();
+    uuids.sort_unstable();
+    uuids.dedup();
+    let shape_ok = records.iter().all(|r| {
+        r.value["token"] == TOKEN
+            && r.value["event"] == "$pageview"
+            && r.headers.get("token").map(String::as_str) == Some(TOKEN)
+            && r.key.as_deref().is_some_and(|k| k.starts_with(TOKEN))
+    });
+    let extra = records.len() == expected
+        && common::read_topic(topic, expected + 1, read_time * 2 + Duration::from_secs(2)).len()
+            > expected;
+    KafkaCheck {
+        expected,
+        read_back: records.len(),
+        distinct_uuids: uuids.len(),
+        extra,
+        shape_ok,
+        read_time,
+    }
+}
+
+fn print_line(server: &str, m: &Measurement) {
+    println!(
+        "  {server:<8} {:>9.0} events/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>7.0} ms = {:>6.2} ms/1k events  peak RSS {}  (load generator CPU {:.0} ms)",
+        m.events_per_second(),
+        millis(m.p50),
+        millis(m.p99),
+        m.cpu_ms,
+        m.cpu_per_1000(),
+        rss_text(m.peak_rss_kib),
+        m.client_cpu_ms,
+    );
+    if m.failed_requests > 0 {
+        println!(
+            "  {server:<8} {} of {} requests failed; first: {}",
+            m.failed_requests,
+            m.failed_requests + m.ok_requests,
+            m.first_failure.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+fn report(results: &[ScenarioResult]) {
+    println!("\nsummary (CPU = utime+stime of the server process during the measured phase)");
+    println!(
+        "{:<16} {:>10} {:>9} {:>9} {:>12} {:>9} {:>10} {:>8}",
+        "server", "events/s", "p50 ms", "p99 ms", "CPU ms/1k ev", "peak RSS", "target", "PostHog"
+    );
+    for r in results {
+        let rows = [("capture", &r.capture, true), ("bare axum", &r.bare, false)];
+        for (server, m, is_capture) in rows {
+            let (target, posthog) = if is_capture {
+                (
+                    format!("<= {:.0}", r.target_ms),
+                    format!("{:.0}", r.posthog_ms),
+                )
+            } else {
+                (String::new(), String::new())
+            };
+            println!(
+                "{:<16} {:>10.0} {:>9.2} {:>9.2} {:>12.2} {:>9} {:>10} {:>8}",
+                format!("{server} {}", r.label),
+                m.events_per_second(),
+                millis(m.p50),
+                millis(m.p99),
+                m.cpu_per_1000(),
+                rss_text(m.peak_rss_kib),
+                target,
+                posthog,
+            );
+        }
+    }
+    println!();
+    for r in results {
+        let cpu = r.capture.cpu_per_1000();
+        let verdict = if cpu <= r.target_ms { "MET" } else { "NOT MET" };
+        println!(
+            "{:<7} capture {cpu:.2} ms CPU per 1k events vs target {:.0}: {verdict}; capture/bare CPU ratio {:.1}x; {} event(s)/request; kafka check {}",
+            r.label,
+            r.target_ms,
+            cpu / r.bare.cpu_per_1000(),
+            r.events_per_request,
+            if r.kafka.ok() { "OK" } else { "MISMATCH" },
+        );
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_text(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "?".into(),
+        |kib| format!("{:.0} MiB", kib as f64 / 1024.0),
+    )
+}
+
+/// A small deterministic generator, so every run sends the same bodies.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn pseudo_uuid(seed: u64) -> String {
+    let high = u128::from(mix(seed));
+    let low = u128::from(mix(seed ^ 0xDEAD_BEEF));
+    uuid::Uuid::from_u128((high << 64) | low).to_string()
+}
+
+/// One `$pageview` as posthog-js sends it, about [`EVENT_BYTES`] long.
+/// `with_token` puts the project token in the event (single-event bodies).
+fn event(n: u64, with_token: bool) -> Value {
+    let r = mix(n);
+    let user = r % 5_000;
+    let pages = [
+        "/project/1/insights/abc123",
+        "/project/1/dashboard/42",
+        "/project/1/persons",
+        "/project/1/replay/recent",
+        "/pricing",
+        "/docs/libraries/js",
+    ];
+    let path = pages[(r >> 8) as usize % pages.len()];
+    let browsers = [
+        ("Chrome", 125),
+        ("Firefox", 126),
+        ("Safari", 17),
+        ("Edge", 124),
+    ];
+    let (browser, version) = browsers[(r >> 16) as usize % browsers.len()];
+    let millis = 1_717_243_200_000 + (n % 86_400_000);
+    let timestamp = chrono::DateTime::from_timestamp_millis(millis as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut event = json!({
+        "event": "$pageview",
+        "distinct_id": format!("user-{user}"),
+        "timestamp": timestamp,
+        "properties": {
+            "$os": "Mac OS X",
+            "$os_version": "14.5.0",
+            "$browser": browser,
+            "$browser_version": version,
+            "$device_type": "Desktop",
+            "$current_url": format!("https://app.example.com{path}?tab=trends&n={n}"),
+            "$host": "app.example.com",
+            "$pathname": path,
+            "$raw_user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/125.0.0.0 Safari/537.36",
+            "$screen_height": 1117,
+            "$screen_width": 1728,
+            "$viewport_height": 959,
+            "$viewport_width": 1728,
+            "$lib": "web",
+            "$lib_version": "1.139.0",
+            "$insert_id": format!("{:016x}", mix(n ^ 7)),
+            "$time": millis as f64 / 1000.0,
+            "$device_id": pseudo_uuid(user),
+            "$session_id": pseudo_uuid(user ^ 0xABCD),
+            "$window_id": pseudo_uuid(user ^ 0x1234),
+            "$pageview_id": pseudo_uuid(n),
+            "$referrer": "https://www.google.com/",
+            "$referring_domain": "www.google.com",
+            "$active_feature_flags": ["new-onboarding", "insights-v2"],
+            "$feature/new-onboarding": true,
+            "$feature/insights-v2": "test",
+            "utm_source": "newsletter",
+            "utm_medium": "email",
+            "utm_campaign": "june-launch",
+            "$is_identified": true,
+            "$process_person_profile": true,
+            "title": "Insights • PostHog",
+        },
+    });
+    if with_token {
+        event["token"] = Value::from(TOKEN);
+    }
+    // Pad to the target size the way real pages do: with a longer title.
+    let size = event.to_string().len();
+    if size < EVENT_BYTES {
+        let padding = "x".repeat(EVENT_BYTES - size);
+        event["properties"]["title"] = Value::from(format!("Insights • PostHog {padding}"));
+        let over = event.to_string().len().saturating_sub(EVENT_BYTES);
+        if over > 0 {
+            let title = format!(
+                "Insights • PostHog {}",
+                "x".repeat(EVENT_BYTES - size - over)
+            );
+            event["properties"]["title"] = Value::from(title);
+        }
+    }
+    event
+}
+
+fn single_event_body(n: u64) -> Bytes {
+    Bytes::from(event(n, true).to_string())
+}
+
+fn batch_body(index: u64, size: usize) -> Bytes {
+    let first = 1_000_000 + index * size as u64;
+    let batch: Vec<Value> = (first..first + size as u64)
+        .map(|n| event(n, false))
+        .collect();
+    let body = json!({
+        "api_key": TOKEN,
+        "batch": batch,
+        "sent_at": "2024-06-01T12:00:00.000Z",
+    });
+    Bytes::from(body.to_string())
+}
+
+/// The comparison server: axum that reads the body and answers 200, in its
+/// own process so its CPU is measured the same way as capture's.
+mod bare {
+    use super::*;
+
+    use axum::Router;
+    use axum::extract::DefaultBodyLimit;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use axum::serve::ListenerExt;
+
+    /// Runs the server; prints its address on stdout, exits when stdin closes.
+    pub fn serve() {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the bare server");
+            println!("{}", listener.local_addr().expect("local address"));
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let app = Router::new()
+                .route("/e", post(read_body))
+                .route("/batch", post(read_body))
+                .layer(DefaultBodyLimit::max(20_000_000));
+            axum::serve(listener, app).await.expect("serve");
+        });
+    }
+
+    async fn read_body(body: Bytes) -> impl IntoResponse {
+        std::hint::black_box(body.len());
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"status":"Ok"}"#,
+        )
+    }
+
+    /// The bare server as a child process of the bench.
+    pub struct Bare {
+        child: Child,
+        address: SocketAddr,
+        _lifeline: ChildStdin,
+    }
+
+    impl Bare {
+        pub fn start() -> Bare {
+            let exe = std::env::current_exe().expect("path of the bench binary");
+            let mut child = Command::new(exe)
+                .env(ROLE_VAR, "bare")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn the bare server");
+            let lifeline = child.stdin.take().expect("piped stdin");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("read the bare server's address");
+            let address = line
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bare server printed {line:?}, not an address"));
+            Bare {
+                child,
+                address,
+                _lifeline: lifeline,
+            }
+        }
+
+        pub fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.address)
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+    }
+
+    impl Drop for Bare {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

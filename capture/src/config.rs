@@ -45,6 +45,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Largest `--max-message-bytes`: librdkafka's `message.max.bytes` ceiling
+/// (1,000,000,000) less the room kept for key, headers and framing.
+pub const MAX_MESSAGE_BYTES: usize = 1_000_000_000 - crate::sink::kafka::MESSAGE_OVERHEAD_BYTES;
+
 /// Every static setting of the `capture` server.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -86,7 +90,12 @@ pub struct HttpConfig {
     /// Longest time a client may take to send the request body.
     #[arg(long, env = "CAPTURE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
-    /// On SIGTERM, how long in-flight requests and the producer flush may take.
+    /// On SIGTERM, how long to keep serving while readiness already fails, so
+    /// load balancers stop sending traffic before the listener closes.
+    #[arg(long, env = "CAPTURE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// After the delay, the time budget shared by finishing in-flight requests and
+    /// flushing the producer.
     #[arg(long, env = "CAPTURE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 }
@@ -153,7 +162,9 @@ pub struct KafkaConfig {
         long = "kafka-brokers",
         env = "CAPTURE_KAFKA_BROKERS",
         value_delimiter = ',',
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT",
+        // Replace, not append, so a flag overrides the file's list.
+        action = clap::ArgAction::Set
     )]
     pub brokers: Vec<String>,
     /// Producer `acks`.
@@ -285,7 +296,8 @@ pub struct LimitsConfig {
     /// Deepest JSON nesting accepted.
     #[arg(long, env = "CAPTURE_MAX_JSON_DEPTH", default_value = "64")]
     pub max_json_depth: NonZeroU32,
-    /// Largest Kafka message value; bigger events get 413. Also the producer's `message.max.bytes`.
+    /// Largest Kafka message value; bigger events get 413. The producer's
+    /// `message.max.bytes` is set 64 KiB higher, leaving room for key and headers.
     #[arg(long, env = "CAPTURE_MAX_MESSAGE_BYTES", default_value = "1MB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,
 }
@@ -385,11 +397,35 @@ impl Config {
             }
         }
         let l = &self.limits;
-        if l.max_decompressed_bytes < l.max_event_body_bytes {
-            return invalid("`--max-decompressed-bytes` must be at least `--max-event-body-bytes`");
+        for (flag, body) in [
+            ("--max-event-body-bytes", l.max_event_body_bytes),
+            ("--max-batch-body-bytes", l.max_batch_body_bytes),
+            ("--max-recording-body-bytes", l.max_recording_body_bytes),
+        ] {
+            if l.max_decompressed_bytes < body {
+                return Err(ConfigError::Invalid(format!(
+                    "`--max-decompressed-bytes` ({}) must be at least `{flag}` ({body}): \
+                     an uncompressed body counts against both",
+                    l.max_decompressed_bytes
+                )));
+            }
         }
-        if l.max_message_bytes == 0 {
-            return invalid("`--max-message-bytes` must be positive");
+        if l.max_message_bytes == 0 || l.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "`--max-message-bytes` must be between 1 and {MAX_MESSAGE_BYTES}"
+            )));
+        }
+        // librdkafka keeps these in signed 32-bit integers.
+        for (flag, value) in [
+            ("--kafka-queue-messages", self.kafka.queue_messages.get()),
+            ("--kafka-queue-kbytes", self.kafka.queue_kbytes.get()),
+        ] {
+            if value > i32::MAX as u32 {
+                return Err(ConfigError::Invalid(format!(
+                    "`{flag}` must be at most {}",
+                    i32::MAX
+                )));
+            }
         }
         Ok(())
     }
@@ -533,6 +569,12 @@ mod tests {
         assert!(err.to_string().contains("--kafka-brokers"), "{err}");
         let err = load(&["--kafka-acks", "1"]).expect_err("idempotence needs acks=all");
         assert!(err.to_string().contains("--kafka-acks all"), "{err}");
+        let err = load(&["--max-decompressed-bytes", "10MB"]).expect_err("below batch body");
+        assert!(err.to_string().contains("--max-batch-body-bytes"), "{err}");
+        let err = load(&["--max-message-bytes", "2GB"]).expect_err("above librdkafka's cap");
+        assert!(err.to_string().contains("--max-message-bytes"), "{err}");
+        let err = load(&["--kafka-queue-messages", "3000000000"]).expect_err("above i32");
+        assert!(err.to_string().contains("--kafka-queue-messages"), "{err}");
         let err = load(&["--events-topic", "bad topic"]).expect_err("bad name");
         assert!(err.to_string().contains("bad topic"), "{err}");
         load(&["--kafka-acks", "1", "--kafka-idempotence", "false"]).expect("consistent");
@@ -566,6 +608,9 @@ mod tests {
         assert_eq!(config.http.address.to_string(), "0.0.0.0:8000");
         assert_eq!(config.kafka.brokers, ["k1:9092", "k2:9092"]);
         assert_eq!(config.topics.events_topic, "from_flag");
+        // A list from a flag replaces the file's list.
+        let config = load(&["--config", path, "--kafka-brokers", "k3:9092"]).expect("valid");
+        assert_eq!(config.kafka.brokers, ["k3:9092"]);
         assert!(config.kafka.ensure_topics);
         assert_eq!(config.limits.max_batch_body_bytes, 5 << 20);
     }

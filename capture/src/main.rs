@@ -13,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    init_logging(&config.log.log_format, &config.log.log_level)?;
+    if let Err(err) = init_logging(&config.log.log_format, &config.log.log_level) {
+        eprintln!("capture: {err}");
+        std::process::exit(2);
+    }
     capture::server::run(&config, capture::server::shutdown_signal()).await?;
     Ok(())
 }
@@ -30,7 +33,9 @@ fn init_logging(format: &LogFormat, level: &str) -> anyhow::Result<()> {
             .flatten_event(true)
             .with_current_span(true)
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
     Ok(())
 }

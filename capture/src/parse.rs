@@ -86,7 +86,10 @@ fn events_from(items: Vec<Value>, container: &str) -> Result<Vec<RawEvent>, Capt
 }
 
 fn batch_token(object: &Map<String, Value>) -> Result<Option<String>, CaptureError> {
-    match object.get("api_key").or_else(|| object.get("token")) {
+    let field = ["api_key", "token"]
+        .iter()
+        .find_map(|name| object.get(*name).filter(|v| !v.is_null()));
+    match field {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(token)) => Ok(Some(token.clone())),
         Some(_) => Err(TokenError::NotAscii.into()),
@@ -181,6 +184,9 @@ mod tests {
             request_token(&mixed),
             Err(CaptureError::Token(TokenError::Mixed))
         ));
+        let null_key =
+            parse(br#"{"api_key":null,"token":"phc_t","batch":[{"event":"a"}]}"#).expect("parse");
+        assert_eq!(request_token(&null_key).expect("token"), "phc_t");
         let missing = parse(br#"[{"event":"a"}]"#).expect("parse");
         assert!(matches!(
             request_token(&missing),

@@ -56,10 +56,16 @@ pub fn recording_message(
 
     let mut items = Vec::with_capacity(payload.events.len());
     for (index, mut event) in payload.events.into_iter().enumerate() {
-        let data = event
-            .get_mut("properties")
-            .and_then(Value::as_object_mut)
-            .and_then(|p| p.remove("$snapshot_data"));
+        let properties = event.get_mut("properties").and_then(Value::as_object_mut);
+        let session = properties.as_ref().and_then(|p| p.get("$session_id"));
+        if session.is_some_and(|s| s.as_str() != Some(&session_id)) {
+            // One message is keyed by one session: mixing would misfile data.
+            return Err(CaptureError::Recording(format!(
+                "event {index}: `$session_id` differs from the first event's; \
+                 send one session per request"
+            )));
+        }
+        let data = properties.and_then(|p| p.remove("$snapshot_data"));
         match data {
             Some(Value::Array(snapshots)) => items.extend(snapshots),
             Some(snapshot @ Value::Object(_)) => items.push(snapshot),
@@ -69,6 +75,12 @@ pub fn recording_message(
                 )));
             }
         }
+    }
+
+    if items.is_empty() {
+        return Err(CaptureError::Recording(
+            "`$snapshot_data` holds no snapshots".into(),
+        ));
     }
 
     let mut properties = Map::new();
@@ -195,6 +207,18 @@ mod tests {
                 .to_string()
                 .contains("$snapshot_data")
         );
+    }
+
+    #[test]
+    fn one_session_per_request_with_at_least_one_snapshot() {
+        let mixed = json!([
+            snapshot("s-1", json!([{"type": 2}])),
+            snapshot("s-2", json!([{"type": 3}]))
+        ]);
+        let err = run(mixed, 1 << 20).expect_err("two sessions");
+        assert!(err.to_string().contains("event 1"), "{err}");
+        let empty = run(snapshot("s-1", json!([])), 1 << 20).expect_err("nothing to store");
+        assert!(empty.to_string().contains("no snapshots"), "{empty}");
     }
 
     #[test]

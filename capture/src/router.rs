@@ -201,15 +201,23 @@ struct CaptureResponse {
 
 async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
-    let result = handle(&state, endpoint, req).await;
+    let query = CaptureQuery::parse(req.uri().query());
+    // `navigator.sendBeacon` never reads the answer: send none.
+    let success = if query.beacon {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let result = handle(&state, endpoint, req, query).await;
     let status = result
         .as_ref()
-        .map_or_else(CaptureError::status, |_| StatusCode::OK);
+        .map_or_else(CaptureError::status, |_| success);
     metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.label(), "status" => status.as_str().to_owned())
         .increment(1);
     metrics::histogram!(m::HTTP_REQUEST_SECONDS, "endpoint" => endpoint.label())
         .record(started.elapsed().as_secs_f64());
     match result {
+        Ok(()) if success == StatusCode::NO_CONTENT => success.into_response(),
         Ok(()) => axum::Json(CaptureResponse {
             status: "Ok",
             quota_limited: None,
@@ -224,14 +232,18 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     }
 }
 
-async fn handle(state: &AppState, endpoint: Endpoint, req: Request) -> Result<(), CaptureError> {
+async fn handle(
+    state: &AppState,
+    endpoint: Endpoint,
+    req: Request,
+    query: CaptureQuery,
+) -> Result<(), CaptureError> {
     let inner = &state.0;
     let now = inner.clock.now();
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, inner.limits.body_limit(endpoint)).await?;
     metrics::histogram!(m::BODY_BYTES, "endpoint" => endpoint.label()).record(body.len() as f64);
 
-    let query = CaptureQuery::parse(parts.uri.query());
     let header_text =
         |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let form = header_text(header::CONTENT_TYPE).is_some_and(|ct| {
@@ -325,6 +337,7 @@ struct CaptureQuery {
     data: Option<String>,
     compression: Option<String>,
     sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    beacon: bool,
 }
 
 impl CaptureQuery {
@@ -334,6 +347,7 @@ impl CaptureQuery {
             match key.as_ref() {
                 "data" => out.data = Some(value.into_owned()),
                 "compression" => out.compression = Some(value.into_owned()),
+                "beacon" => out.beacon = matches!(value.as_ref(), "1" | "true" | ""),
                 "_" => {
                     out.sent_at = value
                         .parse::<f64>()
@@ -462,5 +476,7 @@ mod tests {
             Some("2023-09-15T09:15:05.355000+00:00")
         );
         assert!(CaptureQuery::parse(Some("_=NaN")).sent_at.is_none());
+        assert!(CaptureQuery::parse(Some("beacon=1")).beacon);
+        assert!(!CaptureQuery::parse(Some("beacon=0")).beacon);
     }
 }

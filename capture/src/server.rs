@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
@@ -92,17 +92,22 @@ pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, StartError> {
     Ok(sink)
 }
 
-/// Runs the server until `shutdown` resolves, then drains requests and
-/// flushes the sink.
+/// Runs the server until `shutdown` resolves, then fails readiness for the
+/// shutdown delay while still serving, stops accepting, drains in-flight
+/// requests and flushes the sink, all within the shutdown timeout.
 pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
+    // The recorder first, so the sink's start-up errors and stats count.
+    let metrics = crate::metrics::install();
+    let sink = build_sink(config).await?;
+    // Bound only once the sink is up: until then connections are refused
+    // rather than left hanging.
     let address = config.http.address;
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| StartError::Bind { address, source })?;
-    let sink = build_sink(config).await?;
     let limits = Limits::from_config(&config.limits, config.http.body_read_timeout);
     let state = AppState::new(
         Arc::clone(&sink),
@@ -110,7 +115,7 @@ pub async fn run(
         config.topics(),
         limits,
     )
-    .with_metrics(crate::metrics::install());
+    .with_metrics(metrics);
     tracing::info!(
         address = %listener.local_addr().unwrap_or(address),
         sink = sink.name(),
@@ -121,13 +126,21 @@ pub async fn run(
         drain_timeout: config.http.shutdown_timeout,
     };
     let draining = state.clone();
+    let delay = config.http.shutdown_delay;
+    let drain_started = Arc::new(std::sync::OnceLock::new());
+    let started = Arc::clone(&drain_started);
     serve(listener, app(state), settings, async move {
         shutdown.await;
         draining.begin_shutdown();
-        tracing::info!("shutdown requested; draining in-flight requests");
+        tracing::info!(delay = ?delay, "shutdown requested; readiness now fails");
+        tokio::time::sleep(delay).await;
+        let _ = started.set(Instant::now());
+        tracing::info!("stopped accepting; draining in-flight requests");
     })
     .await;
-    match sink.flush(config.http.shutdown_timeout).await {
+    let spent = drain_started.get().map_or(Duration::ZERO, Instant::elapsed);
+    let remaining = config.http.shutdown_timeout.saturating_sub(spent);
+    match sink.flush(remaining.max(Duration::from_millis(100))).await {
         Ok(()) => tracing::info!("sink flushed; exiting"),
         Err(err) => tracing::error!(error = %err, "sink flush incomplete at shutdown"),
     }

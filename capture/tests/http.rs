@@ -184,6 +184,9 @@ fn bad_settings_stop_the_start_and_name_the_setting() {
     let (code, stderr) = run(&["--kafka-linger", "soon"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--kafka-linger"), "{stderr}");
+    let (code, stderr) = run(&["--log-level", "capture=["]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--log-level"), "{stderr}");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("capture.yaml");
     std::fs::write(&file, "adress: 0.0.0.0:3000\n").expect("write config");
@@ -237,6 +240,10 @@ async fn an_lz_string_bomb_is_refused_at_the_decompressed_cap() {
     let capture = noop_capture(&[
         "--max-event-body-bytes",
         "10kB",
+        "--max-batch-body-bytes",
+        "10kB",
+        "--max-recording-body-bytes",
+        "10kB",
         "--max-decompressed-bytes",
         "50kB",
     ]);
@@ -252,4 +259,52 @@ async fn an_lz_string_bomb_is_refused_at_the_decompressed_cap() {
     assert_eq!(response.status(), 413);
     let text = response.text().await.expect("text");
     assert!(text.contains("payload_too_large"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn during_the_shutdown_delay_readiness_fails_but_requests_are_served() {
+    let mut capture = noop_capture(&["--shutdown-delay", "2s"]);
+    capture.signal_term();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let ready = client
+            .get(capture.url("/_readiness"))
+            .send()
+            .await
+            .expect("readiness");
+        if ready.status() == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness kept passing after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = client
+        .post(capture.url("/e"))
+        .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
+        .send()
+        .await
+        .expect("served during the delay");
+    assert_eq!(response.status(), 200);
+    let status = tokio::task::spawn_blocking(move || capture.wait_exit())
+        .await
+        .expect("join");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn beacon_requests_get_an_empty_204() {
+    let capture = noop_capture(&[]);
+    let response = reqwest::Client::new()
+        .post(capture.url("/e/?beacon=1&ver=1.78.5"))
+        .header("Content-Type", "text/plain")
+        .body(json!({"event": "$pageleave", "distinct_id": "d", "token": "phc_t"}).to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 204);
+    assert!(response.text().await.expect("text").is_empty());
 }

@@ -238,7 +238,7 @@ async fn every_encoding_decodes_to_the_same_event() {
         ),
         (
             "beacon",
-            "/e/?beacon=1&ver=1.78.5".into(),
+            "/e/?ver=1.78.5&beacon=0".into(),
             plain.to_vec(),
             text("beacon").into(),
         ),

@@ -26,7 +26,7 @@ use crate::event::header;
 use crate::metrics as m;
 
 /// Room librdkafka needs beyond the value for key, headers and framing.
-const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// Builds the librdkafka configuration from typed settings.
 pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientConfig {
@@ -77,7 +77,16 @@ pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientCo
 /// Client context that turns librdkafka statistics and errors into metrics
 /// and logs.
 #[derive(Debug, Default)]
-pub struct StatsContext;
+pub struct StatsContext {
+    /// When a client error was last logged.
+    last_logged: std::sync::Mutex<Option<Instant>>,
+    /// Errors not logged since then.
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+/// librdkafka reports a lost broker many times a second; one log line per
+/// interval (with a count of the rest) is enough. The metric counts all.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl ClientContext for StatsContext {
     fn stats(&self, stats: Statistics) {
@@ -92,7 +101,15 @@ impl ClientContext for StatsContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_CLIENT_ERRORS).increment(1);
-        tracing::warn!(error = %error, reason, "kafka client error");
+        let now = Instant::now();
+        let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| now.duration_since(at) < ERROR_LOG_INTERVAL) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(now);
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::warn!(error = %error, reason, suppressed, "kafka client error");
     }
 }
 
@@ -119,7 +136,7 @@ impl KafkaSink {
     pub async fn start(config: &KafkaConfig, max_message_bytes: usize) -> Result<Self, SinkError> {
         let client = client_config(config, max_message_bytes);
         let producer: FutureProducer<StatsContext> = client
-            .create_with_context(StatsContext)
+            .create_with_context(StatsContext::default())
             .map_err(SinkError::Kafka)?;
         let reachable = Arc::new(AtomicBool::new(false));
         let sink = KafkaSink {
@@ -281,12 +298,17 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
             )
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(config.metadata_timeout));
-    for result in admin
-        .create_topics(&new, &options)
-        .await
-        .map_err(SinkError::Kafka)?
-    {
+    let options = AdminOptions::new()
+        .operation_timeout(Some(config.metadata_timeout))
+        .request_timeout(Some(config.metadata_timeout));
+    let created = tokio::time::timeout(
+        config.metadata_timeout * 2,
+        admin.create_topics(&new, &options),
+    )
+    .await
+    .map_err(|_| SinkError::Timeout)?
+    .map_err(SinkError::Kafka)?;
+    for result in created {
         match result {
             Ok(name) => tracing::info!(topic = %name, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -298,4 +320,34 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+    use rdkafka::producer::BaseProducer;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn every_offered_compression_codec_is_built_in() {
+        for codec in KafkaCompression::value_variants() {
+            let name = codec
+                .to_possible_value()
+                .expect("named")
+                .get_name()
+                .to_owned();
+            let args = [
+                "capture",
+                "--kafka-brokers",
+                "127.0.0.1:1",
+                "--kafka-compression",
+                &name,
+            ];
+            let config = Config::load(args).expect("valid settings");
+            let producer = client_config(&config.kafka, 1 << 20).create::<BaseProducer>();
+            assert!(producer.is_ok(), "{name}: {:?}", producer.err());
+        }
+    }
 }

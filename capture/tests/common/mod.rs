@@ -336,24 +336,49 @@ impl Capture {
         self.logs.lock().expect("log lock").clone()
     }
 
-    /// Sends SIGTERM and waits (up to 60 s) for the process to exit.
-    pub fn terminate(&mut self) -> ExitStatus {
+    /// The first log line containing `needle`, waiting up to 10 s for it
+    /// (stderr is read by another thread, a little behind the process).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no log line with {needle:?}; logs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (up to 60 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for capture") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "capture did not exit after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "capture did not exit");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM and waits (up to 60 s) for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
+        self.wait_exit()
     }
 }
 
