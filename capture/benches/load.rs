@@ -44,8 +44,6 @@ use serde_json::{Value, json};
 const TOKEN: &str = "phc_LoadBench0123456789abcdefghijklmnopqrstu";
 /// The env var that turns this binary into the bare comparison server.
 const ROLE_VAR: &str = "LOAD_BENCH_ROLE";
-/// Target size of one serialized event, in bytes.
-const EVENT_BYTES: usize = 1024;
 
 fn main() {
     if std::env::var(ROLE_VAR).as_deref() == Ok("bare") {
@@ -648,7 +646,7 @@ fn pseudo_uuid(seed: u64) -> String {
     uuid::Uuid::from_u128((high << 64) | low).to_string()
 }
 
-/// One `$pageview` as posthog-js sends it, about [`EVENT_BYTES`] long.
+/// One `$pageview` as posthog-js sends it: about 1.2 KB of JSON.
 /// `with_token` puts the project token in the event (single-event bodies).
 fn event(n: u64, with_token: bool) -> Value {
     let r = mix(n);
@@ -714,20 +712,6 @@ fn event(n: u64, with_token: bool) -> Value {
     });
     if with_token {
         event["token"] = Value::from(TOKEN);
-    }
-    // Pad to the target size the way real pages do: with a longer title.
-    let size = event.to_string().len();
-    if size < EVENT_BYTES {
-        let padding = "x".repeat(EVENT_BYTES - size);
-        event["properties"]["title"] = Value::from(format!("Insights • PostHog {padding}"));
-        let over = event.to_string().len().saturating_sub(EVENT_BYTES);
-        if over > 0 {
-            let title = format!(
-                "Insights • PostHog {}",
-                "x".repeat(EVENT_BYTES - size - over)
-            );
-            event["properties"]["title"] = Value::from(title);
-        }
     }
     event
 }

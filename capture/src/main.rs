@@ -5,6 +5,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // First, so a SIGTERM during start-up still means a clean stop.
+    let shutdown = capture::server::shutdown_signal();
     let config = match Config::load(std::env::args_os()) {
         Ok(config) => config,
         Err(capture::config::ConfigError::Cli(err)) => err.exit(),
@@ -17,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("capture: {err}");
         std::process::exit(2);
     }
-    capture::server::run(&config, capture::server::shutdown_signal()).await?;
+    capture::server::run(&config, shutdown).await?;
     Ok(())
 }
 
