@@ -19,7 +19,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("capture: {err}");
         std::process::exit(2);
     }
-    capture::server::run(&config, shutdown).await?;
+    if let Err(err) = capture::server::run(&config, shutdown).await {
+        tracing::error!(error = %err, "capture could not start");
+        std::process::exit(1);
+    }
     Ok(())
 }
 
