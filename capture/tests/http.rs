@@ -11,6 +11,25 @@ use std::time::{Duration, Instant};
 use common::Capture;
 use serde_json::json;
 
+/// Posts `body` to `path` on `capture`, with optional extra headers.
+async fn post(
+    capture: &Capture,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new().post(capture.url(path)).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("post")
+}
+
+/// A minimal valid event.
+fn event() -> String {
+    json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string()
+}
+
 fn noop_capture(extra: &[&str]) -> Capture {
     let mut args = vec!["--sink", "noop"];
     args.extend_from_slice(extra);
@@ -33,12 +52,7 @@ async fn health_metadata_and_unknown_paths() {
         .await
         .expect("put");
     assert_eq!(put.status(), 405);
-    let response = reqwest::Client::new()
-        .post(capture.url("/e"))
-        .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
-        .send()
-        .await
-        .expect("post");
+    let response = post(&capture, "/e", &[], event()).await;
     let request_id = response
         .headers()
         .get("x-request-id")
@@ -78,13 +92,8 @@ async fn cors_preflight_mirrors_origin_and_headers() {
     assert_eq!(header("access-control-allow-credentials"), "true");
     assert!(header("access-control-allow-methods").contains("POST"));
 
-    let response = reqwest::Client::new()
-        .post(capture.url("/e"))
-        .header("Origin", "https://other.example.org")
-        .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
-        .send()
-        .await
-        .expect("post");
+    let origin = [("Origin", "https://other.example.org")];
+    let response = post(&capture, "/e", &origin, event()).await;
     assert_eq!(
         response
             .headers()
@@ -146,12 +155,7 @@ async fn the_file_sink_appends_one_json_line_per_message() {
     ]);
     let batch = json!({"api_key": "phc_file", "batch": [
         {"event": "a", "distinct_id": "d1"}, {"event": "b", "distinct_id": "d2"}]});
-    let response = reqwest::Client::new()
-        .post(capture.url("/batch"))
-        .body(batch.to_string())
-        .send()
-        .await
-        .expect("post");
+    let response = post(&capture, "/batch", &[], batch.to_string()).await;
     assert_eq!(response.status(), 200);
     let text = std::fs::read_to_string(&path).expect("sink file");
     let lines: Vec<serde_json::Value> = text
@@ -209,12 +213,7 @@ async fn settings_come_from_the_yaml_file_and_the_environment() {
     )
     .expect("write config");
     let send = |capture: Capture| async move {
-        let response = reqwest::Client::new()
-            .post(capture.url("/e"))
-            .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
-            .send()
-            .await
-            .expect("post");
+        let response = post(&capture, "/e", &[], event()).await;
         assert_eq!(response.status(), 200);
     };
     let last_topic = || {
@@ -250,12 +249,7 @@ async fn an_lz_string_bomb_is_refused_at_the_decompressed_cap() {
     // A couple of kilobytes that would expand to 100 kB.
     let bomb = lz_str::compress_to_base64(&format!(r#"{{"event":"{}"}}"#, "a".repeat(100_000)));
     assert!(bomb.len() < 5_000, "{}", bomb.len());
-    let response = reqwest::Client::new()
-        .post(capture.url("/e/?compression=lz64"))
-        .body(bomb)
-        .send()
-        .await
-        .expect("post");
+    let response = post(&capture, "/e/?compression=lz64", &[], bomb).await;
     assert_eq!(response.status(), 413);
     let text = response.text().await.expect("text");
     assert!(text.contains("payload_too_large"), "{text}");
@@ -282,12 +276,7 @@ async fn during_the_shutdown_delay_readiness_fails_but_requests_are_served() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let response = client
-        .post(capture.url("/e"))
-        .body(json!({"event": "e", "distinct_id": "d", "token": "phc_t"}).to_string())
-        .send()
-        .await
-        .expect("served during the delay");
+    let response = post(&capture, "/e", &[], event()).await;
     assert_eq!(response.status(), 200);
     let status = tokio::task::spawn_blocking(move || capture.wait_exit())
         .await
@@ -298,13 +287,8 @@ async fn during_the_shutdown_delay_readiness_fails_but_requests_are_served() {
 #[tokio::test]
 async fn beacon_requests_get_an_empty_204() {
     let capture = noop_capture(&[]);
-    let response = reqwest::Client::new()
-        .post(capture.url("/e/?beacon=1&ver=1.78.5"))
-        .header("Content-Type", "text/plain")
-        .body(json!({"event": "$pageleave", "distinct_id": "d", "token": "phc_t"}).to_string())
-        .send()
-        .await
-        .expect("post");
+    let text = [("Content-Type", "text/plain")];
+    let response = post(&capture, "/e/?beacon=1&ver=1.78.5", &text, event()).await;
     assert_eq!(response.status(), 204);
     assert!(response.text().await.expect("text").is_empty());
 }
