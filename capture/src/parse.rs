@@ -1,25 +1,162 @@
 //! The three payload shapes SDKs send, reduced to one [`Payload`].
 //!
 //! A body is a single event object, an array of events, or a batch object
-//! `{api_key|token, batch: [...], sent_at, historical_migration}`. Events stay
-//! as JSON objects: capture forwards them as the client sent them, so nothing
-//! here drops a field it does not know.
+//! `{api_key|token, batch: [...], sent_at, historical_migration}`. Events are
+//! never rebuilt: each stays the exact JSON text the client sent (a borrowed
+//! [`RawValue`]), which capture forwards as `data`, and only the handful of
+//! fields capture needs are read out of it into [`EventFields`].
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::error::CaptureError;
 use crate::timestamp;
 use crate::token::TokenError;
 
-/// One event as the client sent it.
-pub type RawEvent = Map<String, Value>;
+/// One event: the client's JSON text and the fields read from it.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// The event object exactly as sent.
+    pub raw: &'a RawValue,
+    /// The fields capture reads.
+    pub fields: EventFields<'a>,
+}
+
+/// The top-level event fields capture reads; everything else is only
+/// carried along in the raw text. Values stay raw JSON so a field of an
+/// unexpected type is judged by the rule for that field, not by the parser.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventFields<'a> {
+    /// Event name.
+    #[serde(borrow, default)]
+    pub event: Option<&'a RawValue>,
+    /// Who did it.
+    #[serde(borrow, default)]
+    pub distinct_id: Option<&'a RawValue>,
+    /// Who did it, in `/engage` bodies.
+    #[serde(borrow, default, rename = "$distinct_id")]
+    pub dollar_distinct_id: Option<&'a RawValue>,
+    /// Client-made event id.
+    #[serde(borrow, default)]
+    pub uuid: Option<&'a RawValue>,
+    /// Client event time.
+    #[serde(borrow, default)]
+    pub timestamp: Option<&'a RawValue>,
+    /// Milliseconds between the event and sending.
+    #[serde(borrow, default)]
+    pub offset: Option<&'a RawValue>,
+    /// Project token.
+    #[serde(borrow, default)]
+    pub token: Option<&'a RawValue>,
+    /// Project token, `/engage` spelling.
+    #[serde(borrow, default, rename = "$token")]
+    pub dollar_token: Option<&'a RawValue>,
+    /// Project token, old spelling.
+    #[serde(borrow, default)]
+    pub api_key: Option<&'a RawValue>,
+    /// The event's properties (only an object counts).
+    #[serde(borrow, default)]
+    pub properties: Option<&'a RawValue>,
+}
+
+/// The properties capture reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct PropertyFields<'a> {
+    /// Who did it, when not at the top level.
+    #[serde(borrow, default)]
+    pub distinct_id: Option<&'a RawValue>,
+    /// Project token, when not at the top level.
+    #[serde(borrow, default)]
+    pub token: Option<&'a RawValue>,
+    /// Key by IP rather than distinct id.
+    #[serde(borrow, default, rename = "$cookieless_mode")]
+    pub cookieless_mode: Option<&'a RawValue>,
+    /// Trust `timestamp` as sent.
+    #[serde(borrow, default, rename = "$ignore_sent_at")]
+    pub ignore_sent_at: Option<&'a RawValue>,
+    /// Recording session.
+    #[serde(borrow, default, rename = "$session_id")]
+    pub session_id: Option<&'a RawValue>,
+    /// Recording window.
+    #[serde(borrow, default, rename = "$window_id")]
+    pub window_id: Option<&'a RawValue>,
+    /// Recording source.
+    #[serde(borrow, default, rename = "$snapshot_source")]
+    pub snapshot_source: Option<&'a RawValue>,
+    /// Recording snapshots.
+    #[serde(borrow, default, rename = "$snapshot_data")]
+    pub snapshot_data: Option<&'a RawValue>,
+    /// SDK name.
+    #[serde(borrow, default, rename = "$lib")]
+    pub lib: Option<&'a RawValue>,
+}
+
+impl<'a> EventFields<'a> {
+    /// The properties' fields; empty when `properties` is absent or not an
+    /// object.
+    pub fn properties(&self) -> Result<PropertyFields<'a>, String> {
+        match self.properties.filter(|raw| raw.get().starts_with('{')) {
+            Some(raw) => {
+                serde_json::from_str(raw.get()).map_err(|err| format!("`properties`: {err}"))
+            }
+            None => Ok(PropertyFields::default()),
+        }
+    }
+
+    /// The token the event carries itself: `token`, `$token`, `api_key`, or
+    /// `properties.token`, the first that is a string.
+    pub fn token(&self) -> Option<Cow<'a, str>> {
+        [self.token, self.dollar_token, self.api_key]
+            .into_iter()
+            .find_map(|raw| raw.and_then(as_str))
+            .or_else(|| self.properties().ok()?.token.and_then(as_str))
+    }
+}
+
+/// The text of a JSON string value; `None` for any other JSON type.
+pub fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    if !text.contains('\\') {
+        return Some(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// Whether the value is JSON `null`.
+pub fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// The value of a JSON boolean; `None` for any other JSON type.
+pub fn as_bool(raw: &RawValue) -> Option<bool> {
+    match raw.get() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// The value of a JSON integer that fits an `i64`.
+pub fn as_i64(raw: &RawValue) -> Option<i64> {
+    raw.get().parse().ok()
+}
+
+/// A present, non-null value.
+pub fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|raw| !is_null(raw))
+}
 
 /// A decoded request body.
 #[derive(Debug, Default)]
-pub struct Payload {
+pub struct Payload<'a> {
     /// The events, in request order; never empty.
-    pub events: Vec<RawEvent>,
+    pub events: Vec<Event<'a>>,
     /// The batch-level token (`api_key` or `token`), if any.
     pub token: Option<String>,
     /// The batch-level `sent_at`, if any and parseable.
@@ -28,39 +165,71 @@ pub struct Payload {
     pub historical_migration: bool,
 }
 
-/// Parses decoded JSON bytes into a payload.
-pub fn parse(bytes: &[u8]) -> Result<Payload, CaptureError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|err| CaptureError::Payload(format!("invalid JSON: {err}")))?;
-    let payload = match value {
-        Value::Array(items) => Payload {
-            events: events_from(items, "the array")?,
-            ..Payload::default()
-        },
-        Value::Object(mut object) => match object.remove("batch") {
-            Some(Value::Array(items)) => Payload {
-                events: events_from(items, "`batch`")?,
-                token: batch_token(&object)?,
-                sent_at: object
-                    .get("sent_at")
-                    .and_then(Value::as_str)
-                    .and_then(timestamp::parse),
-                historical_migration: object
-                    .get("historical_migration")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            },
-            Some(_) => {
-                return Err(CaptureError::Payload(
-                    "`batch` must be an array of events".into(),
-                ));
-            }
-            None => Payload {
-                events: vec![object],
+/// The top level of an object body: a batch if it has `batch`, else an
+/// event.
+#[derive(Debug, Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    batch: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    api_key: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sent_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    historical_migration: Option<&'a RawValue>,
+}
+
+/// Parses decoded JSON bytes into a payload that borrows from them.
+pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
+    let invalid_json =
+        |err: serde_json::Error| CaptureError::Payload(format!("invalid JSON: {err}"));
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let payload = match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(invalid_json)?;
+            Payload {
+                events: events_from(items, "the array")?,
                 ..Payload::default()
-            },
-        },
+            }
+        }
+        Some(b'{') => {
+            let envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
+            match envelope.batch {
+                Some(batch) if batch.get().starts_with('[') => {
+                    let items: Vec<&RawValue> =
+                        serde_json::from_str(batch.get()).map_err(invalid_json)?;
+                    Payload {
+                        events: events_from(items, "`batch`")?,
+                        token: batch_token(&envelope)?,
+                        sent_at: envelope
+                            .sent_at
+                            .and_then(as_str)
+                            .and_then(|text| timestamp::parse(&text)),
+                        historical_migration: envelope
+                            .historical_migration
+                            .and_then(as_bool)
+                            .unwrap_or(false),
+                    }
+                }
+                Some(_) => {
+                    return Err(CaptureError::Payload(
+                        "`batch` must be an array of events".into(),
+                    ));
+                }
+                None => {
+                    let raw: &RawValue = serde_json::from_slice(bytes).map_err(invalid_json)?;
+                    Payload {
+                        events: events_from(vec![raw], "the body")?,
+                        ..Payload::default()
+                    }
+                }
+            }
+        }
         _ => {
+            // Let the parser name what is wrong with non-JSON input.
+            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(invalid_json)?;
             return Err(CaptureError::Payload(
                 "body must be an event object, an array of events or a batch object".into(),
             ));
@@ -72,55 +241,50 @@ pub fn parse(bytes: &[u8]) -> Result<Payload, CaptureError> {
     Ok(payload)
 }
 
-fn events_from(items: Vec<Value>, container: &str) -> Result<Vec<RawEvent>, CaptureError> {
+fn events_from<'a>(
+    items: Vec<&'a RawValue>,
+    container: &str,
+) -> Result<Vec<Event<'a>>, CaptureError> {
     items
         .into_iter()
         .enumerate()
-        .map(|(index, item)| match item {
-            Value::Object(event) => Ok(event),
-            _ => Err(CaptureError::Payload(format!(
-                "element {index} of {container} is not an event object"
-            ))),
+        .map(|(index, raw)| {
+            if !raw.get().starts_with('{') {
+                return Err(CaptureError::Payload(format!(
+                    "element {index} of {container} is not an event object"
+                )));
+            }
+            let fields =
+                serde_json::from_str(raw.get()).map_err(|err| CaptureError::InvalidEvent {
+                    index,
+                    reason: err.to_string(),
+                })?;
+            Ok(Event { raw, fields })
         })
         .collect()
 }
 
-fn batch_token(object: &Map<String, Value>) -> Result<Option<String>, CaptureError> {
-    let field = ["api_key", "token"]
-        .iter()
-        .find_map(|name| object.get(*name).filter(|v| !v.is_null()));
-    match field {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(token)) => Ok(Some(token.clone())),
-        Some(_) => Err(TokenError::NotAscii.into()),
+fn batch_token(envelope: &Envelope<'_>) -> Result<Option<String>, CaptureError> {
+    match present(envelope.api_key).or(present(envelope.token)) {
+        None => Ok(None),
+        Some(raw) => match as_str(raw) {
+            Some(token) => Ok(Some(token.into_owned())),
+            None => Err(TokenError::NotAscii.into()),
+        },
     }
 }
 
-/// The token an event carries itself: `token`, `$token`, `api_key`, or
-/// `properties.token`, in that order.
-pub fn event_token(event: &RawEvent) -> Option<&str> {
-    ["token", "$token", "api_key"]
-        .iter()
-        .find_map(|field| event.get(*field).and_then(Value::as_str))
-        .or_else(|| {
-            event
-                .get("properties")
-                .and_then(|p| p.get("token"))
-                .and_then(Value::as_str)
-        })
-}
-
 /// The one token for the whole request, validated.
-pub fn request_token(payload: &Payload) -> Result<String, CaptureError> {
+pub fn request_token(payload: &Payload<'_>) -> Result<String, CaptureError> {
     let token = match &payload.token {
         Some(token) => token.clone(),
         None => {
-            let mut tokens = payload.events.iter().map(event_token);
+            let mut tokens = payload.events.iter().map(|e| e.fields.token());
             let first = tokens.next().flatten().ok_or(TokenError::Missing)?;
-            if tokens.any(|t| t != Some(first)) {
+            if tokens.any(|t| t.as_deref() != Some(&*first)) {
                 return Err(TokenError::Mixed.into());
             }
-            first.to_owned()
+            first.into_owned()
         }
     };
     crate::token::validate(&token)?;
@@ -140,10 +304,25 @@ mod tests {
                 .expect("batch");
         assert_eq!(single.events.len(), 1);
         assert_eq!(array.events.len(), 1);
-        assert_eq!(batch.events[0]["event"], "a");
+        assert_eq!(batch.events[0].raw.get(), r#"{"event":"a"}"#);
+        assert_eq!(single.events[0].raw.get(), r#"{"event":"a","token":"t"}"#);
         assert_eq!(batch.token.as_deref(), Some("t"));
         assert!(batch.sent_at.is_some());
         assert!(!batch.historical_migration);
+    }
+
+    #[test]
+    fn events_keep_their_exact_text_and_expose_their_fields() {
+        let body = br#"{"batch": [ {"uuid":"x", "n": 12345678901234567890123, "b": {"z":1,"a":2},
+            "properties": {"token": "phc_\u0041", "$cookieless_mode": true}} ]}"#;
+        let payload = parse(body).expect("batch");
+        let event = &payload.events[0];
+        assert!(event.raw.get().contains("12345678901234567890123"));
+        assert!(event.raw.get().contains(r#"{"z":1,"a":2}"#));
+        assert_eq!(event.fields.uuid.and_then(as_str).as_deref(), Some("x"));
+        assert_eq!(event.fields.token().as_deref(), Some("phc_A"));
+        let properties = event.fields.properties().expect("properties");
+        assert_eq!(properties.cookieless_mode.and_then(as_bool), Some(true));
     }
 
     #[test]

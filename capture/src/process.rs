@@ -8,13 +8,17 @@
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::error::CaptureError;
 use crate::event::CapturedEvent;
-use crate::parse::{Payload, RawEvent, request_token};
+use crate::parse::{
+    EventFields, Payload, PropertyFields, as_bool, as_i64, as_str, present, request_token,
+};
 use crate::route::{DataType, Topics};
 use crate::sink::Message;
 use crate::timestamp::{self, ClientTime};
@@ -66,7 +70,7 @@ pub struct RequestContext<'a> {
 
 /// Builds one message per analytics event of the payload.
 pub fn analytics_messages(
-    payload: Payload,
+    payload: Payload<'_>,
     ctx: &RequestContext<'_>,
 ) -> Result<Vec<Message>, CaptureError> {
     let token = request_token(&payload)?;
@@ -74,34 +78,40 @@ pub fn analytics_messages(
     let now_text = timestamp::format(ctx.now);
     let sent_at_text = sent_at.map(timestamp::format);
     let mut messages = Vec::with_capacity(payload.events.len());
-    for (index, mut event) in payload.events.into_iter().enumerate() {
+    for (index, event) in payload.events.iter().enumerate() {
         let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
-        let name = event_name(&mut event, ctx.endpoint).map_err(invalid)?;
-        let distinct_id = distinct_id(&event).map_err(invalid)?;
-        let uuid = event_uuid(&event).map_err(invalid)?;
-        let properties = event.get("properties").and_then(Value::as_object);
-        let flag =
-            |key: &str| properties.and_then(|p| p.get(key)).and_then(Value::as_bool) == Some(true);
-        let client_time = ClientTime {
-            timestamp: event.get("timestamp").and_then(Value::as_str),
-            offset: event.get("offset").and_then(Value::as_i64),
-            sent_at,
-            ignore_sent_at: flag("$ignore_sent_at"),
+        let fields = &event.fields;
+        let properties = fields.properties().map_err(invalid)?;
+        let (name, data) = match event_name(fields, ctx.endpoint).map_err(invalid)? {
+            Some(name) => (name.into_owned(), event.raw.get().to_owned()),
+            None => (
+                "$identify".to_owned(),
+                named_identify(event.raw).map_err(invalid)?,
+            ),
         };
-        let is_cookieless_mode = flag("$cookieless_mode");
+        let distinct_id = distinct_id(fields, &properties).map_err(invalid)?;
+        let uuid = event_uuid(fields).map_err(invalid)?;
+        let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
+        let client_timestamp = fields.timestamp.and_then(as_str);
+        let client_time = ClientTime {
+            timestamp: client_timestamp.as_deref(),
+            offset: fields.offset.and_then(as_i64),
+            sent_at,
+            ignore_sent_at: flag(properties.ignore_sent_at),
+        };
         let ts = timestamp::resolve(client_time, ctx.now);
         let kind = DataType::for_event(&name, payload.historical_migration);
         let captured = CapturedEvent {
             uuid,
             distinct_id,
             ip: ctx.ip.clone(),
-            data: serde_json::to_string(&event).map_err(|err| invalid(err.to_string()))?,
+            data,
             now: now_text.clone(),
             sent_at: sent_at_text.clone(),
             token: token.clone(),
             event: name,
             timestamp: timestamp::format(ts),
-            is_cookieless_mode,
+            is_cookieless_mode: flag(properties.cookieless_mode),
         };
         let key = captured.key();
         let message = captured.into_message(kind, Arc::clone(ctx.topics.topic(kind)), Some(key));
@@ -122,54 +132,63 @@ pub fn check_size(message: &Message, max: usize) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// The event name; `/engage` names unnamed events `$identify` (in `data` too).
-fn event_name(event: &mut RawEvent, endpoint: Endpoint) -> Result<String, String> {
-    match event.get("event") {
-        Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
-        Some(Value::String(_)) => Err("`event` name is empty".into()),
-        None | Some(Value::Null) if endpoint == Endpoint::Engage => {
-            event.insert("event".into(), Value::String("$identify".into()));
-            Ok("$identify".into())
-        }
-        None | Some(Value::Null) => Err("missing `event` name".into()),
-        Some(_) => Err("`event` name must be a string".into()),
+/// The event name, or `None` for an unnamed `/engage` event, which is
+/// named `$identify`.
+fn event_name<'a>(
+    fields: &EventFields<'a>,
+    endpoint: Endpoint,
+) -> Result<Option<Cow<'a, str>>, String> {
+    match present(fields.event) {
+        Some(raw) => match as_str(raw) {
+            Some(name) if name.is_empty() => Err("`event` name is empty".into()),
+            Some(name) => Ok(Some(name)),
+            None => Err("`event` name must be a string".into()),
+        },
+        None if endpoint == Endpoint::Engage => Ok(None),
+        None => Err("missing `event` name".into()),
     }
+}
+
+/// `data` for an unnamed `/engage` event: the event with `"event":
+/// "$identify"` added. The only path that rebuilds the client's JSON.
+fn named_identify(raw: &RawValue) -> Result<String, String> {
+    let mut event: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw.get()).map_err(|err| err.to_string())?;
+    event.insert("event".into(), "$identify".into());
+    serde_json::to_string(&event).map_err(|err| err.to_string())
 }
 
 /// The distinct id from the event or its properties, as a clean string.
-pub fn distinct_id(event: &RawEvent) -> Result<String, String> {
-    let value = ["distinct_id", "$distinct_id"]
-        .iter()
-        .find_map(|field| event.get(*field).filter(|v| !v.is_null()))
-        .or_else(|| {
-            event
-                .get("properties")
-                .and_then(|p| p.get("distinct_id"))
-                .filter(|v| !v.is_null())
-        })
+pub fn distinct_id(
+    fields: &EventFields<'_>,
+    properties: &PropertyFields<'_>,
+) -> Result<String, String> {
+    let raw = present(fields.distinct_id)
+        .or(present(fields.dollar_distinct_id))
+        .or(present(properties.distinct_id))
         .ok_or("missing `distinct_id` (in the event or its properties)")?;
-    let text = match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
+    // Any other JSON value is kept as its JSON text (42, true, {"a":1}).
+    let text = as_str(raw).unwrap_or(Cow::Borrowed(raw.get()));
     if text.trim().is_empty() {
         return Err("`distinct_id` is empty".into());
     }
-    let clean = text.replace('\0', "\u{FFFD}");
-    Ok(match clean.char_indices().nth(MAX_DISTINCT_ID_CHARS) {
-        Some((cut, _)) => clean[..cut].to_owned(),
-        None => clean,
-    })
+    let end = text
+        .char_indices()
+        .nth(MAX_DISTINCT_ID_CHARS)
+        .map_or(text.len(), |(cut, _)| cut);
+    Ok(text[..end].replace('\0', "\u{FFFD}"))
 }
 
 /// The client's uuid, or a new UUIDv7.
-pub fn event_uuid(event: &RawEvent) -> Result<Uuid, String> {
-    match event.get("uuid") {
-        None | Some(Value::Null) => Ok(Uuid::now_v7()),
-        Some(Value::String(text)) => {
-            Uuid::parse_str(text).map_err(|_| format!("`uuid` is not a valid UUID: {text:?}"))
-        }
-        Some(_) => Err("`uuid` must be a string".into()),
+pub fn event_uuid(fields: &EventFields<'_>) -> Result<Uuid, String> {
+    match present(fields.uuid) {
+        None => Ok(Uuid::now_v7()),
+        Some(raw) => match as_str(raw) {
+            Some(text) => {
+                Uuid::parse_str(&text).map_err(|_| format!("`uuid` is not a valid UUID: {text:?}"))
+            }
+            None => Err("`uuid` must be a string".into()),
+        },
     }
 }
 
@@ -193,8 +212,8 @@ mod tests {
 
     fn run(body: serde_json::Value, endpoint: Endpoint) -> Result<Vec<Message>, CaptureError> {
         let topics = Topics::default();
-        let payload = parse(body.to_string().as_bytes())?;
-        analytics_messages(payload, &ctx(&topics, endpoint))
+        let text = body.to_string();
+        analytics_messages(parse(text.as_bytes())?, &ctx(&topics, endpoint))
     }
 
     fn value(message: &Message) -> CapturedEvent {
@@ -231,16 +250,21 @@ mod tests {
             (json!({"distinct_id": "a\u{0}b"}), "a\u{FFFD}b".to_owned()),
             (json!({"distinct_id": long}), "x".repeat(200)),
         ];
+        let distinct = |event: serde_json::Value| {
+            let text = event.to_string();
+            let fields: EventFields<'_> = serde_json::from_str(&text).expect("fields");
+            let properties = fields.properties().expect("properties");
+            distinct_id(&fields, &properties)
+        };
         for (event, expected) in cases {
-            let event = event.as_object().expect("object").clone();
-            assert_eq!(distinct_id(&event).expect("valid"), expected);
+            assert_eq!(distinct(event).expect("valid"), expected);
         }
         for bad in [
             json!({}),
             json!({"distinct_id": null}),
             json!({"distinct_id": "  "}),
         ] {
-            assert!(distinct_id(bad.as_object().expect("object")).is_err());
+            assert!(distinct(bad).is_err());
         }
     }
 
@@ -319,12 +343,10 @@ mod tests {
     fn oversized_events_are_refused_as_too_large() {
         let topics = Topics::default();
         let big = "x".repeat(2000);
-        let payload = parse(
+        let text =
             json!({"event": "e", "distinct_id": "u", "token": "phc_t", "properties": {"big": big}})
-                .to_string()
-                .as_bytes(),
-        )
-        .expect("parse");
+                .to_string();
+        let payload = parse(text.as_bytes()).expect("parse");
         let small = RequestContext {
             max_message_bytes: 1000,
             ..ctx(&topics, Endpoint::Event)

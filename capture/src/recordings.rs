@@ -2,13 +2,15 @@
 //! `$snapshot_items` message, keyed by the session id so a session's data
 //! stays in order on one partition.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::error::CaptureError;
 use crate::event::{CapturedEvent, header};
-use crate::parse::{Payload, request_token};
+use crate::parse::{Payload, as_i64, as_str, request_token};
 use crate::process::{RequestContext, check_size, distinct_id, event_uuid};
 use crate::route::DataType;
 use crate::sink::Message;
@@ -17,9 +19,32 @@ use crate::timestamp::{self, ClientTime};
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_CHARS: usize = 70;
 
+/// `data` of the one message: a `$snapshot_items` event.
+#[derive(Serialize)]
+struct SnapshotItems<'a> {
+    event: &'static str,
+    properties: SnapshotProperties<'a>,
+}
+
+#[derive(Serialize)]
+struct SnapshotProperties<'a> {
+    distinct_id: &'a str,
+    #[serde(rename = "$session_id")]
+    session_id: &'a str,
+    #[serde(rename = "$window_id")]
+    window_id: &'a str,
+    #[serde(rename = "$snapshot_source")]
+    snapshot_source: &'a str,
+    #[serde(rename = "$lib", skip_serializing_if = "Option::is_none")]
+    lib: Option<&'a str>,
+    /// The snapshots, as the client sent them.
+    #[serde(rename = "$snapshot_items")]
+    items: Vec<&'a RawValue>,
+}
+
 /// Builds the one message for a recordings request.
 pub fn recording_message(
-    payload: Payload,
+    payload: Payload<'_>,
     ctx: &RequestContext<'_>,
 ) -> Result<Message, CaptureError> {
     let token = request_token(&payload)?;
@@ -27,27 +52,25 @@ pub fn recording_message(
         .events
         .first()
         .ok_or_else(|| CaptureError::Recording("no snapshots".into()))?;
-    let properties = first.get("properties").and_then(Value::as_object);
-    let text = |key: &str| properties.and_then(|p| p.get(key)).and_then(Value::as_str);
+    let invalid = |index: usize| move |reason: String| CaptureError::InvalidEvent { index, reason };
+    let properties = first.fields.properties().map_err(invalid(0))?;
+    let text = |raw: Option<&RawValue>| raw.and_then(as_str).map(Cow::into_owned);
 
-    let session_id = text("$session_id")
-        .ok_or_else(|| {
-            CaptureError::Recording("missing `$session_id` in the first event's properties".into())
-        })?
-        .to_owned();
+    let session_id = text(properties.session_id).ok_or_else(|| {
+        CaptureError::Recording("missing `$session_id` in the first event's properties".into())
+    })?;
     validate_session_id(&session_id)?;
-    let window_id = text("$window_id").unwrap_or(&session_id).to_owned();
-    let snapshot_source = text("$snapshot_source").unwrap_or("web").to_owned();
-    let lib = text("$lib").map(str::to_owned);
-    let distinct_id =
-        distinct_id(first).map_err(|reason| CaptureError::InvalidEvent { index: 0, reason })?;
-    let uuid =
-        event_uuid(first).map_err(|reason| CaptureError::InvalidEvent { index: 0, reason })?;
+    let window_id = text(properties.window_id).unwrap_or_else(|| session_id.clone());
+    let snapshot_source = text(properties.snapshot_source).unwrap_or_else(|| "web".to_owned());
+    let lib = text(properties.lib);
+    let distinct_id = distinct_id(&first.fields, &properties).map_err(invalid(0))?;
+    let uuid = event_uuid(&first.fields).map_err(invalid(0))?;
     let sent_at = payload.sent_at.or(ctx.query_sent_at);
+    let client_timestamp = first.fields.timestamp.and_then(as_str);
     let ts = timestamp::resolve(
         ClientTime {
-            timestamp: first.get("timestamp").and_then(Value::as_str),
-            offset: first.get("offset").and_then(Value::as_i64),
+            timestamp: client_timestamp.as_deref(),
+            offset: first.fields.offset.and_then(as_i64),
             sent_at,
             ignore_sent_at: false,
         },
@@ -55,20 +78,25 @@ pub fn recording_message(
     );
 
     let mut items = Vec::with_capacity(payload.events.len());
-    for (index, mut event) in payload.events.into_iter().enumerate() {
-        let properties = event.get_mut("properties").and_then(Value::as_object_mut);
-        let session = properties.as_ref().and_then(|p| p.get("$session_id"));
-        if session.is_some_and(|s| s.as_str() != Some(&session_id)) {
+    for (index, event) in payload.events.iter().enumerate() {
+        let properties = event.fields.properties().map_err(invalid(index))?;
+        if properties
+            .session_id
+            .is_some_and(|raw| as_str(raw).as_deref() != Some(session_id.as_str()))
+        {
             // One message is keyed by one session: mixing would misfile data.
             return Err(CaptureError::Recording(format!(
                 "event {index}: `$session_id` differs from the first event's; \
                  send one session per request"
             )));
         }
-        let data = properties.and_then(|p| p.remove("$snapshot_data"));
-        match data {
-            Some(Value::Array(snapshots)) => items.extend(snapshots),
-            Some(snapshot @ Value::Object(_)) => items.push(snapshot),
+        match properties.snapshot_data {
+            Some(raw) if raw.get().starts_with('[') => {
+                let snapshots: Vec<&RawValue> = serde_json::from_str(raw.get())
+                    .map_err(|err| invalid(index)(err.to_string()))?;
+                items.extend(snapshots);
+            }
+            Some(raw) if raw.get().starts_with('{') => items.push(raw),
             _ => {
                 return Err(CaptureError::Recording(format!(
                     "event {index}: missing `$snapshot_data` (an array or object of snapshots)"
@@ -76,23 +104,24 @@ pub fn recording_message(
             }
         }
     }
-
     if items.is_empty() {
         return Err(CaptureError::Recording(
             "`$snapshot_data` holds no snapshots".into(),
         ));
     }
 
-    let mut properties = Map::new();
-    properties.insert("distinct_id".into(), Value::String(distinct_id.clone()));
-    properties.insert("$session_id".into(), Value::String(session_id.clone()));
-    properties.insert("$window_id".into(), Value::String(window_id));
-    properties.insert("$snapshot_source".into(), Value::String(snapshot_source));
-    if let Some(lib) = lib {
-        properties.insert("$lib".into(), Value::String(lib));
-    }
-    properties.insert("$snapshot_items".into(), Value::Array(items));
-    let data = json!({"event": "$snapshot_items", "properties": properties}).to_string();
+    let data = serde_json::to_string(&SnapshotItems {
+        event: "$snapshot_items",
+        properties: SnapshotProperties {
+            distinct_id: &distinct_id,
+            session_id: &session_id,
+            window_id: &window_id,
+            snapshot_source: &snapshot_source,
+            lib: lib.as_deref(),
+            items,
+        },
+    })
+    .map_err(|err| invalid(0)(err.to_string()))?;
 
     let captured = CapturedEvent {
         uuid,
@@ -136,6 +165,8 @@ fn validate_session_id(session_id: &str) -> Result<(), CaptureError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use crate::parse::parse;
     use crate::process::Endpoint;
     use crate::route::Topics;

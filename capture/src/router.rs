@@ -262,7 +262,6 @@ async fn handle(
     };
     let decoded = decode(encoded, inner.limits.decode)?;
     let payload = parse(&decoded)?;
-    drop(decoded);
 
     let events = payload.events.len();
     metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => endpoint.label()).increment(events as u64);

@@ -215,6 +215,9 @@ impl Sink for KafkaSink {
     }
 
     async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in &messages {
             let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
@@ -235,31 +238,35 @@ impl Sink for KafkaSink {
                 .send_result(record)
                 .map_err(|(err, _)| self.map_error(err, message.payload.len()))?;
             deliveries.push(async move {
-                let result = match delivery.await {
+                match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((err, _))) => Err(self.map_error(err, message.payload.len())),
-                    Err(_canceled) => Err(SinkError::Timeout),
-                };
-                if let Err(err) = &result {
-                    let uuid = message
-                        .headers
-                        .iter()
-                        .find(|(name, _)| *name == header::UUID);
-                    tracing::warn!(
-                        uuid = uuid.map_or("", |(_, uuid)| uuid.as_str()),
-                        topic = %message.topic,
-                        error = %err,
-                        "event not acknowledged by kafka"
-                    );
+                    Ok(Err((err, _))) => Err((self.map_error(err, message.payload.len()), message)),
+                    Err(_canceled) => Err((SinkError::Timeout, message)),
                 }
-                result
             });
         }
         let started = Instant::now();
         let result = match tokio::time::timeout(self.ack_timeout, try_join_all(deliveries)).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(SinkError::Timeout),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((err, message))) => Err((err, message)),
+            // Idempotent producers hold in-flight messages past their timeout
+            // until the connection gives up; the request does not wait.
+            Err(_) => Err((SinkError::Timeout, &messages[0])),
         };
+        let result = result.map_err(|(err, message)| {
+            let uuid = message
+                .headers
+                .iter()
+                .find(|(name, _)| *name == header::UUID);
+            tracing::warn!(
+                uuid = uuid.map_or("", |(_, uuid)| uuid.as_str()),
+                topic = %message.topic,
+                events = messages.len(),
+                error = %err,
+                "event not acknowledged by kafka"
+            );
+            err
+        });
         metrics::histogram!(m::SINK_ACK_SECONDS, "sink" => "kafka")
             .record(started.elapsed().as_secs_f64());
         result
