@@ -255,21 +255,26 @@ fn lz64(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
 /// Rejects JSON nested deeper than `max` without parsing it.
 fn check_depth(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // Jump through the string: most of a JSON body is strings.
+                at += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                        Some(found) if bytes[at + found] == b'\\' => at += found + 2,
+                        Some(found) => {
+                            at += found;
+                            break;
+                        }
+                        None => return Ok(()),
+                    }
+                    if at >= bytes.len() {
+                        return Ok(());
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -279,6 +284,7 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        at += 1;
     }
     Ok(())
 }

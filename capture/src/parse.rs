@@ -10,6 +10,8 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::CaptureError;
@@ -57,9 +59,11 @@ pub struct EventFields<'a> {
     /// Project token, old spelling.
     #[serde(borrow, default)]
     pub api_key: Option<&'a RawValue>,
-    /// The event's properties (only an object counts).
-    #[serde(borrow, default)]
-    pub properties: Option<&'a RawValue>,
+    /// The fields read from the event's properties; empty when there are
+    /// none or `properties` is not an object. Read in the same pass as the
+    /// event itself.
+    #[serde(borrow, default, deserialize_with = "lenient_properties")]
+    pub properties: PropertyFields<'a>,
 }
 
 /// The properties capture reads.
@@ -95,25 +99,71 @@ pub struct PropertyFields<'a> {
 }
 
 impl<'a> EventFields<'a> {
-    /// The properties' fields; empty when `properties` is absent or not an
-    /// object.
-    pub fn properties(&self) -> Result<PropertyFields<'a>, String> {
-        match self.properties.filter(|raw| raw.get().starts_with('{')) {
-            Some(raw) => {
-                serde_json::from_str(raw.get()).map_err(|err| format!("`properties`: {err}"))
-            }
-            None => Ok(PropertyFields::default()),
-        }
-    }
-
     /// The token the event carries itself: `token`, `$token`, `api_key`, or
     /// `properties.token`, the first that is a string.
     pub fn token(&self) -> Option<Cow<'a, str>> {
-        [self.token, self.dollar_token, self.api_key]
-            .into_iter()
-            .find_map(|raw| raw.and_then(as_str))
-            .or_else(|| self.properties().ok()?.token.and_then(as_str))
+        [
+            self.token,
+            self.dollar_token,
+            self.api_key,
+            self.properties.token,
+        ]
+        .into_iter()
+        .find_map(|raw| raw.and_then(as_str))
     }
+}
+
+/// Reads an object's property fields and skips any other JSON value, so an
+/// event whose `properties` is `null`, a string or an array has no
+/// properties rather than being refused.
+fn lenient_properties<'de, D>(deserializer: D) -> Result<PropertyFields<'de>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Lenient;
+
+    impl<'de> Visitor<'de> for Lenient {
+        type Value = PropertyFields<'de>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of properties")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            PropertyFields::deserialize(MapAccessDeserializer::new(map))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(PropertyFields::default())
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(PropertyFields::default())
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(PropertyFields::default())
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(PropertyFields::default())
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(PropertyFields::default())
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(PropertyFields::default())
+        }
+
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(PropertyFields::default())
+        }
+    }
+
+    deserializer.deserialize_any(Lenient)
 }
 
 /// The text of a JSON string value; `None` for any other JSON type.
@@ -169,8 +219,8 @@ pub struct Payload<'a> {
 /// event.
 #[derive(Debug, Deserialize)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
-    batch: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "batch_array")]
+    batch: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
     api_key: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -179,6 +229,36 @@ struct Envelope<'a> {
     sent_at: Option<&'a RawValue>,
     #[serde(borrow, default)]
     historical_migration: Option<&'a RawValue>,
+}
+
+/// `batch`, which must be an array (`null` counts as absent).
+fn batch_array<'de, D>(deserializer: D) -> Result<Option<Vec<&'de RawValue>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Batch;
+
+    impl<'de> Visitor<'de> for Batch {
+        type Value = Option<Vec<&'de RawValue>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("`batch` as an array of events")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok(Some(items))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(Batch)
 }
 
 /// Parses decoded JSON bytes into a payload that borrows from them.
@@ -195,29 +275,20 @@ pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
             }
         }
         Some(b'{') => {
-            let envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
-            match envelope.batch {
-                Some(batch) if batch.get().starts_with('[') => {
-                    let items: Vec<&RawValue> =
-                        serde_json::from_str(batch.get()).map_err(invalid_json)?;
-                    Payload {
-                        events: events_from(items, "`batch`")?,
-                        token: batch_token(&envelope)?,
-                        sent_at: envelope
-                            .sent_at
-                            .and_then(as_str)
-                            .and_then(|text| timestamp::parse(&text)),
-                        historical_migration: envelope
-                            .historical_migration
-                            .and_then(as_bool)
-                            .unwrap_or(false),
-                    }
-                }
-                Some(_) => {
-                    return Err(CaptureError::Payload(
-                        "`batch` must be an array of events".into(),
-                    ));
-                }
+            let mut envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
+            match envelope.batch.take() {
+                Some(items) => Payload {
+                    events: events_from(items, "`batch`")?,
+                    token: batch_token(&envelope)?,
+                    sent_at: envelope
+                        .sent_at
+                        .and_then(as_str)
+                        .and_then(|text| timestamp::parse(&text)),
+                    historical_migration: envelope
+                        .historical_migration
+                        .and_then(as_bool)
+                        .unwrap_or(false),
+                },
                 None => {
                     let raw: &RawValue = serde_json::from_slice(bytes).map_err(invalid_json)?;
                     Payload {
@@ -321,8 +392,19 @@ mod tests {
         assert!(event.raw.get().contains(r#"{"z":1,"a":2}"#));
         assert_eq!(event.fields.uuid.and_then(as_str).as_deref(), Some("x"));
         assert_eq!(event.fields.token().as_deref(), Some("phc_A"));
-        let properties = event.fields.properties().expect("properties");
+        let properties = &event.fields.properties;
         assert_eq!(properties.cookieless_mode.and_then(as_bool), Some(true));
+    }
+
+    #[test]
+    fn properties_that_are_not_an_object_count_as_none() {
+        for properties in ["null", "\"x\"", "[1,{\"token\":\"t\"}]", "3", "true", "1.5"] {
+            let body = format!(r#"{{"event":"a","properties":{properties},"distinct_id":"d"}}"#);
+            let payload = parse(body.as_bytes()).expect("parse");
+            let fields = &payload.events[0].fields;
+            assert!(fields.properties.token.is_none(), "{properties}");
+            assert_eq!(fields.distinct_id.and_then(as_str).as_deref(), Some("d"));
+        }
     }
 
     #[test]
@@ -337,7 +419,7 @@ mod tests {
         let cases: [(&[u8], &str); 5] = [
             (b"[]", "no events"),
             (b"42", "must be an event object"),
-            (br#"{"batch":{}}"#, "`batch` must be an array"),
+            (br#"{"batch":{}}"#, "`batch` as an array of events"),
             (br#"[{"event":"a"}, 3]"#, "element 1 of the array"),
             (b"{\"event\":", "invalid JSON"),
         ];

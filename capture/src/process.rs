@@ -16,9 +16,7 @@ use uuid::Uuid;
 
 use crate::error::CaptureError;
 use crate::event::CapturedEvent;
-use crate::parse::{
-    EventFields, Payload, PropertyFields, as_bool, as_i64, as_str, present, request_token,
-};
+use crate::parse::{EventFields, Payload, as_bool, as_i64, as_str, present, request_token};
 use crate::route::{DataType, Topics};
 use crate::sink::Message;
 use crate::timestamp::{self, ClientTime};
@@ -81,7 +79,7 @@ pub fn analytics_messages(
     for (index, event) in payload.events.iter().enumerate() {
         let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
         let fields = &event.fields;
-        let properties = fields.properties().map_err(invalid)?;
+        let properties = &fields.properties;
         let (name, data) = match event_name(fields, ctx.endpoint).map_err(invalid)? {
             Some(name) => (name.into_owned(), event.raw.get().to_owned()),
             None => (
@@ -89,7 +87,7 @@ pub fn analytics_messages(
                 named_identify(event.raw).map_err(invalid)?,
             ),
         };
-        let distinct_id = distinct_id(fields, &properties).map_err(invalid)?;
+        let distinct_id = distinct_id(fields).map_err(invalid)?;
         let uuid = event_uuid(fields).map_err(invalid)?;
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
         let client_timestamp = fields.timestamp.and_then(as_str);
@@ -159,13 +157,10 @@ fn named_identify(raw: &RawValue) -> Result<String, String> {
 }
 
 /// The distinct id from the event or its properties, as a clean string.
-pub fn distinct_id(
-    fields: &EventFields<'_>,
-    properties: &PropertyFields<'_>,
-) -> Result<String, String> {
+pub fn distinct_id(fields: &EventFields<'_>) -> Result<String, String> {
     let raw = present(fields.distinct_id)
         .or(present(fields.dollar_distinct_id))
-        .or(present(properties.distinct_id))
+        .or(present(fields.properties.distinct_id))
         .ok_or("missing `distinct_id` (in the event or its properties)")?;
     // Any other JSON value is kept as its JSON text (42, true, {"a":1}).
     let text = as_str(raw).unwrap_or(Cow::Borrowed(raw.get()));
@@ -253,8 +248,7 @@ mod tests {
         let distinct = |event: serde_json::Value| {
             let text = event.to_string();
             let fields: EventFields<'_> = serde_json::from_str(&text).expect("fields");
-            let properties = fields.properties().expect("properties");
-            distinct_id(&fields, &properties)
+            distinct_id(&fields)
         };
         for (event, expected) in cases {
             assert_eq!(distinct(event).expect("valid"), expected);

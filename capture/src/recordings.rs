@@ -53,7 +53,7 @@ pub fn recording_message(
         .first()
         .ok_or_else(|| CaptureError::Recording("no snapshots".into()))?;
     let invalid = |index: usize| move |reason: String| CaptureError::InvalidEvent { index, reason };
-    let properties = first.fields.properties().map_err(invalid(0))?;
+    let properties = &first.fields.properties;
     let text = |raw: Option<&RawValue>| raw.and_then(as_str).map(Cow::into_owned);
 
     let session_id = text(properties.session_id).ok_or_else(|| {
@@ -63,7 +63,7 @@ pub fn recording_message(
     let window_id = text(properties.window_id).unwrap_or_else(|| session_id.clone());
     let snapshot_source = text(properties.snapshot_source).unwrap_or_else(|| "web".to_owned());
     let lib = text(properties.lib);
-    let distinct_id = distinct_id(&first.fields, &properties).map_err(invalid(0))?;
+    let distinct_id = distinct_id(&first.fields).map_err(invalid(0))?;
     let uuid = event_uuid(&first.fields).map_err(invalid(0))?;
     let sent_at = payload.sent_at.or(ctx.query_sent_at);
     let client_timestamp = first.fields.timestamp.and_then(as_str);
@@ -79,7 +79,7 @@ pub fn recording_message(
 
     let mut items = Vec::with_capacity(payload.events.len());
     for (index, event) in payload.events.iter().enumerate() {
-        let properties = event.fields.properties().map_err(invalid(index))?;
+        let properties = &event.fields.properties;
         if properties
             .session_id
             .is_some_and(|raw| as_str(raw).as_deref() != Some(session_id.as_str()))
