@@ -21,8 +21,8 @@ use crate::token::TokenError;
 /// One event: the client's JSON text and the fields read from it.
 #[derive(Debug)]
 pub struct Event<'a> {
-    /// The event object exactly as sent.
-    pub raw: &'a RawValue,
+    /// The event object's JSON text exactly as sent.
+    pub raw: &'a str,
     /// The fields capture reads.
     pub fields: EventFields<'a>,
 }
@@ -59,6 +59,15 @@ pub struct EventFields<'a> {
     /// Project token, old spelling.
     #[serde(borrow, default)]
     pub api_key: Option<&'a RawValue>,
+    /// A batch body's events (only read at the top level of a body).
+    #[serde(borrow, default, deserialize_with = "batch_array")]
+    pub batch: Option<Vec<&'a RawValue>>,
+    /// A batch body's send time.
+    #[serde(borrow, default)]
+    pub sent_at: Option<&'a RawValue>,
+    /// A batch body's request for the historical topic.
+    #[serde(borrow, default)]
+    pub historical_migration: Option<&'a RawValue>,
     /// The fields read from the event's properties; empty when there are
     /// none or `properties` is not an object. Read in the same pass as the
     /// event itself.
@@ -215,22 +224,6 @@ pub struct Payload<'a> {
     pub historical_migration: bool,
 }
 
-/// The top level of an object body: a batch if it has `batch`, else an
-/// event.
-#[derive(Debug, Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default, deserialize_with = "batch_array")]
-    batch: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, default)]
-    api_key: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    token: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    sent_at: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    historical_migration: Option<&'a RawValue>,
-}
-
 /// `batch`, which must be an array (`null` counts as absent).
 fn batch_array<'de, D>(deserializer: D) -> Result<Option<Vec<&'de RawValue>>, D::Error>
 where
@@ -275,24 +268,28 @@ pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
             }
         }
         Some(b'{') => {
-            let mut envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
-            match envelope.batch.take() {
+            // One pass reads a batch's envelope or a single event's fields:
+            // the object is one or the other, and both share `token`.
+            let mut top: EventFields<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
+            match top.batch.take() {
                 Some(items) => Payload {
                     events: events_from(items, "`batch`")?,
-                    token: batch_token(&envelope)?,
-                    sent_at: envelope
+                    token: batch_token(&top)?,
+                    sent_at: top
                         .sent_at
                         .and_then(as_str)
                         .and_then(|text| timestamp::parse(&text)),
-                    historical_migration: envelope
+                    historical_migration: top
                         .historical_migration
                         .and_then(as_bool)
                         .unwrap_or(false),
                 },
                 None => {
-                    let raw: &RawValue = serde_json::from_slice(bytes).map_err(invalid_json)?;
+                    // Valid JSON (just parsed) and UTF-8 (checked by decode).
+                    let raw = std::str::from_utf8(bytes.trim_ascii())
+                        .map_err(|err| CaptureError::Payload(format!("invalid UTF-8: {err}")))?;
                     Payload {
-                        events: events_from(vec![raw], "the body")?,
+                        events: vec![Event { raw, fields: top }],
                         ..Payload::default()
                     }
                 }
@@ -330,13 +327,16 @@ fn events_from<'a>(
                     index,
                     reason: err.to_string(),
                 })?;
-            Ok(Event { raw, fields })
+            Ok(Event {
+                raw: raw.get(),
+                fields,
+            })
         })
         .collect()
 }
 
-fn batch_token(envelope: &Envelope<'_>) -> Result<Option<String>, CaptureError> {
-    match present(envelope.api_key).or(present(envelope.token)) {
+fn batch_token(top: &EventFields<'_>) -> Result<Option<String>, CaptureError> {
+    match present(top.api_key).or(present(top.token)) {
         None => Ok(None),
         Some(raw) => match as_str(raw) {
             Some(token) => Ok(Some(token.into_owned())),
@@ -375,8 +375,8 @@ mod tests {
                 .expect("batch");
         assert_eq!(single.events.len(), 1);
         assert_eq!(array.events.len(), 1);
-        assert_eq!(batch.events[0].raw.get(), r#"{"event":"a"}"#);
-        assert_eq!(single.events[0].raw.get(), r#"{"event":"a","token":"t"}"#);
+        assert_eq!(batch.events[0].raw, r#"{"event":"a"}"#);
+        assert_eq!(single.events[0].raw, r#"{"event":"a","token":"t"}"#);
         assert_eq!(batch.token.as_deref(), Some("t"));
         assert!(batch.sent_at.is_some());
         assert!(!batch.historical_migration);
@@ -388,8 +388,8 @@ mod tests {
             "properties": {"token": "phc_\u0041", "$cookieless_mode": true}} ]}"#;
         let payload = parse(body).expect("batch");
         let event = &payload.events[0];
-        assert!(event.raw.get().contains("12345678901234567890123"));
-        assert!(event.raw.get().contains(r#"{"z":1,"a":2}"#));
+        assert!(event.raw.contains("12345678901234567890123"));
+        assert!(event.raw.contains(r#"{"z":1,"a":2}"#));
         assert_eq!(event.fields.uuid.and_then(as_str).as_deref(), Some("x"));
         assert_eq!(event.fields.token().as_deref(), Some("phc_A"));
         let properties = &event.fields.properties;

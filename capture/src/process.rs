@@ -81,7 +81,7 @@ pub fn analytics_messages(
         let fields = &event.fields;
         let properties = &fields.properties;
         let (name, data) = match event_name(fields, ctx.endpoint).map_err(invalid)? {
-            Some(name) => (name.into_owned(), event.raw.get().to_owned()),
+            Some(name) => (name.into_owned(), event.raw.to_owned()),
             None => (
                 "$identify".to_owned(),
                 named_identify(event.raw).map_err(invalid)?,
@@ -149,9 +149,9 @@ fn event_name<'a>(
 
 /// `data` for an unnamed `/engage` event: the event with `"event":
 /// "$identify"` added. The only path that rebuilds the client's JSON.
-fn named_identify(raw: &RawValue) -> Result<String, String> {
+fn named_identify(raw: &str) -> Result<String, String> {
     let mut event: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(raw.get()).map_err(|err| err.to_string())?;
+        serde_json::from_str(raw).map_err(|err| err.to_string())?;
     event.insert("event".into(), "$identify".into());
     serde_json::to_string(&event).map_err(|err| err.to_string())
 }

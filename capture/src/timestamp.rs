@@ -79,7 +79,19 @@ pub fn resolve(client: ClientTime<'_>, now: DateTime<Utc>) -> DateTime<Utc> {
 /// microseconds and an explicit `+00:00`, which is what PostHog's original
 /// capture wrote and what its consumers parse.
 pub fn format(ts: DateTime<Utc>) -> String {
-    ts.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+    use chrono::{Datelike, Timelike};
+    // Written out rather than through a strftime pattern, which is parsed
+    // anew on every call; this runs several times per event.
+    let micros = (ts.nanosecond() / 1_000).min(999_999);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
+        ts.year(),
+        ts.month(),
+        ts.day(),
+        ts.hour(),
+        ts.minute(),
+        ts.second(),
+    )
 }
 
 #[cfg(test)]
@@ -153,6 +165,14 @@ mod tests {
             ..ClientTime::default()
         };
         assert_eq!(resolve(near, now), at("2024-01-01T20:00:00Z"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn format_agrees_with_strftime(secs in 0i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
+            let ts = DateTime::from_timestamp(secs, nanos).expect("in range");
+            proptest::prop_assert_eq!(format(ts), ts.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string());
+        }
     }
 
     #[test]
