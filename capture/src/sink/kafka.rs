@@ -1,23 +1,25 @@
 //! The Kafka sink, on librdkafka through `rdkafka`.
 //!
-//! Every message of a request is enqueued without blocking, then the request
-//! waits for all delivery reports; a full local queue answers at once with
+//! Every message of a request is enqueued without blocking, carrying one
+//! shared [`RequestAck`]; the delivery callback counts it down and wakes the
+//! request once, when the last message is acknowledged or the first one
+//! fails. A full local queue answers at once with
 //! [`SinkError::QueueFull`] so clients back off instead of piling up. A
 //! background task checks broker metadata so readiness follows the cluster.
 //! Topic management beyond `--ensure-topics` belongs to the operator.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::future::try_join_all;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 
 use super::{Health, Message, Sink, SinkError};
@@ -113,9 +115,62 @@ impl ClientContext for StatsContext {
     }
 }
 
+impl ProducerContext for StatsContext {
+    type DeliveryOpaque = Arc<RequestAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<RequestAck>) {
+        match result {
+            Ok(_) => ack.delivered(),
+            Err((err, message)) => ack.failed(err.clone(), message.payload_len()),
+        }
+    }
+}
+
+/// The acknowledgement state of one request's messages.
+#[derive(Debug)]
+pub struct RequestAck {
+    /// Messages not yet acknowledged.
+    remaining: AtomicUsize,
+    /// The first failure, with the size of its message.
+    failure: Mutex<Option<(KafkaError, usize)>>,
+    /// Woken once: all acknowledged, or a failure.
+    done: tokio::sync::Notify,
+}
+
+impl RequestAck {
+    fn new(messages: usize) -> Self {
+        RequestAck {
+            remaining: AtomicUsize::new(messages),
+            failure: Mutex::new(None),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn delivered(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    fn failed(&self, err: KafkaError, size: usize) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some((err, size));
+            self.done.notify_one();
+        }
+    }
+
+    fn failure(&self) -> Option<(KafkaError, usize)> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
 /// Produces to Kafka and reports broker reachability.
 pub struct KafkaSink {
-    producer: FutureProducer<StatsContext>,
+    producer: ThreadedProducer<StatsContext>,
     reachable: Arc<AtomicBool>,
     max_message_bytes: usize,
     ack_timeout: Duration,
@@ -135,7 +190,7 @@ impl KafkaSink {
     /// error: the pod stays unready until it answers.
     pub async fn start(config: &KafkaConfig, max_message_bytes: usize) -> Result<Self, SinkError> {
         let client = client_config(config, max_message_bytes);
-        let producer: FutureProducer<StatsContext> = client
+        let producer: ThreadedProducer<StatsContext> = client
             .create_with_context(StatsContext::default())
             .map_err(SinkError::Kafka)?;
         let reachable = Arc::new(AtomicBool::new(false));
@@ -218,7 +273,7 @@ impl Sink for KafkaSink {
         if messages.is_empty() {
             return Ok(());
         }
-        let mut deliveries = Vec::with_capacity(messages.len());
+        let ack = Arc::new(RequestAck::new(messages.len()));
         for message in &messages {
             let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
             for (key, value) in &message.headers {
@@ -227,49 +282,41 @@ impl Sink for KafkaSink {
                     value: Some(value.as_bytes()),
                 });
             }
-            let mut record = FutureRecord::to(&message.topic)
+            let mut record = BaseRecord::with_opaque_to(&message.topic, Arc::clone(&ack))
                 .payload(message.payload.as_bytes())
                 .headers(headers);
             if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(err, _)| self.map_error(err, message.payload.len()))?;
-            deliveries.push(async move {
-                match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((err, _))) => Err((self.map_error(err, message.payload.len()), message)),
-                    Err(_canceled) => Err((SinkError::Timeout, message)),
-                }
-            });
+            if let Err((err, _)) = self.producer.send(record) {
+                // Messages enqueued before this one still go out; the client
+                // retries the request (at-least-once).
+                return Err(self.map_error(err, message.payload.len()));
+            }
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.ack_timeout, try_join_all(deliveries)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((err, message))) => Err((err, message)),
-            // Idempotent producers hold in-flight messages past their timeout
-            // until the connection gives up; the request does not wait.
-            Err(_) => Err((SinkError::Timeout, &messages[0])),
-        };
-        let result = result.map_err(|(err, message)| {
-            let uuid = message
-                .headers
-                .iter()
-                .find(|(name, _)| *name == header::UUID);
-            tracing::warn!(
-                uuid = uuid.map_or("", |(_, uuid)| uuid.as_str()),
-                topic = %message.topic,
-                events = messages.len(),
-                error = %err,
-                "event not acknowledged by kafka"
-            );
-            err
-        });
+        let acknowledged = tokio::time::timeout(self.ack_timeout, ack.done.notified()).await;
         metrics::histogram!(m::SINK_ACK_SECONDS, "sink" => "kafka")
             .record(started.elapsed().as_secs_f64());
-        result
+        let err = match (acknowledged, ack.failure()) {
+            (Ok(()), None) => return Ok(()),
+            (_, Some((err, size))) => self.map_error(err, size),
+            // Idempotent producers hold in-flight messages past their timeout
+            // until the connection gives up; the request does not wait.
+            (Err(_), None) => SinkError::Timeout,
+        };
+        let uuid = messages[0]
+            .headers
+            .iter()
+            .find(|(name, _)| *name == header::UUID);
+        tracing::warn!(
+            uuid = uuid.map_or("", |(_, uuid)| uuid.as_str()),
+            topic = %messages[0].topic,
+            events = messages.len(),
+            error = %err,
+            "event not acknowledged by kafka"
+        );
+        Err(err)
     }
 
     fn health(&self) -> Health {
@@ -336,6 +383,39 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_request_is_woken_when_its_last_message_is_acknowledged() {
+        let ack = RequestAck::new(3);
+        ack.delivered();
+        ack.delivered();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), ack.done.notified()).await;
+        assert!(waiting.is_err(), "woken with a message outstanding");
+        ack.delivered();
+        ack.done.notified().await;
+        assert!(ack.failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_first_failure_wakes_the_request_and_is_kept() {
+        let ack = RequestAck::new(3);
+        ack.delivered();
+        ack.failed(
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            10,
+        );
+        ack.failed(
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+            20,
+        );
+        ack.done.notified().await;
+        let (err, size) = ack.failure().expect("a failure");
+        assert_eq!(size, 10);
+        assert!(matches!(
+            err,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+        ));
+    }
 
     #[test]
     fn every_offered_compression_codec_is_built_in() {
