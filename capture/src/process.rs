@@ -263,6 +263,19 @@ mod tests {
     }
 
     #[test]
+    fn data_is_the_events_text_exactly_as_sent() {
+        let topics = Topics::default();
+        let event = r#"{ "z": 1, "event":"e" ,"distinct_id":"d","n":12345678901234567890123,"s":"\u00e9\/","token":"phc_t"}"#;
+        let body = format!("[{event} ]");
+        let messages = analytics_messages(
+            parse(body.as_bytes()).expect("parse"),
+            &ctx(&topics, Endpoint::Event),
+        )
+        .expect("valid");
+        assert_eq!(value(&messages[0]).data, event);
+    }
+
+    #[test]
     fn a_bad_event_refuses_the_whole_request_and_names_its_position() {
         let err = run(
             json!({"api_key": "phc_t", "batch": [
