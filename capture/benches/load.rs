@@ -246,38 +246,29 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
     let topics = common::Topics::create(settings.partitions).await;
     let extra: Vec<&str> = settings.capture_args.iter().map(String::as_str).collect();
     let mut capture = common::capture_for(&topics, &extra);
-    let client = http_client(settings.concurrency);
-
     // Capture first, then the bare server: each is warmed up right before
     // its measured phase so no keep-alive connection sits idle in between.
-    let url = capture.url(scenario.path);
-    let warm = drive(
-        &client,
-        &url,
+    let (warm_ok, measured) = warm_and_measure(
+        &capture.url(scenario.path),
         scenario,
-        scenario.warmup,
-        settings.concurrency,
+        capture.pid(),
+        settings,
+        ticks,
     )
     .await;
-    let measured = measure(&client, &url, scenario, capture.pid(), settings, ticks).await;
-    let capture_ok_requests = warm.ok + measured.ok_requests;
+    let capture_ok_requests = warm_ok + measured.ok_requests;
     print_line("capture", &measured);
-    drop(client);
 
     let bare = bare::Bare::start();
-    let client = http_client(settings.concurrency);
-    let url = bare.url(scenario.path);
-    drive(
-        &client,
-        &url,
+    let (_, bare_measured) = warm_and_measure(
+        &bare.url(scenario.path),
         scenario,
-        scenario.warmup,
-        settings.concurrency,
+        bare.pid(),
+        settings,
+        ticks,
     )
     .await;
-    let bare_measured = measure(&client, &url, scenario, bare.pid(), settings, ticks).await;
     print_line("bare", &bare_measured);
-    drop(client);
     drop(bare);
 
     let status = tokio::task::spawn_blocking(move || capture.terminate())
@@ -326,6 +317,28 @@ fn http_client(concurrency: usize) -> reqwest::Client {
 }
 
 /// The measured phase: CPU and wall time around one run of the load.
+/// Warms the server at `url` up, then measures it on a fresh client;
+/// returns the warm-up's successful requests and the measurement.
+async fn warm_and_measure(
+    url: &str,
+    scenario: &Scenario,
+    pid: u32,
+    settings: &Settings,
+    ticks: f64,
+) -> (usize, Measurement) {
+    let client = http_client(settings.concurrency);
+    let warm = drive(
+        &client,
+        url,
+        scenario,
+        scenario.warmup,
+        settings.concurrency,
+    )
+    .await;
+    let measured = measure(&client, url, scenario, pid, settings, ticks).await;
+    (warm.ok, measured)
+}
+
 async fn measure(
     client: &reqwest::Client,
     url: &str,
