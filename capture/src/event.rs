@@ -5,6 +5,8 @@
 //! reads these topics) depend on exactly this shape, so it is defined once
 //! here and used by every sink.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -30,8 +32,9 @@ pub mod header {
 }
 
 /// The message value: one captured event as capture hands it downstream.
+/// `data` borrows the client's text while the message is built.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CapturedEvent {
+pub struct CapturedEvent<'a> {
     /// The client's uuid for the event, or a UUIDv7 capture generated.
     pub uuid: Uuid,
     /// Who did it, as a string of at most 200 characters.
@@ -39,7 +42,7 @@ pub struct CapturedEvent {
     /// The client's IP address.
     pub ip: String,
     /// The event exactly as the client sent it, as a JSON string.
-    pub data: String,
+    pub data: Cow<'a, str>,
     /// Server time when the request arrived.
     pub now: String,
     /// When the client says it sent the request; absent when unknown.
@@ -56,7 +59,7 @@ pub struct CapturedEvent {
     pub is_cookieless_mode: bool,
 }
 
-impl CapturedEvent {
+impl CapturedEvent<'_> {
     /// Partition key: `token:distinct_id`, or `token:ip` in cookieless mode.
     pub fn key(&self) -> String {
         let who = if self.is_cookieless_mode {
@@ -67,27 +70,55 @@ impl CapturedEvent {
         format!("{}:{who}", self.token)
     }
 
-    /// Headers every message carries.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (header::TOKEN, self.token.clone()),
-            (header::DISTINCT_ID, self.distinct_id.clone()),
-            (header::EVENT, self.event.clone()),
-            (header::UUID, self.uuid.to_string()),
-            (header::TIMESTAMP, self.timestamp.clone()),
-            (header::NOW, self.now.clone()),
-        ]
+    /// The message value as JSON: the same document `serde_json` makes of
+    /// this struct, written directly (see [`push_json_str`]).
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.data.len() + self.data.len() / 4 + 320);
+        let mut uuid = Uuid::encode_buffer();
+        out.push_str("{\"uuid\":\"");
+        out.push_str(self.uuid.hyphenated().encode_lower(&mut uuid));
+        out.push_str("\",\"distinct_id\":");
+        push_json_str(&mut out, &self.distinct_id);
+        out.push_str(",\"ip\":");
+        push_json_str(&mut out, &self.ip);
+        out.push_str(",\"data\":");
+        push_json_str(&mut out, &self.data);
+        out.push_str(",\"now\":");
+        push_json_str(&mut out, &self.now);
+        if let Some(sent_at) = &self.sent_at {
+            out.push_str(",\"sent_at\":");
+            push_json_str(&mut out, sent_at);
+        }
+        out.push_str(",\"token\":");
+        push_json_str(&mut out, &self.token);
+        out.push_str(",\"event\":");
+        push_json_str(&mut out, &self.event);
+        out.push_str(",\"timestamp\":");
+        push_json_str(&mut out, &self.timestamp);
+        if self.is_cookieless_mode {
+            out.push_str(",\"is_cookieless_mode\":true");
+        }
+        out.push('}');
+        out
     }
 
-    /// Builds the message for `topic`, keyed by `key` (`None` spreads load).
+    /// Builds the message for `topic`, keyed by `key` (`None` spreads load);
+    /// the headers take the value's fields without copying them again.
     pub fn into_message(
         self,
         kind: DataType,
         topic: std::sync::Arc<str>,
         key: Option<String>,
     ) -> Message {
-        let headers = self.headers();
-        let payload = serde_json::to_string(&self).unwrap_or_default();
+        let payload = self.to_json();
+        let headers = vec![
+            (header::TOKEN, self.token),
+            (header::DISTINCT_ID, self.distinct_id),
+            (header::EVENT, self.event),
+            (header::UUID, self.uuid.to_string()),
+            (header::TIMESTAMP, self.timestamp),
+            (header::NOW, self.now),
+        ];
         Message {
             kind,
             topic,
@@ -98,11 +129,70 @@ impl CapturedEvent {
     }
 }
 
+/// Appends `text` as a JSON string literal, escaped exactly as `serde_json`
+/// escapes it. `data` is itself JSON, so it is full of quotes; runs of
+/// eight bytes with nothing to escape are found a word at a time.
+pub fn push_json_str(out: &mut String, text: &str) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `word` is below `n` (no false negatives).
+    let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH != 0;
+    let any_equal = |word: u64, b: u8| any_below(word ^ (ONES * u64::from(b)), 1);
+
+    let bytes = text.as_bytes();
+    out.push('"');
+    let mut start = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(chunk) = bytes.get(at..at + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let word = u64::from_le_bytes(word);
+            if !any_below(word, 0x20) && !any_equal(word, b'"') && !any_equal(word, b'\\') {
+                at += 8;
+                continue;
+            }
+        }
+        let end = (at + 8).min(bytes.len());
+        while at < end {
+            let byte = bytes[at];
+            let escape: Option<&str> = match byte {
+                b'"' => Some("\\\""),
+                b'\\' => Some("\\\\"),
+                b'\n' => Some("\\n"),
+                b'\r' => Some("\\r"),
+                b'\t' => Some("\\t"),
+                0x08 => Some("\\b"),
+                0x0c => Some("\\f"),
+                0x00..=0x1f => None,
+                _ => {
+                    at += 1;
+                    continue;
+                }
+            };
+            out.push_str(&text[start..at]);
+            match escape {
+                Some(escape) => out.push_str(escape),
+                None => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.push_str("\\u00");
+                    out.push(char::from(HEX[usize::from(byte >> 4)]));
+                    out.push(char::from(HEX[usize::from(byte & 0xf)]));
+                }
+            }
+            at += 1;
+            start = at;
+        }
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event() -> CapturedEvent {
+    fn event() -> CapturedEvent<'static> {
         CapturedEvent {
             uuid: Uuid::nil(),
             distinct_id: "user-1".into(),
@@ -129,7 +219,7 @@ mod tests {
 
     #[test]
     fn absent_sent_at_and_cookieless_flag_are_omitted_from_the_value() {
-        let value: serde_json::Value = serde_json::to_value(event()).expect("serializes");
+        let value: serde_json::Value = serde_json::from_str(&event().to_json()).expect("JSON");
         let object = value.as_object().expect("object");
         assert!(!object.contains_key("sent_at"));
         assert!(!object.contains_key("is_cookieless_mode"));
@@ -149,10 +239,48 @@ mod tests {
 
     #[test]
     fn headers_carry_the_routing_fields() {
-        let names: Vec<_> = event().headers().into_iter().map(|(k, _)| k).collect();
+        let message = event().into_message(DataType::Events, "t".into(), None);
+        let names: Vec<_> = message.headers.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             names,
             ["token", "distinct_id", "event", "uuid", "timestamp", "now"]
         );
+        assert_eq!(message.headers[3].1, Uuid::nil().to_string());
+    }
+
+    #[test]
+    fn the_value_is_what_serde_makes_of_the_struct() {
+        let full = CapturedEvent {
+            sent_at: Some("2024-01-01T00:00:00.000000+00:00".into()),
+            is_cookieless_mode: true,
+            data: r#"{"event":"a \"q\" \\ é","n":[1, 2]}"#.into(),
+            distinct_id: "tab\there\u{1}\u{7f}".into(),
+            ..event()
+        };
+        for value in [event(), full] {
+            let expected = serde_json::to_string(&value).expect("serializes");
+            assert_eq!(value.to_json(), expected);
+        }
+    }
+
+    fn tricky_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let tricky = prop_oneof![
+            any::<char>(),
+            (0u8..0x20).prop_map(char::from),
+            Just('"'),
+            Just('\\'),
+            Just('\u{7f}'),
+        ];
+        prop::collection::vec(tricky, 0..40).prop_map(String::from_iter)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(text in tricky_text()) {
+            let mut ours = String::new();
+            push_json_str(&mut ours, &text);
+            proptest::prop_assert_eq!(ours, serde_json::to_string(&text).expect("serializes"));
+        }
     }
 }

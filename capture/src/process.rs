@@ -81,10 +81,10 @@ pub fn analytics_messages(
         let fields = &event.fields;
         let properties = &fields.properties;
         let (name, data) = match event_name(fields, ctx.endpoint).map_err(invalid)? {
-            Some(name) => (name.into_owned(), event.raw.to_owned()),
+            Some(name) => (name.into_owned(), Cow::Borrowed(event.raw)),
             None => (
                 "$identify".to_owned(),
-                named_identify(event.raw).map_err(invalid)?,
+                Cow::Owned(named_identify(event.raw).map_err(invalid)?),
             ),
         };
         let distinct_id = distinct_id(fields).map_err(invalid)?;
@@ -211,7 +211,7 @@ mod tests {
         analytics_messages(parse(text.as_bytes())?, &ctx(&topics, endpoint))
     }
 
-    fn value(message: &Message) -> CapturedEvent {
+    fn value(message: &Message) -> CapturedEvent<'static> {
         serde_json::from_str(&message.payload).expect("message value parses")
     }
 

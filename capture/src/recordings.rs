@@ -127,7 +127,7 @@ pub fn recording_message(
         uuid,
         distinct_id,
         ip: ctx.ip.clone(),
-        data,
+        data: data.into(),
         now: timestamp::format(ctx.now),
         sent_at: sent_at.map(timestamp::format),
         token,
@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(&*message.topic, "clickhouse_session_recording_events");
         assert_eq!(message.key.as_deref(), Some("s-1"));
         assert!(message.headers.contains(&("session_id", "s-1".to_owned())));
-        let value: CapturedEvent = serde_json::from_str(&message.payload).expect("value");
+        let value: CapturedEvent<'_> = serde_json::from_str(&message.payload).expect("value");
         let data: Value = serde_json::from_str(&value.data).expect("data");
         assert_eq!(data["event"], "$snapshot_items");
         assert_eq!(
