@@ -60,8 +60,8 @@ pub struct EventFields<'a> {
     #[serde(borrow, default)]
     pub api_key: Option<&'a RawValue>,
     /// A batch body's events (only read at the top level of a body).
-    #[serde(borrow, default, deserialize_with = "batch_array")]
-    pub batch: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default, deserialize_with = "by_shape")]
+    pub batch: Batch<'a>,
     /// A batch body's send time.
     #[serde(borrow, default)]
     pub sent_at: Option<&'a RawValue>,
@@ -71,7 +71,7 @@ pub struct EventFields<'a> {
     /// The fields read from the event's properties; empty when there are
     /// none or `properties` is not an object. Read in the same pass as the
     /// event itself.
-    #[serde(borrow, default, deserialize_with = "lenient_properties")]
+    #[serde(borrow, default, deserialize_with = "by_shape")]
     pub properties: PropertyFields<'a>,
 }
 
@@ -122,57 +122,120 @@ impl<'a> EventFields<'a> {
     }
 }
 
-/// Reads an object's property fields and skips any other JSON value, so an
-/// event whose `properties` is `null`, a string or an array has no
-/// properties rather than being refused.
-fn lenient_properties<'de, D>(deserializer: D) -> Result<PropertyFields<'de>, D::Error>
+/// A `batch` field: only an array is a batch.
+#[derive(Debug, Default)]
+pub enum Batch<'a> {
+    /// No `batch` (or `null`).
+    #[default]
+    Absent,
+    /// The events of a batch body.
+    Events(Vec<&'a RawValue>),
+    /// Something else: refused at the top of a body, ignored in an event.
+    NotAnArray,
+}
+
+/// Values read according to their JSON shape; any other shape is skipped.
+trait Shaped<'de>: Sized {
+    /// From a JSON object.
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+    /// From a JSON array.
+    fn from_seq<A: SeqAccess<'de>>(seq: A) -> Result<Self, A::Error>;
+    /// From a string, number or boolean.
+    fn other() -> Self;
+    /// From `null`.
+    fn null() -> Self {
+        Self::other()
+    }
+}
+
+impl<'de> Shaped<'de> for PropertyFields<'de> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        PropertyFields::deserialize(MapAccessDeserializer::new(map))
+    }
+
+    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(PropertyFields::default())
+    }
+
+    /// `properties` that is not an object counts as none, rather than
+    /// refusing the event.
+    fn other() -> Self {
+        PropertyFields::default()
+    }
+}
+
+impl<'de> Shaped<'de> for Batch<'de> {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Batch::NotAnArray)
+    }
+
+    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Batch::Events(items))
+    }
+
+    fn other() -> Self {
+        Batch::NotAnArray
+    }
+
+    fn null() -> Self {
+        Batch::Absent
+    }
+}
+
+fn by_shape<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
+    T: Shaped<'de>,
 {
-    struct Lenient;
+    struct ByShape<T>(std::marker::PhantomData<T>);
 
-    impl<'de> Visitor<'de> for Lenient {
-        type Value = PropertyFields<'de>;
+    impl<'de, T: Shaped<'de>> Visitor<'de> for ByShape<T> {
+        type Value = T;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object of properties")
+            f.write_str("any JSON value")
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            PropertyFields::deserialize(MapAccessDeserializer::new(map))
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::from_map(map)
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(PropertyFields::default())
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+            T::from_seq(seq)
         }
 
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(PropertyFields::default())
+        fn visit_unit<E: serde::de::Error>(self) -> Result<T, E> {
+            Ok(T::null())
         }
 
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(PropertyFields::default())
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<T, E> {
+            Ok(T::other())
         }
 
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(PropertyFields::default())
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<T, E> {
+            Ok(T::other())
         }
 
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(PropertyFields::default())
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<T, E> {
+            Ok(T::other())
         }
 
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(PropertyFields::default())
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<T, E> {
+            Ok(T::other())
         }
 
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(PropertyFields::default())
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<T, E> {
+            Ok(T::other())
         }
     }
 
-    deserializer.deserialize_any(Lenient)
+    deserializer.deserialize_any(ByShape(std::marker::PhantomData))
 }
 
 /// The text of a JSON string value; `None` for any other JSON type.
@@ -224,36 +287,6 @@ pub struct Payload<'a> {
     pub historical_migration: bool,
 }
 
-/// `batch`, which must be an array (`null` counts as absent).
-fn batch_array<'de, D>(deserializer: D) -> Result<Option<Vec<&'de RawValue>>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    struct Batch;
-
-    impl<'de> Visitor<'de> for Batch {
-        type Value = Option<Vec<&'de RawValue>>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("`batch` as an array of events")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
-            while let Some(item) = seq.next_element()? {
-                items.push(item);
-            }
-            Ok(Some(items))
-        }
-
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-
-    deserializer.deserialize_any(Batch)
-}
-
 /// Parses decoded JSON bytes into a payload that borrows from them.
 pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
     let invalid_json =
@@ -271,8 +304,8 @@ pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
             // One pass reads a batch's envelope or a single event's fields:
             // the object is one or the other, and both share `token`.
             let mut top: EventFields<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
-            match top.batch.take() {
-                Some(items) => Payload {
+            match std::mem::take(&mut top.batch) {
+                Batch::Events(items) => Payload {
                     events: events_from(items, "`batch`")?,
                     token: batch_token(&top)?,
                     sent_at: top
@@ -284,7 +317,12 @@ pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
                         .and_then(as_bool)
                         .unwrap_or(false),
                 },
-                None => {
+                Batch::NotAnArray => {
+                    return Err(CaptureError::Payload(
+                        "`batch` must be an array of events".into(),
+                    ));
+                }
+                Batch::Absent => {
                     // Valid JSON (just parsed) and UTF-8 (checked by decode).
                     let raw = std::str::from_utf8(bytes.trim_ascii())
                         .map_err(|err| CaptureError::Payload(format!("invalid UTF-8: {err}")))?;
@@ -408,6 +446,14 @@ mod tests {
     }
 
     #[test]
+    fn an_event_may_carry_a_batch_field_of_its_own() {
+        let body = br#"{"batch":[{"event":"a","batch":"not mine","distinct_id":"d"}]}"#;
+        let payload = parse(body).expect("parse");
+        assert_eq!(payload.events.len(), 1);
+        assert!(payload.events[0].raw.contains("not mine"));
+    }
+
+    #[test]
     fn historical_migration_is_read_from_the_batch() {
         let batch = parse(br#"{"token":"t","historical_migration":true,"batch":[{"event":"a"}]}"#)
             .expect("batch");
@@ -416,10 +462,11 @@ mod tests {
 
     #[test]
     fn wrong_shapes_name_the_problem() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
             (b"[]", "no events"),
             (b"42", "must be an event object"),
-            (br#"{"batch":{}}"#, "`batch` as an array of events"),
+            (br#"{"batch":{}}"#, "`batch` must be an array"),
+            (br#"{"batch":"x"}"#, "`batch` must be an array"),
             (br#"[{"event":"a"}, 3]"#, "element 1 of the array"),
             (b"{\"event\":", "invalid JSON"),
         ];
