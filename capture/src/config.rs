@@ -90,6 +90,10 @@ pub struct HttpConfig {
     /// Longest time a client may take to send the request body.
     #[arg(long, env = "CAPTURE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
+    /// Async worker threads. Default: one less than the CPUs available to the
+    /// process (at least 1), leaving a core to librdkafka's own threads.
+    #[arg(long, env = "CAPTURE_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
     /// On SIGTERM, how long to keep serving while readiness already fails, so
     /// load balancers stop sending traffic before the listener closes.
     #[arg(long, env = "CAPTURE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -344,6 +348,17 @@ impl Config {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Async worker threads, resolving the default.
+    pub fn worker_threads(&self) -> usize {
+        self.http.worker_threads.map_or_else(
+            || {
+                std::thread::available_parallelism()
+                    .map_or(1, |cpus| cpus.get().saturating_sub(1).max(1))
+            },
+            std::num::NonZeroUsize::get,
+        )
     }
 
     /// The sink to use, resolving the default.
@@ -625,6 +640,21 @@ mod tests {
             err.contains("unknown setting `adress`") && err.contains("address"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_less_than_the_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(
+            load(&[]).expect("valid").worker_threads(),
+            (cpus - 1).max(1)
+        );
+        let config = load(&["--worker-threads", "3"]).expect("valid");
+        assert_eq!(config.worker_threads(), 3);
+        let err = load(&["--worker-threads", "0"])
+            .expect_err("zero")
+            .to_string();
+        assert!(err.contains("--worker-threads"), "{err}");
     }
 
     #[test]

@@ -8,10 +8,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // First, so a SIGTERM during start-up still means a clean stop.
-    let shutdown = capture::server::shutdown_signal();
+fn main() {
     let config = match Config::load(std::env::args_os()) {
         Ok(config) => config,
         Err(capture::config::ConfigError::Cli(err)) => err.exit(),
@@ -24,11 +21,25 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("capture: {err}");
         std::process::exit(2);
     }
-    if let Err(err) = capture::server::run(&config, shutdown).await {
-        tracing::error!(error = %err, "capture could not start");
-        std::process::exit(1);
-    }
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async {
+        // First, so a SIGTERM during start-up still means a clean stop.
+        let shutdown = capture::server::shutdown_signal();
+        if let Err(err) = capture::server::run(&config, shutdown).await {
+            tracing::error!(error = %err, "capture could not start");
+            std::process::exit(1);
+        }
+    });
 }
 
 fn init_logging(format: &LogFormat, level: &str) -> anyhow::Result<()> {
