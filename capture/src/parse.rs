@@ -2,9 +2,10 @@
 //!
 //! A body is a single event object, an array of events, or a batch object
 //! `{api_key|token, batch: [...], sent_at, historical_migration}`. Events are
-//! never rebuilt: each stays the exact JSON text the client sent (a borrowed
-//! [`RawValue`]), which capture forwards as `data`, and only the handful of
-//! fields capture needs are read out of it into [`EventFields`].
+//! never rebuilt: each stays the exact JSON text the client sent (a slice of
+//! the decoded body), which capture forwards as `data`, and only the handful
+//! of fields capture needs are read out of it into [`EventFields`], in the
+//! same pass that finds the event.
 
 use std::borrow::Cow;
 

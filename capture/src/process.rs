@@ -90,14 +90,7 @@ pub fn analytics_messages(
         let distinct_id = distinct_id(fields).map_err(invalid)?;
         let uuid = event_uuid(fields).map_err(invalid)?;
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
-        let client_timestamp = fields.timestamp.and_then(as_str);
-        let client_time = ClientTime {
-            timestamp: client_timestamp.as_deref(),
-            offset: fields.offset.and_then(as_i64),
-            sent_at,
-            ignore_sent_at: flag(properties.ignore_sent_at),
-        };
-        let ts = timestamp::resolve(client_time, ctx.now);
+        let ts = event_time(fields, sent_at, flag(properties.ignore_sent_at), ctx.now);
         let kind = DataType::for_event(&name, payload.historical_migration);
         let captured = CapturedEvent {
             uuid,
@@ -117,6 +110,24 @@ pub fn analytics_messages(
         messages.push(message);
     }
     Ok(messages)
+}
+
+/// The event's time from its `timestamp` and `offset`, corrected by the
+/// request's `sent_at` unless `ignore_sent_at`.
+pub fn event_time(
+    fields: &EventFields<'_>,
+    sent_at: Option<DateTime<Utc>>,
+    ignore_sent_at: bool,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let client_timestamp = fields.timestamp.and_then(as_str);
+    let client = ClientTime {
+        timestamp: client_timestamp.as_deref(),
+        offset: fields.offset.and_then(as_i64),
+        sent_at,
+        ignore_sent_at,
+    };
+    timestamp::resolve(client, now)
 }
 
 /// Refuses a message the sink could not take anyway.

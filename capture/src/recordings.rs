@@ -10,11 +10,11 @@ use serde_json::value::RawValue;
 
 use crate::error::CaptureError;
 use crate::event::{CapturedEvent, header};
-use crate::parse::{Payload, as_i64, as_str, request_token};
-use crate::process::{RequestContext, check_size, distinct_id, event_uuid};
+use crate::parse::{Payload, as_str, request_token};
+use crate::process::{RequestContext, check_size, distinct_id, event_time, event_uuid};
 use crate::route::DataType;
 use crate::sink::Message;
-use crate::timestamp::{self, ClientTime};
+use crate::timestamp;
 
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_CHARS: usize = 70;
@@ -66,16 +66,7 @@ pub fn recording_message(
     let distinct_id = distinct_id(&first.fields).map_err(invalid(0))?;
     let uuid = event_uuid(&first.fields).map_err(invalid(0))?;
     let sent_at = payload.sent_at.or(ctx.query_sent_at);
-    let client_timestamp = first.fields.timestamp.and_then(as_str);
-    let ts = timestamp::resolve(
-        ClientTime {
-            timestamp: client_timestamp.as_deref(),
-            offset: first.fields.offset.and_then(as_i64),
-            sent_at,
-            ignore_sent_at: false,
-        },
-        ctx.now,
-    );
+    let ts = event_time(&first.fields, sent_at, false, ctx.now);
 
     let mut items = Vec::with_capacity(payload.events.len());
     for (index, event) in payload.events.iter().enumerate() {

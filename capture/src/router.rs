@@ -288,9 +288,10 @@ async fn handle(
             Endpoint::Recordings => vec![recording_message(payload, &ctx)?],
             _ => analytics_messages(payload, &ctx)?,
         };
-        let token = messages
-            .first()
-            .and_then(|m| m.headers.first())
+        // Only for the debug line below: not copied unless it is logged.
+        let token = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| messages.first().and_then(|m| m.headers.first()))
+            .flatten()
             .map(|(_, t)| t.clone())
             .unwrap_or_default();
         // Per data type, so the counters are touched once per request.

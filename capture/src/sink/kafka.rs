@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -76,21 +76,22 @@ pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientCo
     client
 }
 
-/// Client context that turns librdkafka statistics and errors into metrics
-/// and logs.
+/// Producer context: turns librdkafka statistics and errors into metrics
+/// and logs, and counts delivery reports down into each request's
+/// [`RequestAck`].
 #[derive(Debug, Default)]
-pub struct StatsContext {
+pub struct KafkaContext {
     /// When a client error was last logged.
-    last_logged: std::sync::Mutex<Option<Instant>>,
+    last_logged: Mutex<Option<Instant>>,
     /// Errors not logged since then.
-    suppressed: std::sync::atomic::AtomicU64,
+    suppressed: AtomicU64,
 }
 
 /// librdkafka reports a lost broker many times a second; one log line per
 /// interval (with a count of the rest) is enough. The metric counts all.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-impl ClientContext for StatsContext {
+impl ClientContext for KafkaContext {
     fn stats(&self, stats: Statistics) {
         metrics::gauge!(m::KAFKA_QUEUE_MESSAGES).set(stats.msg_cnt as f64);
         metrics::gauge!(m::KAFKA_QUEUE_BYTES).set(stats.msg_size as f64);
@@ -115,7 +116,7 @@ impl ClientContext for StatsContext {
     }
 }
 
-impl ProducerContext for StatsContext {
+impl ProducerContext for KafkaContext {
     type DeliveryOpaque = Arc<RequestAck>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<RequestAck>) {
@@ -170,7 +171,7 @@ impl RequestAck {
 
 /// Produces to Kafka and reports broker reachability.
 pub struct KafkaSink {
-    producer: ThreadedProducer<StatsContext>,
+    producer: ThreadedProducer<KafkaContext>,
     reachable: Arc<AtomicBool>,
     max_message_bytes: usize,
     ack_timeout: Duration,
@@ -190,8 +191,8 @@ impl KafkaSink {
     /// error: the pod stays unready until it answers.
     pub async fn start(config: &KafkaConfig, max_message_bytes: usize) -> Result<Self, SinkError> {
         let client = client_config(config, max_message_bytes);
-        let producer: ThreadedProducer<StatsContext> = client
-            .create_with_context(StatsContext::default())
+        let producer: ThreadedProducer<KafkaContext> = client
+            .create_with_context(KafkaContext::default())
             .map_err(SinkError::Kafka)?;
         let reachable = Arc::new(AtomicBool::new(false));
         let sink = KafkaSink {
@@ -211,16 +212,7 @@ impl KafkaSink {
     }
 
     async fn check_metadata(&self, timeout: Duration) -> Result<usize, SinkError> {
-        let producer = self.producer.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, timeout)
-                .map(|md| md.brokers().len())
-        })
-        .await
-        .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
-        .map_err(SinkError::Kafka);
+        let result = broker_count(&self.producer, timeout).await;
         self.reachable.store(result.is_ok(), Ordering::Relaxed);
         result
     }
@@ -231,12 +223,7 @@ impl KafkaSink {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(interval).await;
-                let producer = producer.clone();
-                let ok = tokio::task::spawn_blocking(move || {
-                    producer.client().fetch_metadata(None, timeout).is_ok()
-                })
-                .await
-                .unwrap_or(false);
+                let ok = broker_count(&producer, timeout).await.is_ok();
                 if reachable.swap(ok, Ordering::Relaxed) != ok {
                     if ok {
                         tracing::info!("kafka cluster reachable again");
@@ -334,6 +321,24 @@ impl Sink for KafkaSink {
             .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
             .map_err(SinkError::Kafka)
     }
+}
+
+/// Asks the cluster for its metadata (off the async threads: the call
+/// blocks) and returns how many brokers it lists.
+async fn broker_count(
+    producer: &ThreadedProducer<KafkaContext>,
+    timeout: Duration,
+) -> Result<usize, SinkError> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|md| md.brokers().len())
+    })
+    .await
+    .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
+    .map_err(SinkError::Kafka)
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they
