@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, ValueEnum};
 
+use crate::policy::{
+    FailureMode, PolicySettings, QuotaAction, RateAction, RedisPolicySettings, StoreSettings,
+};
 use crate::route::Topics;
 
 /// A setting could not be loaded or makes no sense with the others.
@@ -73,6 +76,10 @@ pub struct Config {
     pub topics: TopicsConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
     #[command(flatten)]
     pub log: LogConfig,
 }
@@ -306,6 +313,119 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
 }
 
+/// Where Redis is, for quotas, dedup and cluster-wide rate limits.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Redis")]
+pub struct RedisConfig {
+    /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS);
+    /// with `--redis-cluster`, comma-separated seed nodes. Unset: no Redis,
+    /// so quotas, dedup and cluster-wide rate limits are off. Pass the
+    /// password through the environment from a Secret, never in a file.
+    #[arg(
+        long,
+        env = "CAPTURE_REDIS_URL",
+        value_delimiter = ',',
+        value_name = "URL",
+        action = clap::ArgAction::Set,
+        hide_env_values = true
+    )]
+    pub redis_url: Vec<String>,
+    /// The URLs are Redis Cluster nodes.
+    #[arg(long, env = "CAPTURE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Prefix of every key capture and the operator use (no braces).
+    #[arg(long, env = "CAPTURE_REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+    /// Longest a request waits for its policy check, reconnects included;
+    /// past it the failure mode decides.
+    #[arg(long, env = "CAPTURE_REDIS_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+    /// Longest wait to open a connection to Redis.
+    #[arg(long, env = "CAPTURE_REDIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_connect_timeout: Duration,
+    /// When Redis fails or is slow: `open` accepts events unchecked, `closed`
+    /// answers 503 so clients retry.
+    #[arg(
+        long,
+        env = "CAPTURE_REDIS_FAILURE_MODE",
+        value_enum,
+        default_value = "open"
+    )]
+    pub redis_failure_mode: FailureMode,
+}
+
+/// Quotas, deduplication, rate limits and overflow.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Policies")]
+pub struct PolicyConfig {
+    /// Enforce the quotas written in Redis (`quota-config:{token}`).
+    #[arg(long, env = "CAPTURE_QUOTAS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub quotas: bool,
+    /// Over-quota events: `drop` answers 200 with `quota_limited` (what
+    /// PostHog SDKs expect), `reject` answers 429. A token's own `action`
+    /// setting wins.
+    #[arg(long, env = "CAPTURE_QUOTA_ACTION", value_enum, default_value = "drop")]
+    pub quota_action: QuotaAction,
+    /// How long a token found out of quota is answered from memory before
+    /// Redis is asked again; a raised limit applies within this time.
+    #[arg(long, env = "CAPTURE_QUOTA_RECHECK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub quota_recheck_interval: Duration,
+    /// Honour PostHog's billing limits (`@posthog/quota-limits/{resource}`).
+    #[arg(long, env = "CAPTURE_BILLING_LIMITS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub billing_limits: bool,
+    /// Key prefix of the billing limit sets.
+    #[arg(
+        long,
+        env = "CAPTURE_BILLING_LIMITS_PREFIX",
+        default_value = "@posthog/quota-limits/"
+    )]
+    pub billing_limits_prefix: String,
+    /// How often the billing limit sets are read.
+    #[arg(long, env = "CAPTURE_BILLING_LIMITS_REFRESH", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub billing_limits_refresh: Duration,
+    /// Drop events whose uuid (else timestamp) was seen within `--dedup-ttl`.
+    #[arg(long, env = "CAPTURE_DEDUP")]
+    pub dedup: bool,
+    /// How long a dedup marker lives.
+    #[arg(long, env = "CAPTURE_DEDUP_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub dedup_ttl: Duration,
+    /// Cluster-wide events per second per token and event type (0: off unless
+    /// a token's settings set a rate).
+    #[arg(long, env = "CAPTURE_RATE_LIMIT", default_value = "0")]
+    pub rate_limit: f64,
+    /// Events a token may send at once above its rate.
+    #[arg(long, env = "CAPTURE_RATE_LIMIT_BURST", default_value = "1000")]
+    pub rate_limit_burst: u64,
+    /// Events over a rate limit (cluster-wide or hot key): `overflow` sends
+    /// them to the overflow topic without a key, `reject` answers 429 with
+    /// `Retry-After`.
+    #[arg(
+        long,
+        env = "CAPTURE_RATE_LIMIT_ACTION",
+        value_enum,
+        default_value = "overflow"
+    )]
+    pub rate_limit_action: RateAction,
+    /// Events per second one `token:distinct_id` may send through one replica
+    /// before its events overflow (0: off).
+    #[arg(long, env = "CAPTURE_HOT_KEY_RATE", default_value = "0")]
+    pub hot_key_rate: f64,
+    /// Burst of the per-`token:distinct_id` bucket.
+    #[arg(long, env = "CAPTURE_HOT_KEY_BURST", default_value = "100")]
+    pub hot_key_burst: NonZeroU32,
+    /// Tokens, or `token:distinct_id` pairs, whose events always go to the
+    /// overflow topic (comma-separated).
+    #[arg(
+        long,
+        env = "CAPTURE_FORCE_OVERFLOW",
+        value_delimiter = ',',
+        value_name = "TOKEN[:DISTINCT_ID]",
+        action = clap::ArgAction::Set,
+        hide_env_values = true
+    )]
+    pub force_overflow: Vec<String>,
+}
+
 /// Log output.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Logging")]
@@ -383,8 +503,51 @@ impl Config {
         }
     }
 
+    /// Policy settings as the policy layer takes them.
+    pub fn policy(&self) -> PolicySettings {
+        let (r, p) = (&self.redis, &self.policy);
+        let urls: Vec<String> = r
+            .redis_url
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        PolicySettings {
+            redis: (!urls.is_empty()).then(|| RedisPolicySettings {
+                store: StoreSettings {
+                    cluster: r.redis_cluster || urls.len() > 1,
+                    urls,
+                    connect_timeout: r.redis_connect_timeout,
+                    response_timeout: r.redis_timeout,
+                },
+                key_prefix: r.redis_key_prefix.clone(),
+                timeout: r.redis_timeout,
+                failure_mode: r.redis_failure_mode,
+                quotas: p.quotas,
+                quota_action: p.quota_action,
+                quota_recheck: p.quota_recheck_interval,
+                dedup_ttl: p.dedup.then_some(p.dedup_ttl),
+                rate_limit: p.rate_limit,
+                rate_burst: p.rate_limit_burst,
+                billing_prefix: (p.quotas && p.billing_limits)
+                    .then(|| p.billing_limits_prefix.clone()),
+                billing_refresh: p.billing_limits_refresh,
+            }),
+            rate_action: p.rate_limit_action,
+            hot_key_rate: p.hot_key_rate,
+            hot_key_burst: p.hot_key_burst.get(),
+            force_overflow: p
+                .force_overflow
+                .iter()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        self.validate_policy()?;
         match self.sink_kind() {
             SinkKind::Kafka if self.kafka.brokers.iter().all(|b| b.trim().is_empty()) => {
                 return invalid("`--sink kafka` needs `--kafka-brokers` (CAPTURE_KAFKA_BROKERS)");
@@ -441,6 +604,52 @@ impl Config {
                     i32::MAX
                 )));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_policy(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let p = &self.policy;
+        let has_redis = self.redis.redis_url.iter().any(|u| !u.trim().is_empty());
+        for url in &self.redis.redis_url {
+            let url = url.trim();
+            if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                return invalid(format!(
+                    "`--redis-url` {:?} must start with redis:// or rediss://",
+                    crate::policy::store::redacted(url)
+                ));
+            }
+        }
+        if let Err(reason) = crate::policy::Keys::new(&self.redis.redis_key_prefix) {
+            return invalid(format!("`--redis-key-prefix`: {reason}"));
+        }
+        for (flag, rate) in [
+            ("--rate-limit", p.rate_limit),
+            ("--hot-key-rate", p.hot_key_rate),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return invalid(format!(
+                    "`{flag}` must be a number of events per second >= 0"
+                ));
+            }
+        }
+        if p.rate_limit_burst == 0 {
+            return invalid("`--rate-limit-burst` must be at least 1".into());
+        }
+        if self.redis.redis_timeout.is_zero() {
+            return invalid("`--redis-timeout` must be more than 0".into());
+        }
+        if p.dedup && p.dedup_ttl < Duration::from_secs(1) {
+            return invalid("`--dedup-ttl` must be at least 1s".into());
+        }
+        if !has_redis && (p.dedup || p.rate_limit > 0.0) {
+            return invalid(
+                "`--dedup` and `--rate-limit` keep their state in Redis: set `--redis-url` (CAPTURE_REDIS_URL)"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -49,6 +49,26 @@ pub enum CaptureError {
     /// The client took too long to send its body.
     #[error("the request body took too long to arrive")]
     BodyTimeout,
+    /// A rate limit refused the request (when configured to reject).
+    #[error("rate limit exceeded; retry after {}s", retry_secs(*retry_after))]
+    RateLimited {
+        /// When the request would fit.
+        retry_after: std::time::Duration,
+    },
+    /// The token is over quota and its action is `reject`.
+    #[error("quota exceeded; retry after {}s", retry_secs(*retry_after))]
+    QuotaExceeded {
+        /// When the quota window ends (or is checked again).
+        retry_after: std::time::Duration,
+    },
+    /// Redis did not answer and policies fail closed.
+    #[error("quota and rate limit checks are unavailable")]
+    PolicyUnavailable,
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl From<SinkError> for CaptureError {
@@ -84,7 +104,12 @@ impl CaptureError {
             CaptureError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             CaptureError::Token(_) => StatusCode::UNAUTHORIZED,
             CaptureError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            CaptureError::Sink(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CaptureError::Sink(_) | CaptureError::PolicyUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CaptureError::RateLimited { .. } | CaptureError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -101,6 +126,9 @@ impl CaptureError {
             CaptureError::Sink(_) => "sink_unavailable",
             CaptureError::BodyRead(_) => "body_read_failed",
             CaptureError::BodyTimeout => "body_timeout",
+            CaptureError::RateLimited { .. } => "rate_limited",
+            CaptureError::QuotaExceeded { .. } => "quota_exceeded",
+            CaptureError::PolicyUnavailable => "policy_unavailable",
         }
     }
 }
@@ -123,11 +151,22 @@ impl IntoResponse for CaptureError {
             };
             (kind, self.to_string())
         };
+        let retry_after = match &self {
+            CaptureError::RateLimited { retry_after }
+            | CaptureError::QuotaExceeded { retry_after } => {
+                Some(HeaderValue::from(retry_secs(*retry_after)))
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static("5")),
+            _ => None,
+        };
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limit_error"
+        } else {
+            kind
+        };
         let mut response = (status, Json(ErrorBody { kind, code, detail })).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

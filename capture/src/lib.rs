@@ -15,6 +15,8 @@
 //!   does the same for `/s`.
 //! - [`event`]: the Kafka message contract (value, key, headers).
 //! - [`route`]: data types and their topics.
+//! - [`policy`]: quotas, deduplication, rate limits and overflow (Redis and
+//!   local state), and the quota admin library.
 //! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks.
 //! - [`server`]: accept loop, start-up and graceful shutdown.
 //! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
@@ -28,6 +30,7 @@ pub mod event;
 pub mod lzstring;
 pub mod metrics;
 pub mod parse;
+pub mod policy;
 pub mod process;
 pub mod recordings;
 pub mod route;

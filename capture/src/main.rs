@@ -9,7 +9,11 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let config = match Config::load(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "quota") {
+        std::process::exit(quota(args));
+    }
+    let config = match Config::load(args) {
         Ok(config) => config,
         Err(capture::config::ConfigError::Cli(err)) => err.exit(),
         Err(err) => {
@@ -40,6 +44,21 @@ fn main() {
             std::process::exit(1);
         }
     });
+}
+
+/// `capture quota ...`: quota administration, then exit.
+fn quota(mut args: Vec<std::ffi::OsString>) -> i32 {
+    args.remove(1);
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(capture::policy::cli::run(args)),
+        Err(err) => {
+            eprintln!("capture quota: cannot start the async runtime: {err}");
+            1
+        }
+    }
 }
 
 fn init_logging(format: &LogFormat, level: &str) -> anyhow::Result<()> {

@@ -36,6 +36,25 @@ pub const KAFKA_TX_BYTES: &str = "capture_kafka_tx_bytes_total";
 pub const KAFKA_CLIENT_ERRORS: &str = "capture_kafka_client_errors_total";
 /// Tasks alive in the async runtime.
 pub const RUNTIME_ALIVE_TASKS: &str = "capture_runtime_alive_tasks";
+/// Quota checks by `event_type` and `source` (`redis`, or `local` for
+/// tokens known to be limited).
+pub const QUOTA_CHECKS: &str = "capture_quota_checks_total";
+/// Events dropped for quota (or billing limits), by `event_type`.
+pub const EVENTS_QUOTA_LIMITED: &str = "capture_events_quota_limited_total";
+/// Events over a rate limit, by `event_type` and `action`.
+pub const EVENTS_RATE_LIMITED: &str = "capture_events_rate_limited_total";
+/// Events sent to the overflow topic, by `cause` (`rate`, `hot_key`, `forced`).
+pub const EVENTS_OVERFLOWED: &str = "capture_events_overflowed_total";
+/// Events dropped as duplicates.
+pub const EVENTS_DUPLICATE: &str = "capture_events_duplicate_total";
+/// Time of the policy round trip to Redis.
+pub const REDIS_SECONDS: &str = "capture_redis_duration_seconds";
+/// Failed policy round trips by `kind` (`error`, `timeout`).
+pub const REDIS_ERRORS: &str = "capture_redis_errors_total";
+/// 1 while the last policy round trip succeeded.
+pub const REDIS_UP: &str = "capture_redis_up";
+/// Requests decided without Redis, by `decision` (`open`, `closed`).
+pub const POLICY_FALLBACK: &str = "capture_policy_fallback_total";
 /// 1 while the server is ready for traffic.
 pub const READY: &str = "capture_ready";
 
@@ -125,4 +144,25 @@ fn describe() {
     describe_counter!(KAFKA_CLIENT_ERRORS, "Errors reported by librdkafka");
     describe_gauge!(RUNTIME_ALIVE_TASKS, "Tasks alive in the tokio runtime");
     describe_gauge!(READY, "1 when the server is ready for traffic");
+    describe_counter!(QUOTA_CHECKS, "Quota checks by event type and source");
+    describe_counter!(
+        EVENTS_QUOTA_LIMITED,
+        "Events dropped for quota, by event type"
+    );
+    describe_counter!(
+        EVENTS_RATE_LIMITED,
+        "Events over a rate limit, by event type and action"
+    );
+    describe_counter!(
+        EVENTS_OVERFLOWED,
+        "Events rerouted to the overflow topic, by cause"
+    );
+    describe_counter!(EVENTS_DUPLICATE, "Events dropped as duplicates");
+    describe_histogram!(REDIS_SECONDS, "Policy round trip to Redis in seconds");
+    describe_counter!(REDIS_ERRORS, "Failed policy round trips by kind");
+    describe_gauge!(REDIS_UP, "1 while Redis answers policy checks");
+    describe_counter!(
+        POLICY_FALLBACK,
+        "Requests decided without Redis, by decision"
+    );
 }

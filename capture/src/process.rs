@@ -66,16 +66,28 @@ pub struct RequestContext<'a> {
     pub max_message_bytes: usize,
 }
 
+/// A request's messages, with what deduplication keys each one on.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// One message per event.
+    pub messages: Vec<Message>,
+    /// Per message, the client's own id for it: its `uuid`, else its
+    /// `timestamp` text; `None` when the client sent neither (a server-made
+    /// uuid never repeats, so there is nothing to deduplicate on).
+    pub dedup_ids: Vec<Option<String>>,
+}
+
 /// Builds one message per analytics event of the payload.
 pub fn analytics_messages(
     payload: Payload<'_>,
     ctx: &RequestContext<'_>,
-) -> Result<Vec<Message>, CaptureError> {
+) -> Result<Prepared, CaptureError> {
     let token = request_token(&payload)?;
     let sent_at = payload.sent_at.or(ctx.query_sent_at);
     let now_text = timestamp::format(ctx.now);
     let sent_at_text = sent_at.map(timestamp::format);
     let mut messages = Vec::with_capacity(payload.events.len());
+    let mut dedup_ids = Vec::with_capacity(payload.events.len());
     for (index, event) in payload.events.iter().enumerate() {
         let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
         let fields = &event.fields;
@@ -92,6 +104,11 @@ pub fn analytics_messages(
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
         let ts = event_time(fields, sent_at, flag(properties.ignore_sent_at), ctx.now);
         let kind = DataType::for_event(&name, payload.historical_migration);
+        dedup_ids.push(if present(fields.uuid).is_some() {
+            Some(uuid.to_string())
+        } else {
+            fields.timestamp.and_then(as_str).map(Cow::into_owned)
+        });
         let captured = CapturedEvent {
             uuid,
             distinct_id,
@@ -109,7 +126,10 @@ pub fn analytics_messages(
         check_size(&message, ctx.max_message_bytes)?;
         messages.push(message);
     }
-    Ok(messages)
+    Ok(Prepared {
+        messages,
+        dedup_ids,
+    })
 }
 
 /// The event's time from its `timestamp` and `offset`, corrected by the
@@ -219,7 +239,7 @@ mod tests {
     fn run(body: serde_json::Value, endpoint: Endpoint) -> Result<Vec<Message>, CaptureError> {
         let topics = Topics::default();
         let text = body.to_string();
-        analytics_messages(parse(text.as_bytes())?, &ctx(&topics, endpoint))
+        analytics_messages(parse(text.as_bytes())?, &ctx(&topics, endpoint)).map(|p| p.messages)
     }
 
     fn value(message: &Message) -> CapturedEvent<'static> {
@@ -282,8 +302,34 @@ mod tests {
             parse(body.as_bytes()).expect("parse"),
             &ctx(&topics, Endpoint::Event),
         )
-        .expect("valid");
+        .expect("valid")
+        .messages;
         assert_eq!(value(&messages[0]).data, event);
+    }
+
+    #[test]
+    fn dedup_ids_are_the_clients_uuid_else_its_timestamp() {
+        let topics = Topics::default();
+        let uuid = "0190b0e1-0000-7000-8000-000000000001";
+        let body = json!({"api_key": "phc_t", "batch": [
+            {"event": "a", "distinct_id": "u", "uuid": uuid, "timestamp": "2024-01-01T00:00:00Z"},
+            {"event": "b", "distinct_id": "u", "timestamp": "2024-01-01T00:00:01Z"},
+            {"event": "c", "distinct_id": "u"},
+        ]})
+        .to_string();
+        let prepared = analytics_messages(
+            parse(body.as_bytes()).expect("parse"),
+            &ctx(&topics, Endpoint::Batch),
+        )
+        .expect("valid");
+        assert_eq!(
+            prepared.dedup_ids,
+            [
+                Some(uuid.to_owned()),
+                Some("2024-01-01T00:00:01Z".to_owned()),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ use crate::decode::{DecodeLimits, Encoded, decode};
 use crate::error::CaptureError;
 use crate::metrics as m;
 use crate::parse::parse;
-use crate::process::{Endpoint, RequestContext, analytics_messages};
+use crate::policy::{Outcome, Policy};
+use crate::process::{Endpoint, Prepared, RequestContext, analytics_messages};
 use crate::recordings::recording_message;
 use crate::route::{DataType, Topics};
 use crate::sink::{Health, Sink};
@@ -117,6 +118,7 @@ struct Inner {
     limits: Limits,
     shutting_down: AtomicBool,
     metrics: Option<PrometheusHandle>,
+    policy: Arc<Policy>,
 }
 
 impl AppState {
@@ -129,14 +131,25 @@ impl AppState {
             limits,
             shutting_down: AtomicBool::new(false),
             metrics: None,
+            policy: Arc::new(Policy::disabled()),
         }))
     }
 
     /// Serves `/metrics` from `handle`. Call before cloning the state.
     pub fn with_metrics(self, handle: PrometheusHandle) -> Self {
+        self.edit(|inner| inner.metrics = Some(handle))
+    }
+
+    /// Applies `policy` (quotas, dedup, rate limits) to every request. Call
+    /// before cloning the state.
+    pub fn with_policy(self, policy: Arc<Policy>) -> Self {
+        self.edit(|inner| inner.policy = policy)
+    }
+
+    fn edit(self, change: impl FnOnce(&mut Inner)) -> Self {
         match Arc::try_unwrap(self.0) {
             Ok(mut inner) => {
-                inner.metrics = Some(handle);
+                change(&mut inner);
                 AppState(Arc::new(inner))
             }
             Err(shared) => AppState(shared),
@@ -228,8 +241,24 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     metrics::histogram!(m::HTTP_REQUEST_SECONDS, "endpoint" => endpoint.label())
         .record(started.elapsed().as_secs_f64());
     match result {
-        Ok(()) if success == StatusCode::NO_CONTENT => success.into_response(),
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], SUCCESS_BODY).into_response(),
+        Ok(_) if success == StatusCode::NO_CONTENT => success.into_response(),
+        Ok(outcome) if outcome.quota_limited.is_empty() => {
+            ([(header::CONTENT_TYPE, "application/json")], SUCCESS_BODY).into_response()
+        }
+        Ok(outcome) => {
+            // PostHog's shape, `status` first: {"status":"Ok","quota_limited":["events"]}.
+            let mut body = String::from(r#"{"status":"Ok","quota_limited":["#);
+            for (i, kind) in outcome.quota_limited.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push('"');
+                body.push_str(kind.as_str());
+                body.push('"');
+            }
+            body.push_str("]}");
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Err(err) => {
             if !status.is_server_error() {
                 tracing::debug!(error = %err, code = err.code(), "request refused");
@@ -244,7 +273,7 @@ async fn handle(
     endpoint: Endpoint,
     req: Request,
     query: CaptureQuery,
-) -> Result<(), CaptureError> {
+) -> Result<Outcome, CaptureError> {
     let inner = &state.0;
     let now = inner.clock.now();
     let (parts, body) = req.into_parts();
@@ -284,10 +313,23 @@ async fn handle(
         max_message_bytes: inner.limits.max_message_bytes,
     };
     let produced = async {
-        let messages = match endpoint {
-            Endpoint::Recordings => vec![recording_message(payload, &ctx)?],
+        let Prepared {
+            mut messages,
+            dedup_ids,
+        } = match endpoint {
+            Endpoint::Recordings => Prepared {
+                messages: vec![recording_message(payload, &ctx)?],
+                dedup_ids: vec![None],
+            },
             _ => analytics_messages(payload, &ctx)?,
         };
+        let outcome = inner
+            .policy
+            .apply(&mut messages, &dedup_ids, &inner.topics, now)
+            .await?;
+        if messages.is_empty() {
+            return Ok(outcome);
+        }
         // Only for the debug line below: not copied unless it is logged.
         let token = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| messages.first().and_then(|m| m.headers.first()))
@@ -311,7 +353,7 @@ async fn handle(
             metrics::counter!(m::EVENTS_PRODUCED, "data_type" => kind.label()).increment(count);
         }
         tracing::debug!(token = %Masked(&token), events, "request accepted");
-        Ok(())
+        Ok(outcome)
     };
     produced.await.inspect_err(|err: &CaptureError| {
         metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(events as u64);

@@ -23,6 +23,7 @@ use tower::ServiceExt;
 
 use crate::clock::SystemClock;
 use crate::config::{Config, SinkKind};
+use crate::policy::Policy;
 use crate::router::{AppState, Limits, app};
 use crate::sink::kafka::{KafkaSink, ensure_topics};
 use crate::sink::{JsonLinesSink, NoopSink, Sink, SinkError};
@@ -39,6 +40,9 @@ pub enum StartError {
         #[source]
         source: SinkError,
     },
+    /// The policy settings are unusable.
+    #[error("cannot set up policies: {0}")]
+    Policy(String),
     /// The listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -102,6 +106,8 @@ pub async fn run(
     // The recorder first, so the sink's start-up errors and stats count.
     let metrics = crate::metrics::install();
     let sink = build_sink(config).await?;
+    let policy = Arc::new(Policy::new(&config.policy()).map_err(StartError::Policy)?);
+    policy.spawn_background();
     // Bound only once the sink is up: until then connections are refused
     // rather than left hanging.
     let address = config.http.address;
@@ -115,7 +121,19 @@ pub async fn run(
         config.topics(),
         limits,
     )
-    .with_metrics(metrics);
+    .with_metrics(metrics)
+    .with_policy(Arc::clone(&policy));
+    if let Some(redis) = config.policy().redis {
+        tracing::info!(
+            nodes = redis.store.urls.len(),
+            cluster = redis.store.cluster,
+            quotas = redis.quotas,
+            dedup = redis.dedup_ttl.is_some(),
+            rate_limit = redis.rate_limit,
+            failure_mode = ?redis.failure_mode,
+            "redis policies on"
+        );
+    }
     tracing::info!(
         address = %listener.local_addr().unwrap_or(address),
         sink = sink.name(),

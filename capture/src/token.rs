@@ -25,6 +25,9 @@ pub enum TokenError {
     /// The token has non-ASCII or control characters.
     #[error("project token must be printable ASCII")]
     NotAscii,
+    /// The token has a brace, which would break its Redis hash tag.
+    #[error("project token must not contain `{{` or `}}`")]
+    Brace,
     /// A personal API key was sent instead of a project token.
     #[error("personal API keys (phx_...) cannot be used to capture events; use the project token")]
     PersonalKey,
@@ -43,6 +46,10 @@ pub fn validate(token: &str) -> Result<(), TokenError> {
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(TokenError::NotAscii);
+    }
+    // Redis keys carry the token as their hash tag: `{token}`.
+    if token.contains(['{', '}']) {
+        return Err(TokenError::Brace);
     }
     if token.starts_with(PERSONAL_KEY_PREFIX) {
         return Err(TokenError::PersonalKey);
@@ -89,6 +96,8 @@ mod tests {
         assert_eq!(validate("phc_\0"), Err(TokenError::NotAscii));
         assert_eq!(validate("phc_ a"), Err(TokenError::NotAscii));
         assert_eq!(validate("phx_secret"), Err(TokenError::PersonalKey));
+        assert_eq!(validate("}phc"), Err(TokenError::Brace));
+        assert_eq!(validate("phc{1"), Err(TokenError::Brace));
     }
 
     #[test]

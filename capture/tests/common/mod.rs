@@ -7,6 +7,8 @@
 //! `tansu` on `PATH` (`.ci/run` installs it).
 #![allow(dead_code)] // every test binary uses a different part of it
 
+pub mod redis;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};

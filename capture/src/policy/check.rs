@@ -1,0 +1,223 @@
+//! The one Redis round trip of a request: `check.lua` run with the request's
+//! keys and settings, and its answer read back into Rust types.
+//!
+//! The script is sent by hash (`EVALSHA`) and loaded on the first miss, so a
+//! request costs one small command once each server has it.
+
+use std::time::Duration;
+
+use redis::{FromRedisValue, RedisResult, Script, Value};
+
+use super::keys::{Keys, QuotaType};
+use super::store::Store;
+
+/// The policy script, loaded once per process.
+pub fn script() -> Script {
+    Script::new(include_str!("check.lua"))
+}
+
+/// What happens to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Produce it to its topic.
+    Accept,
+    /// Already seen within the dedup TTL: drop it.
+    Duplicate,
+    /// Over its quota: drop it.
+    OverQuota,
+    /// Over a rate limit: produce it to the overflow topic.
+    Overflow,
+}
+
+/// How to treat events over quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuotaAction {
+    /// Drop them and answer 200 with `quota_limited`.
+    Drop,
+    /// Refuse the whole request with 429.
+    Reject,
+}
+
+impl QuotaAction {
+    /// The value in the `action` hash field and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaAction::Drop => "drop",
+            QuotaAction::Reject => "reject",
+        }
+    }
+}
+
+/// How to treat events over a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RateAction {
+    /// Produce them to the overflow topic without a key.
+    Overflow,
+    /// Refuse the whole request with 429 and `Retry-After`.
+    Reject,
+}
+
+/// Per-type settings sent with a check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TypeCheck {
+    /// Which type.
+    pub kind: QuotaType,
+    /// Whether to enforce its quota.
+    pub quota: bool,
+    /// Default rate in events per second (0: off) unless the token's
+    /// settings override it.
+    pub rate: f64,
+    /// Default burst.
+    pub burst: u64,
+}
+
+/// One event as the check sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedEvent<'a> {
+    /// Index into the request's [`TypeCheck`]s.
+    pub type_index: usize,
+    /// The dedup marker key, when dedup applies to it.
+    pub marker: Option<&'a str>,
+}
+
+/// Everything one check needs.
+#[derive(Debug)]
+pub struct CheckRequest<'a> {
+    /// The request's token.
+    pub token: &'a str,
+    /// Server time, unix milliseconds.
+    pub now_ms: i64,
+    /// The types present, at most nine.
+    pub types: &'a [TypeCheck],
+    /// The events, in request order.
+    pub events: &'a [CheckedEvent<'a>],
+    /// Dedup marker lifetime.
+    pub dedup_ttl: Duration,
+    /// Default over-quota action.
+    pub quota_action: QuotaAction,
+    /// Rate limit action.
+    pub rate_action: RateAction,
+}
+
+/// The script's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Per-event decisions, and the types left with nothing this window.
+    Decided {
+        /// One per event, in order.
+        decisions: Vec<Decision>,
+        /// Exhausted types and how long until their windows end.
+        exhausted: Vec<(QuotaType, Duration)>,
+        /// The token's over-quota action.
+        action: QuotaAction,
+    },
+    /// Some events are over quota and the token's action is `reject`.
+    OverQuota {
+        /// Until the earliest exhausted window ends.
+        retry_after: Duration,
+    },
+    /// The rate limit refused the request.
+    RateLimited {
+        /// Until the request would fit.
+        retry_after: Duration,
+    },
+}
+
+/// Runs the check.
+pub async fn run(
+    store: &Store,
+    script: &Script,
+    keys: &Keys,
+    request: &CheckRequest<'_>,
+) -> RedisResult<Verdict> {
+    debug_assert!(request.types.len() <= 9, "types are sent as one digit");
+    let mut invocation = script.key(keys.quota_config(request.token));
+    for check in request.types {
+        invocation.key(keys.quota(request.token, check.kind));
+        invocation.key(keys.rate(request.token, check.kind));
+    }
+    let mut kinds = String::with_capacity(request.events.len());
+    let mut mask = String::with_capacity(request.events.len());
+    for event in request.events {
+        kinds.push(char::from(b'1' + event.type_index as u8));
+        match event.marker {
+            Some(marker) => {
+                invocation.key(marker);
+                mask.push('1');
+            }
+            None => mask.push('0'),
+        }
+    }
+    invocation
+        .arg(request.now_ms)
+        .arg(request.dedup_ttl.as_secs().max(1))
+        .arg(request.types.len())
+        .arg(request.quota_action.as_str())
+        .arg(match request.rate_action {
+            RateAction::Overflow => "overflow",
+            RateAction::Reject => "reject",
+        });
+    for check in request.types {
+        invocation
+            .arg(check.kind.as_str())
+            .arg(if check.quota { "1" } else { "0" })
+            .arg(check.rate)
+            .arg(check.burst);
+    }
+    invocation.arg(kinds).arg(mask);
+    let reply: Value = invocation.invoke_async(&mut store.clone()).await?;
+    parse_reply(reply, request.events.len())
+}
+
+fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
+    let malformed = |what: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "unexpected policy script reply",
+            what.to_owned(),
+        ))
+    };
+    let Value::Array(items) = reply else {
+        return Err(malformed("not an array"));
+    };
+    let mut items = items.into_iter();
+    let mut next = || items.next().ok_or_else(|| malformed("too short"));
+    let verdict = String::from_redis_value(next()?)?;
+    let decisions = String::from_redis_value(next()?)?;
+    let retry_after = Duration::from_millis(u64::from_redis_value(next()?)?);
+    match verdict.as_str() {
+        "quota" => return Ok(Verdict::OverQuota { retry_after }),
+        "rate" => return Ok(Verdict::RateLimited { retry_after }),
+        "ok" => {}
+        other => return Err(malformed(other)),
+    }
+    if decisions.len() != events {
+        return Err(malformed("wrong number of decisions"));
+    }
+    let decisions = decisions
+        .bytes()
+        .map(|b| match b {
+            b'a' => Ok(Decision::Accept),
+            b'd' => Ok(Decision::Duplicate),
+            b'q' => Ok(Decision::OverQuota),
+            b'o' => Ok(Decision::Overflow),
+            _ => Err(malformed("unknown decision")),
+        })
+        .collect::<RedisResult<Vec<_>>>()?;
+    let action = match String::from_redis_value(next()?)?.as_str() {
+        "reject" => QuotaAction::Reject,
+        _ => QuotaAction::Drop,
+    };
+    let mut exhausted = Vec::new();
+    while let Ok(name) = next() {
+        let name = String::from_redis_value(name)?;
+        let ttl = i64::from_redis_value(next()?)?;
+        let kind = name.parse().map_err(|_| malformed("unknown type"))?;
+        exhausted.push((kind, Duration::from_millis(ttl.max(0) as u64)));
+    }
+    Ok(Verdict::Decided {
+        decisions,
+        exhausted,
+        action,
+    })
+}

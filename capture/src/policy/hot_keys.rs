@@ -1,0 +1,123 @@
+//! Local token buckets per `token:distinct_id`: one replica's guard against a
+//! single hot partition key, answered in memory with no Redis round trip.
+//!
+//! Buckets live in sharded maps; a shard that grows past its cap drops the
+//! buckets that have refilled completely (they hold no state worth keeping),
+//! so memory follows the number of keys that are actually hot.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::Instant;
+
+const SHARDS: usize = 16;
+/// Buckets per shard before refilled ones are swept.
+const SWEEP_AT: usize = 8192;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets keyed by partition key.
+#[derive(Debug)]
+pub struct HotKeys {
+    rate: f64,
+    burst: f64,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<String, Bucket>>]>,
+}
+
+impl HotKeys {
+    /// Buckets refilling at `rate` events per second, holding at most `burst`.
+    pub fn new(rate: f64, burst: u32) -> Self {
+        HotKeys {
+            rate,
+            burst: f64::from(burst.max(1)),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Takes one event from `key`'s bucket; false when it is empty.
+    pub fn take(&self, key: &str, now: Instant) -> bool {
+        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        let mut map = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(bucket) = map.get_mut(key) {
+            let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+            bucket.updated = now;
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                return true;
+            }
+            return false;
+        }
+        if map.len() >= SWEEP_AT {
+            let (rate, burst) = (self.rate, self.burst);
+            map.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
+            });
+        }
+        map.insert(
+            key.to_owned(),
+            Bucket {
+                tokens: self.burst - 1.0,
+                updated: now,
+            },
+        );
+        true
+    }
+
+    /// Buckets currently held (for tests and memory checks).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Whether no bucket is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_hot_key_runs_dry_and_refills_while_others_pass() {
+        let keys = HotKeys::new(10.0, 3);
+        let start = Instant::now();
+        assert!((0..3).all(|_| keys.take("t:hot", start)));
+        assert!(!keys.take("t:hot", start));
+        assert!(keys.take("t:cold", start));
+        // 10 per second: one more after 100 ms.
+        let later = start + Duration::from_millis(100);
+        assert!(keys.take("t:hot", later));
+        assert!(!keys.take("t:hot", later));
+    }
+
+    #[test]
+    fn refilled_buckets_are_swept_when_a_shard_fills() {
+        let keys = HotKeys::new(1000.0, 2);
+        let start = Instant::now();
+        for i in 0..SWEEP_AT * SHARDS * 2 {
+            keys.take(&format!("t:{i}"), start);
+        }
+        let held = keys.len();
+        // Much later every bucket is full again; new keys sweep them away.
+        let later = start + Duration::from_secs(5);
+        for i in 0..SHARDS * 64 {
+            keys.take(&format!("u:{i}"), later);
+        }
+        assert!(keys.len() < held, "{} >= {held}", keys.len());
+    }
+}

@@ -1,0 +1,531 @@
+//! Request policies backed by Redis and by local state: quotas (with PostHog's
+//! billing limits), deduplication, cluster-wide rate limits, hot-key buckets
+//! and forced overflow.
+//!
+//! [`Policy::apply`] runs between building a request's messages and handing
+//! them to the sink. It answers from memory what it can (forced overflow, hot
+//! keys, billing limits, tokens known to be out of quota) and asks Redis the
+//! rest in one script call. When Redis is slow or down it fails open (or
+//! closed, if configured) within `--redis-timeout`, logging once per outage.
+
+pub mod admin;
+mod billing;
+pub mod check;
+pub mod cli;
+mod hot_keys;
+pub mod keys;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+pub use billing::BillingLimits;
+pub use check::{Decision, QuotaAction, RateAction, Verdict};
+pub use hot_keys::HotKeys;
+pub use keys::{Keys, QuotaType};
+pub use store::{Store, StoreSettings};
+
+use crate::error::CaptureError;
+use crate::event::header;
+use crate::metrics as m;
+use crate::route::{DataType, Topics};
+use crate::sink::Message;
+use check::{CheckRequest, CheckedEvent, TypeCheck};
+
+/// What to do when Redis cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailureMode {
+    /// Accept the events unchecked.
+    Open,
+    /// Refuse the request with 503.
+    Closed,
+}
+
+/// Settings of the Redis-backed policies.
+#[derive(Debug, Clone)]
+pub struct RedisPolicySettings {
+    /// Where Redis is.
+    pub store: StoreSettings,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Longest wait for the policy check, connection included.
+    pub timeout: Duration,
+    /// Open or closed when Redis fails.
+    pub failure_mode: FailureMode,
+    /// Enforce quotas.
+    pub quotas: bool,
+    /// Default over-quota action.
+    pub quota_action: QuotaAction,
+    /// How long an exhausted token is answered locally before Redis is asked
+    /// again (so raised limits apply within this time).
+    pub quota_recheck: Duration,
+    /// Dedup marker TTL; `None` turns dedup off.
+    pub dedup_ttl: Option<Duration>,
+    /// Cluster-wide rate per token and type, events per second (0: off
+    /// unless a token's settings set one).
+    pub rate_limit: f64,
+    /// Cluster-wide burst.
+    pub rate_burst: u64,
+    /// Read PostHog's billing limits from sets under this prefix.
+    pub billing_prefix: Option<String>,
+    /// How often billing limits are read.
+    pub billing_refresh: Duration,
+}
+
+/// Settings of the whole policy layer.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// Redis-backed policies, when Redis is configured.
+    pub redis: Option<RedisPolicySettings>,
+    /// What to do with rate-limited and hot-key events.
+    pub rate_action: RateAction,
+    /// Local per `token:distinct_id` rate, events per second (0: off).
+    pub hot_key_rate: f64,
+    /// Local per `token:distinct_id` burst.
+    pub hot_key_burst: u32,
+    /// Tokens, or `token:distinct_id` pairs, always sent to overflow.
+    pub force_overflow: Vec<String>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            redis: None,
+            rate_action: RateAction::Overflow,
+            hot_key_rate: 0.0,
+            hot_key_burst: 1,
+            force_overflow: Vec::new(),
+        }
+    }
+}
+
+/// What a request's policies decided, for the response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Types with events dropped for quota, in a fixed order.
+    pub quota_limited: Vec<QuotaType>,
+}
+
+/// The policy layer shared by all requests.
+pub struct Policy {
+    redis: Option<RedisPolicy>,
+    rate_action: RateAction,
+    hot_keys: Option<HotKeys>,
+    force_overflow: HashSet<String>,
+}
+
+struct RedisPolicy {
+    settings: RedisPolicySettings,
+    store: Store,
+    keys: Keys,
+    script: redis::Script,
+    rate_action: RateAction,
+    billing: Option<Arc<BillingLimits>>,
+    exhausted: Mutex<HashMap<(String, QuotaType), (Instant, QuotaAction)>>,
+    /// Whether Redis is failing (so an outage is logged once).
+    failing: AtomicBool,
+}
+
+/// The quota type an event of `kind` counts against.
+pub fn quota_type(kind: DataType) -> QuotaType {
+    match kind {
+        DataType::Events | DataType::ClientWarnings | DataType::Overflow => QuotaType::Events,
+        DataType::Historical => QuotaType::Historical,
+        DataType::Exceptions => QuotaType::Exceptions,
+        DataType::Recordings => QuotaType::Recordings,
+    }
+}
+
+fn header_value<'a>(message: &'a Message, name: &str) -> &'a str {
+    message
+        .headers
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map_or("", |(_, value)| value.as_str())
+}
+
+impl Policy {
+    /// A policy layer that does nothing.
+    pub fn disabled() -> Self {
+        Policy {
+            redis: None,
+            rate_action: RateAction::Overflow,
+            hot_keys: None,
+            force_overflow: HashSet::new(),
+        }
+    }
+
+    /// Builds the layer; Redis connects lazily, so this succeeds while Redis
+    /// is down.
+    pub fn new(settings: &PolicySettings) -> Result<Self, String> {
+        let redis = match &settings.redis {
+            None => None,
+            Some(redis) => {
+                let keys = Keys::new(&redis.key_prefix)?;
+                let store = Store::open(&redis.store).map_err(|err| {
+                    format!(
+                        "invalid redis settings: {}",
+                        store::redacted(&err.to_string())
+                    )
+                })?;
+                Some(RedisPolicy {
+                    settings: redis.clone(),
+                    store,
+                    keys,
+                    script: check::script(),
+                    rate_action: settings.rate_action,
+                    billing: redis
+                        .billing_prefix
+                        .as_deref()
+                        .map(|prefix| Arc::new(BillingLimits::new(prefix))),
+                    exhausted: Mutex::new(HashMap::new()),
+                    failing: AtomicBool::new(false),
+                })
+            }
+        };
+        Ok(Policy {
+            redis,
+            rate_action: settings.rate_action,
+            hot_keys: (settings.hot_key_rate > 0.0)
+                .then(|| HotKeys::new(settings.hot_key_rate, settings.hot_key_burst)),
+            force_overflow: settings.force_overflow.iter().cloned().collect(),
+        })
+    }
+
+    /// Starts the background work (billing limit refresh). Call inside the
+    /// runtime.
+    pub fn spawn_background(&self) {
+        if let Some(redis) = &self.redis
+            && let Some(billing) = &redis.billing
+        {
+            let billing = Arc::clone(billing);
+            let store = redis.store.clone();
+            let interval = redis.settings.billing_refresh;
+            tokio::spawn(async move { billing.refresh_forever(store, interval).await });
+        }
+    }
+
+    /// The Redis connection, when configured (for admin commands and tests).
+    pub fn store(&self) -> Option<&Store> {
+        self.redis.as_ref().map(|r| &r.store)
+    }
+
+    /// Whether any policy is on; when not, [`Policy::apply`] is free.
+    pub fn is_active(&self) -> bool {
+        self.redis.is_some() || self.hot_keys.is_some() || !self.force_overflow.is_empty()
+    }
+
+    /// Applies every policy to one request's messages: drops duplicates and
+    /// over-quota events, reroutes overflow, or refuses the request.
+    /// `dedup_ids` holds, per message, the client-given id dedup keys on.
+    pub async fn apply(
+        &self,
+        messages: &mut Vec<Message>,
+        dedup_ids: &[Option<String>],
+        topics: &Topics,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, CaptureError> {
+        if !self.is_active() || messages.is_empty() {
+            return Ok(Outcome::default());
+        }
+        let token = header_value(&messages[0], header::TOKEN).to_owned();
+        let mut decisions = vec![Decision::Accept; messages.len()];
+        self.local_overflow(&token, messages, &mut decisions)?;
+        if let Some(redis) = &self.redis {
+            redis
+                .check(&token, messages, dedup_ids, &mut decisions, now)
+                .await?;
+        }
+        Ok(finish(messages, decisions, topics))
+    }
+
+    /// Forced overflow and hot-key buckets, answered in memory.
+    fn local_overflow(
+        &self,
+        token: &str,
+        messages: &[Message],
+        decisions: &mut [Decision],
+    ) -> Result<(), CaptureError> {
+        if self.hot_keys.is_none() && self.force_overflow.is_empty() {
+            return Ok(());
+        }
+        let forced_token = self.force_overflow.contains(token);
+        let now = Instant::now();
+        let mut pair = String::new();
+        for (message, decision) in messages.iter().zip(decisions.iter_mut()) {
+            if message.kind == DataType::Recordings {
+                continue;
+            }
+            pair.clear();
+            pair.push_str(token);
+            pair.push(':');
+            pair.push_str(header_value(message, header::DISTINCT_ID));
+            let (cause, over) = if forced_token || self.force_overflow.contains(&pair) {
+                ("forced", true)
+            } else if let Some(hot) = &self.hot_keys {
+                ("hot_key", !hot.take(&pair, now))
+            } else {
+                ("", false)
+            };
+            if !over {
+                continue;
+            }
+            if self.rate_action == RateAction::Reject && cause == "hot_key" {
+                metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => quota_type(message.kind).as_str(), "action" => "reject")
+                    .increment(messages.len() as u64);
+                return Err(CaptureError::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            *decision = Decision::Overflow;
+            metrics::counter!(m::EVENTS_OVERFLOWED, "cause" => cause).increment(1);
+        }
+        Ok(())
+    }
+}
+
+impl RedisPolicy {
+    async fn check(
+        &self,
+        token: &str,
+        messages: &[Message],
+        dedup_ids: &[Option<String>],
+        decisions: &mut [Decision],
+        now: DateTime<Utc>,
+    ) -> Result<(), CaptureError> {
+        let settings = &self.settings;
+        // Limits known without asking Redis: billing and exhausted windows.
+        let mut local_limited: Vec<(QuotaType, QuotaAction)> = Vec::new();
+        if settings.quotas {
+            let instant = Instant::now();
+            let cached = {
+                let mut exhausted = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+                exhausted.retain(|_, (until, _)| *until > instant);
+                if exhausted.is_empty() {
+                    Vec::new()
+                } else {
+                    QuotaType::ALL
+                        .into_iter()
+                        .filter_map(|kind| {
+                            exhausted
+                                .get(&(token.to_owned(), kind))
+                                .map(|(_, action)| (kind, *action))
+                        })
+                        .collect()
+                }
+            };
+            local_limited.extend(cached);
+            if let Some(billing) = &self.billing {
+                for kind in QuotaType::ALL {
+                    if !local_limited.iter().any(|(k, _)| *k == kind)
+                        && billing.is_limited(token, kind.billing_resource(), now.timestamp())
+                    {
+                        local_limited.push((kind, QuotaAction::Drop));
+                    }
+                }
+            }
+        }
+        let mut types: Vec<TypeCheck> = Vec::with_capacity(2);
+        let mut type_index = vec![usize::MAX; messages.len()];
+        let mut markers: Vec<Option<String>> = vec![None; messages.len()];
+        for (i, message) in messages.iter().enumerate() {
+            let kind = quota_type(message.kind);
+            if let Some((_, action)) = local_limited.iter().find(|(k, _)| *k == kind) {
+                if *action == QuotaAction::Reject {
+                    return Err(CaptureError::QuotaExceeded {
+                        retry_after: settings.quota_recheck,
+                    });
+                }
+                decisions[i] = Decision::OverQuota;
+                metrics::counter!(m::QUOTA_CHECKS, "event_type" => kind.as_str(), "source" => "local")
+                    .increment(1);
+                continue;
+            }
+            type_index[i] = match types.iter().position(|t| t.kind == kind) {
+                Some(index) => index,
+                None => {
+                    let analytics = kind != QuotaType::Recordings;
+                    types.push(TypeCheck {
+                        kind,
+                        quota: settings.quotas,
+                        rate: if analytics { settings.rate_limit } else { 0.0 },
+                        burst: settings.rate_burst,
+                    });
+                    types.len() - 1
+                }
+            };
+            if settings.dedup_ttl.is_some()
+                && message.kind != DataType::Recordings
+                && let Some(id) = &dedup_ids.get(i).cloned().flatten()
+            {
+                markers[i] = Some(self.keys.dedup(
+                    token,
+                    header_value(message, header::DISTINCT_ID),
+                    header_value(message, header::EVENT),
+                    id,
+                ));
+            }
+        }
+        if types.is_empty() {
+            return Ok(());
+        }
+        let checked: Vec<(usize, CheckedEvent<'_>)> = type_index
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t != usize::MAX)
+            .map(|(i, &t)| {
+                (
+                    i,
+                    CheckedEvent {
+                        type_index: t,
+                        marker: markers[i].as_deref(),
+                    },
+                )
+            })
+            .collect();
+        let events: Vec<CheckedEvent<'_>> = checked.iter().map(|(_, e)| *e).collect();
+        let request = CheckRequest {
+            token,
+            now_ms: now.timestamp_millis(),
+            types: &types,
+            events: &events,
+            dedup_ttl: settings.dedup_ttl.unwrap_or(Duration::from_secs(1)),
+            quota_action: settings.quota_action,
+            rate_action: self.rate_action,
+        };
+        for check in &types {
+            metrics::counter!(m::QUOTA_CHECKS, "event_type" => check.kind.as_str(), "source" => "redis")
+                .increment(1);
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            settings.timeout,
+            check::run(&self.store, &self.script, &self.keys, &request),
+        )
+        .await;
+        metrics::histogram!(m::REDIS_SECONDS).record(started.elapsed().as_secs_f64());
+        let verdict = match result {
+            Ok(Ok(verdict)) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis answers again; policies enforced");
+                }
+                metrics::gauge!(m::REDIS_UP).set(1.0);
+                verdict
+            }
+            Ok(Err(err)) => return self.fail("error", &err.to_string()),
+            Err(_) => return self.fail("timeout", "no answer within --redis-timeout"),
+        };
+        match verdict {
+            Verdict::OverQuota { retry_after } => Err(CaptureError::QuotaExceeded { retry_after }),
+            Verdict::RateLimited { retry_after } => {
+                metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => types[0].kind.as_str(), "action" => "reject")
+                    .increment(events.len() as u64);
+                Err(CaptureError::RateLimited { retry_after })
+            }
+            Verdict::Decided {
+                decisions: decided,
+                exhausted,
+                action,
+            } => {
+                for ((i, event), decision) in checked.iter().zip(decided) {
+                    let kind = types[event.type_index].kind;
+                    match decision {
+                        Decision::Accept => {}
+                        Decision::Overflow if kind == QuotaType::Recordings => {}
+                        Decision::Overflow => {
+                            if decisions[*i] != Decision::Overflow {
+                                metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => kind.as_str(), "action" => "overflow")
+                                    .increment(1);
+                                metrics::counter!(m::EVENTS_OVERFLOWED, "cause" => "rate")
+                                    .increment(1);
+                            }
+                            decisions[*i] = Decision::Overflow;
+                        }
+                        Decision::Duplicate | Decision::OverQuota => decisions[*i] = decision,
+                    }
+                }
+                let recheck = settings.quota_recheck;
+                if !exhausted.is_empty() {
+                    let until = Instant::now();
+                    let mut cache = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+                    for (kind, left) in exhausted {
+                        cache.insert(
+                            (token.to_owned(), kind),
+                            (until + left.min(recheck), action),
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn fail(&self, kind: &'static str, reason: &str) -> Result<(), CaptureError> {
+        metrics::counter!(m::REDIS_ERRORS, "kind" => kind).increment(1);
+        metrics::gauge!(m::REDIS_UP).set(0.0);
+        let mode = self.settings.failure_mode;
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                reason = %store::redacted(reason),
+                failure_mode = ?mode,
+                "redis is not answering; policies fail {}",
+                if mode == FailureMode::Open { "open" } else { "closed" }
+            );
+        }
+        match mode {
+            FailureMode::Open => {
+                metrics::counter!(m::POLICY_FALLBACK, "decision" => "open").increment(1);
+                Ok(())
+            }
+            FailureMode::Closed => {
+                metrics::counter!(m::POLICY_FALLBACK, "decision" => "closed").increment(1);
+                Err(CaptureError::PolicyUnavailable)
+            }
+        }
+    }
+}
+
+/// Applies the decisions: drops, reroutes, and lists quota-limited types.
+fn finish(messages: &mut Vec<Message>, decisions: Vec<Decision>, topics: &Topics) -> Outcome {
+    let mut outcome = Outcome::default();
+    if decisions.iter().all(|d| *d == Decision::Accept) {
+        return outcome;
+    }
+    let mut duplicates = 0u64;
+    let mut index = 0;
+    messages.retain_mut(|message| {
+        let decision = decisions[index];
+        index += 1;
+        match decision {
+            Decision::Accept => true,
+            Decision::Overflow => {
+                message.kind = DataType::Overflow;
+                message.topic = Arc::clone(topics.topic(DataType::Overflow));
+                message.key = None;
+                true
+            }
+            Decision::Duplicate => {
+                duplicates += 1;
+                false
+            }
+            Decision::OverQuota => {
+                let kind = quota_type(message.kind);
+                metrics::counter!(m::EVENTS_QUOTA_LIMITED, "event_type" => kind.as_str())
+                    .increment(1);
+                if !outcome.quota_limited.contains(&kind) {
+                    outcome.quota_limited.push(kind);
+                }
+                false
+            }
+        }
+    });
+    if duplicates > 0 {
+        metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
+    }
+    outcome.quota_limited.sort();
+    outcome
+}

@@ -1,0 +1,807 @@
+//! Quotas, deduplication, rate limits, overflow and the Redis failure policy,
+//! against real `redis-server` processes and the real `capture` binary.
+//!
+//! Capture writes to a file sink here (one file per process), so what was
+//! accepted, dropped or rerouted is read back line by line; the Kafka path
+//! itself is covered by `kafka.rs`. Every test uses its own tokens and key
+//! prefix, so tests share one Redis and run in parallel.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use common::redis::{RedisCluster, RedisServer, shared};
+use serde_json::{Value, json};
+
+/// A capture process writing to its own file.
+struct Node {
+    capture: Capture,
+    file: PathBuf,
+}
+
+impl Node {
+    fn start(redis_url: &str, prefix: &str, extra: &[&str]) -> Node {
+        let file =
+            std::env::temp_dir().join(format!("policy-{}.jsonl", uuid::Uuid::new_v4().simple()));
+        let mut args: Vec<String> = vec![
+            "--sink".into(),
+            "file".into(),
+            "--sink-file".into(),
+            file.display().to_string(),
+            "--redis-url".into(),
+            redis_url.into(),
+            "--redis-key-prefix".into(),
+            prefix.into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Node {
+            capture: Capture::start(&args),
+            file,
+        }
+    }
+
+    /// Every line the sink wrote so far.
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("sink line is JSON"))
+            .collect()
+    }
+
+    async fn batch(&self, token: &str, events: Vec<Value>) -> Reply {
+        post(
+            &self.capture.url("/batch"),
+            json!({"api_key": token, "batch": events}),
+        )
+        .await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+    elapsed: Duration,
+}
+
+async fn post(url: &str, body: Value) -> Reply {
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        retry_after,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn unique(what: &str) -> String {
+    format!("{what}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// `n` events named `name` for `distinct_id`, each with a fresh uuid.
+fn events(n: usize, name: &str, distinct_id: &str) -> Vec<Value> {
+    (0..n)
+        .map(|_| json!({"event": name, "distinct_id": distinct_id, "uuid": uuid::Uuid::now_v7().to_string()}))
+        .collect()
+}
+
+/// Runs `capture quota ...` and returns its stdout.
+fn quota(redis_url: &str, prefix: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .args([
+            "quota",
+            "--redis-url",
+            redis_url,
+            "--redis-key-prefix",
+            prefix,
+        ])
+        .args(args)
+        .env_remove("CAPTURE_REDIS_URL")
+        .output()
+        .expect("run capture quota");
+    assert!(
+        output.status.success(),
+        "capture quota {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn usage(redis_url: &str, prefix: &str, token: &str) -> Value {
+    serde_json::from_str(&quota(redis_url, prefix, &["get", "--token", token]))
+        .expect("quota get prints JSON")
+}
+
+#[tokio::test]
+async fn a_request_crossing_the_limit_is_cut_at_it_and_later_ones_are_dropped() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=5",
+            "--window",
+            "events=1h",
+        ],
+    );
+    let node = Node::start(&redis.url(), &prefix, &[]);
+
+    let first = node.batch(&token, events(3, "e", "u")).await;
+    assert_eq!((first.status, &first.body), (200, &json!({"status": "Ok"})));
+    let crossing = node.batch(&token, events(4, "e", "u")).await;
+    assert_eq!(
+        (crossing.status, &crossing.body),
+        (200, &json!({"status": "Ok", "quota_limited": ["events"]}))
+    );
+    assert_eq!(
+        node.lines().len(),
+        5,
+        "accepted up to the limit, not past it"
+    );
+
+    // Known exhausted: answered from memory, still 200 with quota_limited.
+    let after = node.batch(&token, events(2, "e", "u")).await;
+    assert_eq!(after.body["quota_limited"], json!(["events"]));
+    assert_eq!(node.lines().len(), 5);
+
+    // Other types and other tokens are not limited.
+    let exception = node.batch(&token, events(1, "$exception", "u")).await;
+    assert_eq!(exception.body, json!({"status": "Ok"}));
+    let other = node.batch(&unique("phc"), events(2, "e", "u")).await;
+    assert_eq!(other.body, json!({"status": "Ok"}));
+    assert_eq!(node.lines().len(), 8);
+
+    let status = usage(&redis.url(), &prefix, &token);
+    assert_eq!(status["usage"]["events"]["used"], 5);
+    assert_eq!(status["usage"]["events"]["remaining"], 0);
+    let metrics = reqwest::get(node.capture.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("capture_events_quota_limited_total{event_type=\"events\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("source=\"local\""),
+        "exhausted token answered locally:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn racing_clients_on_several_instances_get_exactly_the_limit() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let limit = 400;
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            &format!("events={limit}"),
+        ],
+    );
+    let nodes: Vec<Node> = (0..3)
+        .map(|_| Node::start(&redis.url(), &prefix, &[]))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.capture.url("/batch")).collect();
+
+    let mut clients = Vec::new();
+    for client in 0..12 {
+        let url = urls[client % urls.len()].clone();
+        let token = token.clone();
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..20 {
+                let reply = post(
+                    &url,
+                    json!({"api_key": token, "batch": events(3, "e", &format!("u{client}"))}),
+                )
+                .await;
+                statuses.push(reply.status);
+            }
+            statuses
+        }));
+    }
+    for client in clients {
+        let statuses = client.await.expect("client task");
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    // 12 clients x 20 requests x 3 events = 720 sent, well over the limit.
+    let accepted: usize = nodes.iter().map(|n| n.lines().len()).sum();
+    assert_eq!(accepted, limit, "exactly the limit, never more");
+    assert_eq!(
+        usage(&redis.url(), &prefix, &token)["usage"]["events"]["used"],
+        limit
+    );
+}
+
+#[tokio::test]
+async fn a_window_ends_by_itself_and_a_raised_limit_applies_within_a_second() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=2",
+            "--window",
+            "events=2s",
+        ],
+    );
+    let node = Node::start(&redis.url(), &prefix, &["--quota-recheck-interval", "1s"]);
+
+    let reply = node.batch(&token, events(3, "e", "u")).await;
+    assert_eq!(reply.body["quota_limited"], json!(["events"]));
+    assert_eq!(node.lines().len(), 2);
+    // The counter's TTL ends the window: a fresh window, the whole limit again.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let reply = node.batch(&token, events(2, "e", "u")).await;
+    assert_eq!(reply.body, json!({"status": "Ok"}), "window expired");
+    assert_eq!(node.lines().len(), 4);
+
+    // Exhausted again; raising the limit carries the open window over.
+    let reply = node.batch(&token, events(1, "e", "u")).await;
+    assert_eq!(reply.body["quota_limited"], json!(["events"]));
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=5",
+            "--window",
+            "events=1h",
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = node.batch(&token, events(4, "e", "u")).await;
+    assert_eq!(
+        reply.body["quota_limited"],
+        json!(["events"]),
+        "3 more fit, not 4"
+    );
+    assert_eq!(node.lines().len(), 7);
+    assert_eq!(
+        usage(&redis.url(), &prefix, &token)["usage"]["events"]["remaining"],
+        0
+    );
+
+    // Reset gives the whole limit back at once (after the local recheck).
+    quota(&redis.url(), &prefix, &["reset", "--token", &token]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = node.batch(&token, events(5, "e", "u")).await;
+    assert_eq!(reply.body, json!({"status": "Ok"}));
+    // Delete removes the limit altogether.
+    quota(&redis.url(), &prefix, &["delete", "--token", &token]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = node.batch(&token, events(20, "e", "u")).await;
+    assert_eq!(reply.body, json!({"status": "Ok"}));
+    assert_eq!(node.lines().len(), 32);
+    assert_eq!(
+        usage(&redis.url(), &prefix, &token),
+        json!({"settings": {"types": {}}, "usage": {}})
+    );
+}
+
+#[tokio::test]
+async fn reject_action_answers_429_with_retry_after_and_keeps_nothing() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=3",
+            "--window",
+            "events=1h",
+            "--action",
+            "reject",
+        ],
+    );
+    let node = Node::start(&redis.url(), &prefix, &[]);
+    assert_eq!(node.batch(&token, events(2, "e", "u")).await.status, 200);
+    let reply = node.batch(&token, events(2, "e", "u")).await;
+    assert_eq!(reply.status, 429, "{:?}", reply.body);
+    assert_eq!(reply.body["code"], "quota_exceeded");
+    let retry: u64 = reply
+        .retry_after
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (3000..=3600).contains(&retry),
+        "window ends within the hour: {retry}"
+    );
+    assert_eq!(node.lines().len(), 2, "a refused request keeps nothing");
+    // One still fits: a request within the limit passes.
+    assert_eq!(node.batch(&token, events(1, "e", "u")).await.status, 200);
+    assert_eq!(node.lines().len(), 3);
+}
+
+#[tokio::test]
+async fn posthog_billing_limits_limit_and_unlimit_a_token() {
+    let redis = shared();
+    let token = unique("phc");
+    let prefix = unique("p") + ":";
+    let billing = format!("{prefix}@posthog/quota-limits/");
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &[
+            "--billing-limits-prefix",
+            &billing,
+            "--billing-limits-refresh",
+            "100ms",
+        ],
+    );
+    assert_eq!(
+        node.batch(&token, events(1, "e", "u")).await.body,
+        json!({"status": "Ok"})
+    );
+
+    let until = (chrono::Utc::now().timestamp() + 3600).to_string();
+    redis.cli(&["zadd", &format!("{billing}events"), &until, &token]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = node.batch(&token, events(1, "e", "u")).await;
+        if reply.body["quota_limited"] == json!(["events"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "billing limit never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Recordings are a separate resource.
+    let recording = post(
+        &node.capture.url("/s"),
+        json!({"api_key": token, "batch": [{"event": "$snapshot", "distinct_id": "u", "properties": {"$session_id": "s1", "$snapshot_data": [{"type": 2}]}}]}),
+    )
+    .await;
+    assert_eq!(recording.body, json!({"status": "Ok"}));
+
+    // A score in the past, or removal, un-limits.
+    let past = (chrono::Utc::now().timestamp() - 10).to_string();
+    redis.cli(&["zadd", &format!("{billing}events"), &past, &token]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = node.batch(&token, events(1, "e", "u")).await;
+        if reply.body == json!({"status": "Ok"}) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "billing limit never lifted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn dedup_drops_a_resent_event_within_the_ttl_and_keeps_it_after() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let node = Node::start(&redis.url(), &prefix, &["--dedup", "--dedup-ttl", "1s"]);
+    let batch = events(3, "e", "u");
+    let with_timestamp =
+        json!({"event": "t", "distinct_id": "u", "timestamp": "2024-05-01T00:00:00Z"});
+    let mut first = batch.clone();
+    first.push(with_timestamp.clone());
+    first.push(batch[0].clone()); // the same event twice in one request
+    assert_eq!(
+        node.batch(&token, first).await.body,
+        json!({"status": "Ok"})
+    );
+    assert_eq!(node.lines().len(), 4);
+
+    // A retry of the whole request: every event is a duplicate, still 200.
+    let mut retry = batch.clone();
+    retry.push(with_timestamp.clone());
+    let reply = node.batch(&token, retry.clone()).await;
+    assert_eq!(reply.body, json!({"status": "Ok"}));
+    assert_eq!(node.lines().len(), 4, "duplicates dropped");
+    // The same uuid under another distinct id or event name is not a duplicate.
+    let mut other = batch[0].clone();
+    other["distinct_id"] = json!("someone else");
+    assert_eq!(node.batch(&token, vec![other]).await.status, 200);
+    assert_eq!(node.lines().len(), 5);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    node.batch(&token, retry).await;
+    assert_eq!(node.lines().len(), 9, "markers expired: kept again");
+    let metrics = reqwest::get(node.capture.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("capture_events_duplicate_total 5"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn over_the_rate_events_overflow_without_a_key() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &[
+            "--rate-limit",
+            "1",
+            "--rate-limit-burst",
+            "5",
+            "--overflow-topic",
+            "overflow",
+        ],
+    );
+    node.batch(&token, events(8, "e", "u")).await;
+    let lines = node.lines();
+    let topics: Vec<&str> = lines
+        .iter()
+        .map(|l| l["topic"].as_str().expect("topic"))
+        .collect();
+    assert_eq!(
+        topics.iter().filter(|t| **t == "clickhouse_events").count(),
+        5
+    );
+    assert_eq!(topics.iter().filter(|t| **t == "overflow").count(), 3);
+    for line in lines.iter().filter(|l| l["topic"] == "overflow") {
+        assert_eq!(line["key"], Value::Null, "overflow spreads load: no key");
+    }
+    // Another token has its own bucket.
+    node.batch(&unique("phc"), events(5, "e", "u")).await;
+    assert_eq!(
+        node.lines()
+            .iter()
+            .filter(|l| l["topic"] == "overflow")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn reject_mode_rate_limits_answer_429_with_retry_after() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &[
+            "--rate-limit",
+            "2",
+            "--rate-limit-burst",
+            "4",
+            "--rate-limit-action",
+            "reject",
+        ],
+    );
+    assert_eq!(node.batch(&token, events(4, "e", "u")).await.status, 200);
+    let reply = node.batch(&token, events(2, "e", "u")).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.body["code"], "rate_limited");
+    assert_eq!(reply.retry_after.as_deref(), Some("1"));
+    assert_eq!(node.lines().len(), 4);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(node.batch(&token, events(2, "e", "u")).await.status, 200);
+}
+
+#[tokio::test]
+async fn per_token_rates_from_redis_override_the_default() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set", "--token", &token, "--rate", "events=1", "--burst", "events=2",
+        ],
+    );
+    let node = Node::start(&redis.url(), &prefix, &[]);
+    node.batch(&token, events(5, "e", "u")).await;
+    let overflow = node
+        .lines()
+        .iter()
+        .filter(|l| l["topic"] == "events_plugin_ingestion_overflow")
+        .count();
+    assert_eq!(overflow, 3);
+}
+
+#[tokio::test]
+async fn a_hot_distinct_id_overflows_while_others_do_not() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &[
+            "--hot-key-rate",
+            "1",
+            "--hot-key-burst",
+            "3",
+            "--force-overflow",
+            &format!("{token}:forced"),
+        ],
+    );
+    let mut batch = events(10, "e", "hot");
+    batch.extend(events(2, "e", "cold"));
+    batch.extend(events(1, "e", "forced"));
+    node.batch(&token, batch).await;
+    let lines = node.lines();
+    let overflowed: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["topic"] == "events_plugin_ingestion_overflow")
+        .map(|l| l["headers"]["distinct_id"].as_str().expect("distinct_id"))
+        .collect();
+    assert_eq!(overflowed.iter().filter(|d| **d == "hot").count(), 7);
+    assert_eq!(overflowed.iter().filter(|d| **d == "forced").count(), 1);
+    assert!(!overflowed.contains(&"cold"));
+}
+
+#[tokio::test]
+async fn redis_down_fails_open_by_default_and_enforcement_resumes_by_itself() {
+    let redis = RedisServer::start();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=2",
+            "--window",
+            "events=1h",
+        ],
+    );
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &[
+            "--redis-timeout",
+            "200ms",
+            "--quota-recheck-interval",
+            "100ms",
+        ],
+    );
+    assert_eq!(
+        node.batch(&token, events(3, "e", "u")).await.body["quota_limited"],
+        json!(["events"])
+    );
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let reply = node.batch(&token, events(2, "e", "u")).await;
+        assert_eq!(reply.body, json!({"status": "Ok"}), "fail open");
+        assert!(
+            reply.elapsed < Duration::from_secs(2),
+            "never blocked past the timeout: {:?}",
+            reply.elapsed
+        );
+    }
+    assert_eq!(node.lines().len(), 8);
+    node.capture
+        .wait_for_log("redis is not answering; policies fail open");
+
+    // Back, empty (nothing persisted): write the quota again, enforcement resumes.
+    redis.restart();
+    quota(
+        &redis.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=1",
+            "--window",
+            "events=1h",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = node.batch(&token, events(2, "e", "u")).await;
+        if reply.body["quota_limited"] == json!(["events"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "enforcement never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.capture.wait_for_log("redis answers again");
+    let logs = node.capture.logs();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("redis is not answering"))
+            .count(),
+        1,
+        "logged once per outage"
+    );
+    let metrics = reqwest::get(node.capture.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("capture_policy_fallback_total{decision=\"open\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_when_configured() {
+    let redis = RedisServer::start();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &["--redis-timeout", "200ms", "--redis-failure-mode", "closed"],
+    );
+    assert_eq!(node.batch(&token, events(1, "e", "u")).await.status, 200);
+    redis.kill();
+    let reply = node.batch(&token, events(1, "e", "u")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body["code"], "policy_unavailable");
+    assert!(
+        reply.elapsed < Duration::from_secs(2),
+        "{:?}",
+        reply.elapsed
+    );
+    assert_eq!(node.lines().len(), 1);
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.batch(&token, events(1, "e", "u")).await.status != 200 {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slow_redis_never_holds_a_request_past_the_timeout() {
+    let redis = RedisServer::start();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let node = Node::start(&redis.url(), &prefix, &["--redis-timeout", "100ms"]);
+    assert_eq!(node.batch(&token, events(1, "e", "u")).await.status, 200);
+    // DEBUG SLEEP blocks the whole server, as an overloaded Redis would.
+    let sleeper = std::thread::spawn({
+        let port = redis.port;
+        move || common::redis::redis_cli(port, &["debug", "sleep", "3"])
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = node.batch(&token, events(1, "e", "u")).await;
+    assert_eq!(reply.status, 200, "failed open");
+    assert!(
+        reply.elapsed < Duration::from_secs(1),
+        "held for {:?}",
+        reply.elapsed
+    );
+    sleeper.join().expect("debug sleep");
+}
+
+#[tokio::test]
+async fn quotas_dedup_and_rates_work_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let prefix = unique("p") + ":";
+    // Enough tokens that their hash tags land on every master.
+    let tokens: Vec<String> = (0..12).map(|_| unique("phc")).collect();
+    let owners: std::collections::HashSet<u16> = tokens
+        .iter()
+        .map(|t| cluster.owner(&format!("{prefix}quota-config:{{{t}}}")))
+        .collect();
+    assert_eq!(owners.len(), 3, "tokens spread over all masters");
+    for token in &tokens {
+        quota(
+            &urls,
+            &prefix,
+            &[
+                "set",
+                "--token",
+                token,
+                "--limit",
+                "events=3",
+                "--window",
+                "events=1h",
+            ],
+        );
+    }
+    let node = Node::start(
+        &urls,
+        &prefix,
+        &["--redis-cluster", "--dedup", "--rate-limit", "100"],
+    );
+    for token in &tokens {
+        let batch = events(2, "e", "u");
+        assert_eq!(
+            node.batch(token, batch.clone()).await.body,
+            json!({"status": "Ok"})
+        );
+        // The same events again: duplicates, dropped without using quota.
+        assert_eq!(node.batch(token, batch).await.body, json!({"status": "Ok"}));
+        let reply = node.batch(token, events(2, "e", "u")).await;
+        assert_eq!(
+            reply.body["quota_limited"],
+            json!(["events"]),
+            "token {token}"
+        );
+        assert_eq!(usage(&urls, &prefix, token)["usage"]["events"]["used"], 3);
+    }
+    assert_eq!(node.lines().len(), 3 * tokens.len());
+}
+
+#[test]
+fn bad_quota_flags_name_the_flag() {
+    let output = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .args([
+            "quota",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "set",
+            "--token",
+            "phc_x",
+            "--limit",
+            "event=1",
+        ])
+        .output()
+        .expect("run capture quota");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--limit") && stderr.contains("expected one of events"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .args(["--redis-url", "http://x", "--redis-key-prefix", "a"])
+        .output()
+        .expect("run capture");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--redis-url") && stderr.contains("redis://"),
+        "{stderr}"
+    );
+}
