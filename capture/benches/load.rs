@@ -24,6 +24,15 @@
 //! | `LOAD_BENCH_PARTITIONS` | 4 | partitions of the events topic |
 //! | `LOAD_BENCH_SCENARIOS` | `e,batch` | which scenarios to run |
 //! | `LOAD_BENCH_CAPTURE_ARGS` | (none) | extra capture flags, space-separated |
+//! | `LOAD_BENCH_POLICIES` | 0 | 1: also run capture with quotas, rate limits, hot-key buckets and dedup on (a real `redis-server`), in the same run |
+//!
+//! With `LOAD_BENCH_POLICIES=1` every event carries a client `uuid`, unique
+//! per request sent (stamped into the body just before sending), so dedup
+//! drops nothing; all three servers get the same stamped bodies. The quota
+//! and rates are set far above the load, so every event is still produced
+//! and checked in Kafka, while every check runs in full. The bench reports
+//! the CPU overhead and the Redis commands per request (from `INFO
+//! commandstats`).
 //!
 //! Run with `cargo bench -p capture --bench load`.
 
@@ -69,6 +78,7 @@ struct Settings {
     partitions: i32,
     scenarios: Vec<String>,
     capture_args: Vec<String>,
+    policies: bool,
 }
 
 impl Settings {
@@ -91,6 +101,7 @@ impl Settings {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            policies: env_or::<u8>("LOAD_BENCH_POLICIES", 0) == 1,
         }
     }
 
@@ -121,6 +132,8 @@ struct Scenario {
     /// PostHog's own capture on these machines, for comparison.
     posthog_ms: f64,
     bodies: Arc<Vec<Bytes>>,
+    /// Stamp a fresh uuid into every event of every request.
+    stamp: bool,
 }
 
 /// What one measured phase against one server produced.
@@ -180,16 +193,32 @@ struct ScenarioResult {
     capture: Measurement,
     bare: Measurement,
     kafka: KafkaCheck,
+    policies: Option<PolicyRun>,
+}
+
+/// Capture with every policy on, measured in the same run.
+struct PolicyRun {
+    capture: Measurement,
+    kafka: KafkaCheck,
+    /// Redis commands per request sent (warm-up included), by command.
+    commands_per_request: Vec<(String, f64)>,
+    /// redis-server CPU over warm-up and measured phase, per 1,000 events.
+    redis_cpu_per_1000: f64,
 }
 
 async fn run(settings: Settings) {
     let ticks = clock_ticks();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu_model = cpu_model();
-    let event_bodies = Arc::new((0..1_000).map(single_event_body).collect::<Vec<_>>());
+    let stamp = settings.policies;
+    let event_bodies = Arc::new(
+        (0..1_000)
+            .map(|n| single_event_body(n, stamp))
+            .collect::<Vec<_>>(),
+    );
     let batch_bodies = Arc::new(
         (0..20)
-            .map(|i| batch_body(i, settings.batch_size))
+            .map(|i| batch_body(i, settings.batch_size, stamp))
             .collect::<Vec<_>>(),
     );
     let avg_event = event_bodies.iter().map(Bytes::len).sum::<usize>() / event_bodies.len();
@@ -219,6 +248,7 @@ async fn run(settings: Settings) {
                 target_ms: 25.0,
                 posthog_ms: 75.0,
                 bodies: Arc::clone(&event_bodies),
+                stamp,
             },
             "batch" => Scenario {
                 label: "/batch",
@@ -229,6 +259,7 @@ async fn run(settings: Settings) {
                 target_ms: 8.0,
                 posthog_ms: 23.0,
                 bodies: Arc::clone(&batch_bodies),
+                stamp,
             },
             other => panic!("unknown scenario {other:?} in LOAD_BENCH_SCENARIOS (use e, batch)"),
         };
@@ -243,21 +274,14 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         "\n[{}] {} warm-up + {} measured requests per server, {} event(s) each",
         scenario.label, scenario.warmup, scenario.requests, scenario.events_per_request
     );
-    let topics = common::Topics::create(settings.partitions).await;
-    let extra: Vec<&str> = settings.capture_args.iter().map(String::as_str).collect();
-    let mut capture = common::capture_for(&topics, &extra);
-    // Capture first, then the bare server: each is warmed up right before
-    // its measured phase so no keep-alive connection sits idle in between.
-    let (warm_ok, measured) = warm_and_measure(
-        &capture.url(scenario.path),
-        scenario,
-        capture.pid(),
-        settings,
-        ticks,
-    )
-    .await;
-    let capture_ok_requests = warm_ok + measured.ok_requests;
-    print_line("capture", &measured);
+    let extra: Vec<String> = settings.capture_args.clone();
+    let (measured, kafka) = run_capture("capture", settings, scenario, ticks, &extra).await;
+
+    let policies = if settings.policies {
+        Some(run_with_policies(settings, scenario, ticks).await)
+    } else {
+        None
+    };
 
     let bare = bare::Bare::start();
     let (_, bare_measured) = warm_and_measure(
@@ -270,14 +294,47 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
     .await;
     print_line("bare", &bare_measured);
     drop(bare);
+    ScenarioResult {
+        label: scenario.label,
+        events_per_request: scenario.events_per_request,
+        target_ms: scenario.target_ms,
+        posthog_ms: scenario.posthog_ms,
+        capture: measured,
+        bare: bare_measured,
+        kafka,
+        policies,
+    }
+}
 
+/// One capture process on fresh topics: warm-up, measured phase, stop, and
+/// the Kafka read-back.
+async fn run_capture(
+    name: &str,
+    settings: &Settings,
+    scenario: &Scenario,
+    ticks: f64,
+    extra: &[String],
+) -> (Measurement, KafkaCheck) {
+    let topics = common::Topics::create(settings.partitions).await;
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut capture = common::capture_for(&topics, &extra);
+    let (warm_ok, measured) = warm_and_measure(
+        &capture.url(scenario.path),
+        scenario,
+        capture.pid(),
+        settings,
+        ticks,
+    )
+    .await;
+    let ok_requests = warm_ok + measured.ok_requests;
+    print_line(name, &measured);
     let status = tokio::task::spawn_blocking(move || capture.terminate())
         .await
         .expect("terminate capture");
     if !status.success() {
-        println!("  capture exited with {status}");
+        println!("  {name} exited with {status}");
     }
-    let expected = capture_ok_requests * scenario.events_per_request;
+    let expected = ok_requests * scenario.events_per_request;
     let topic = topics.events.clone();
     let kafka = tokio::task::spawn_blocking(move || check_topic(&topic, expected))
         .await
@@ -296,15 +353,94 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         kafka.shape_ok,
         if kafka.ok() { "OK" } else { "MISMATCH" }
     );
-    ScenarioResult {
-        label: scenario.label,
-        events_per_request: scenario.events_per_request,
-        target_ms: scenario.target_ms,
-        posthog_ms: scenario.posthog_ms,
+    (measured, kafka)
+}
+
+/// Capture with quotas, cluster-wide rate limits, hot-key buckets and dedup
+/// on, against a fresh `redis-server`. Limits sit far above the load.
+async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64) -> PolicyRun {
+    let redis = common::redis::RedisServer::start();
+    let status = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .args([
+            "quota",
+            "--redis-url",
+            &redis.url(),
+            "set",
+            "--token",
+            TOKEN,
+        ])
+        .args(["--limit", "events=1000000000000", "--window", "events=1d"])
+        .status()
+        .expect("run capture quota set");
+    assert!(status.success(), "capture quota set failed");
+    let mut extra = settings.capture_args.clone();
+    extra.extend(
+        [
+            "--redis-url",
+            &redis.url(),
+            "--dedup",
+            "--rate-limit",
+            "100000000",
+            "--rate-limit-burst",
+            "100000000",
+            "--hot-key-rate",
+            "100000000",
+            "--hot-key-burst",
+            "1000000",
+        ]
+        .map(str::to_owned),
+    );
+    let commands_before = redis_commands(&redis);
+    let redis_cpu_before = cpu_time_ticks(redis.pid());
+    let (measured, kafka) = run_capture("policies", settings, scenario, ticks, &extra).await;
+    let redis_cpu = (cpu_time_ticks(redis.pid()) - redis_cpu_before) as f64 * 1000.0 / ticks;
+    let commands_after = redis_commands(&redis);
+    let requests = kafka.expected / scenario.events_per_request;
+    let mut commands_per_request: Vec<(String, f64)> = commands_after
+        .iter()
+        .map(|(name, after)| {
+            let before = commands_before.get(name).copied().unwrap_or(0);
+            (
+                name.clone(),
+                (after - before) as f64 / requests.max(1) as f64,
+            )
+        })
+        .filter(|(name, per)| *per > 0.0 && name != "info")
+        .collect();
+    commands_per_request.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let listed: Vec<String> = commands_per_request
+        .iter()
+        .map(|(name, per)| format!("{name} {per:.4}"))
+        .collect();
+    println!(
+        "  redis: commands per request (script-internal ones included): {}; redis-server CPU {:.2} ms/1k events",
+        listed.join(", "),
+        redis_cpu * 1000.0 / kafka.expected.max(1) as f64
+    );
+    PolicyRun {
         capture: measured,
-        bare: bare_measured,
+        redis_cpu_per_1000: redis_cpu * 1000.0 / kafka.expected.max(1) as f64,
         kafka,
+        commands_per_request,
     }
+}
+
+/// `INFO commandstats` call counts by command.
+fn redis_commands(redis: &common::redis::RedisServer) -> std::collections::BTreeMap<String, u64> {
+    redis
+        .cli(&["info", "commandstats"])
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
 }
 
 fn http_client(concurrency: usize) -> reqwest::Client {
@@ -402,6 +538,7 @@ async fn drive(
         let client = client.clone();
         let url = url.to_owned();
         let bodies = Arc::clone(&scenario.bodies);
+        let (stamp, per_request) = (scenario.stamp, scenario.events_per_request);
         workers.push(tokio::spawn(async move {
             let mut load = Load {
                 ok: 0,
@@ -414,7 +551,10 @@ async fn drive(
                 if index >= requests {
                     break;
                 }
-                let body = bodies[index % bodies.len()].clone();
+                let mut body = bodies[index % bodies.len()].clone();
+                if stamp {
+                    body = stamp_uuids(&body, per_request);
+                }
                 let started = Instant::now();
                 let outcome = send(&client, &url, body).await;
                 load.latencies.push(started.elapsed());
@@ -601,7 +741,11 @@ fn report(results: &[ScenarioResult]) {
         "server", "events/s", "p50 ms", "p99 ms", "CPU ms/1k ev", "peak RSS", "target", "PostHog"
     );
     for r in results {
-        let rows = [("capture", &r.capture, true), ("bare axum", &r.bare, false)];
+        let mut rows = vec![("capture", &r.capture, true)];
+        if let Some(p) = &r.policies {
+            rows.push(("+policies", &p.capture, true));
+        }
+        rows.push(("bare axum", &r.bare, false));
         for (server, m, is_capture) in rows {
             let (target, posthog) = if is_capture {
                 (
@@ -640,6 +784,30 @@ fn report(results: &[ScenarioResult]) {
             r.events_per_request,
             if r.kafka.ok() { "OK" } else { "MISMATCH" },
         );
+        if let Some(p) = &r.policies {
+            let on = p.capture.cpu_per_1000();
+            let overhead = (on / cpu - 1.0) * 100.0;
+            // Client round trips: the script call, plus SCRIPT LOAD once per
+            // connection that first meets NOSCRIPT. Everything else in
+            // commandstats ran inside the script (or is the background
+            // billing refresh, not per request).
+            let per = |names: &[&str]| -> f64 {
+                p.commands_per_request
+                    .iter()
+                    .filter(|(name, _)| names.contains(&name.as_str()))
+                    .map(|(_, per)| per)
+                    .sum()
+            };
+            let round_trips = per(&["evalsha", "eval", "script|load"]);
+            println!(
+                "{:<7} policies on: {on:.2} ms CPU per 1k events, {overhead:+.1}% vs off (target <= +20%: {}); {round_trips:.3} Redis round trips per request (target <= 1; {:.3} of them SCRIPT LOAD on first use); redis-server {:.2} ms/1k events; kafka check {}",
+                r.label,
+                if overhead <= 20.0 { "MET" } else { "NOT MET" },
+                per(&["script|load"]),
+                p.redis_cpu_per_1000,
+                if p.kafka.ok() { "OK" } else { "MISMATCH" },
+            );
+        }
     }
 }
 
@@ -738,14 +906,25 @@ fn event(n: u64, with_token: bool) -> Value {
     event
 }
 
-fn single_event_body(n: u64) -> Bytes {
-    Bytes::from(event(n, true).to_string())
+/// The uuid every event carries when stamping; its last 12 hex digits are
+/// replaced per request.
+const UUID_TEMPLATE: &str = "0190b0e1-0000-7000-8000-000000000000";
+
+fn with_uuid(mut event: Value, stamp: bool) -> Value {
+    if stamp {
+        event["uuid"] = Value::from(UUID_TEMPLATE);
+    }
+    event
 }
 
-fn batch_body(index: u64, size: usize) -> Bytes {
+fn single_event_body(n: u64, stamp: bool) -> Bytes {
+    Bytes::from(with_uuid(event(n, true), stamp).to_string())
+}
+
+fn batch_body(index: u64, size: usize, stamp: bool) -> Bytes {
     let first = 1_000_000 + index * size as u64;
     let batch: Vec<Value> = (first..first + size as u64)
-        .map(|n| event(n, false))
+        .map(|n| with_uuid(event(n, false), stamp))
         .collect();
     let body = json!({
         "api_key": TOKEN,
@@ -753,6 +932,24 @@ fn batch_body(index: u64, size: usize) -> Bytes {
         "sent_at": "2024-06-01T12:00:00.000Z",
     });
     Bytes::from(body.to_string())
+}
+
+/// Next id to stamp; process-wide so no two events sent ever share a uuid.
+static NEXT_UUID: AtomicUsize = AtomicUsize::new(1);
+
+/// A copy of `body` with each event's template uuid made unique.
+fn stamp_uuids(body: &Bytes, events: usize) -> Bytes {
+    let prefix = &UUID_TEMPLATE.as_bytes()[..24];
+    let mut out = body.to_vec();
+    let first = NEXT_UUID.fetch_add(events, Ordering::Relaxed);
+    let mut stamped = 0;
+    for (id, at) in (first..).zip(memchr::memmem::find_iter(body, prefix)) {
+        let digits = format!("{id:012x}");
+        out[at + 24..at + 36].copy_from_slice(digits.as_bytes());
+        stamped += 1;
+    }
+    assert_eq!(stamped, events, "every event carries the template uuid");
+    Bytes::from(out)
 }
 
 /// The comparison server: axum that reads the body and answers 200, in its

@@ -101,6 +101,21 @@ impl RedisServer {
         self.launch();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(pid) = std::fs::read_to_string(self.dir.join("redis.pid"))
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+            {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "redis-server wrote no pid file");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
         redis_cli(self.port, args)
