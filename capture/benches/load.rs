@@ -24,6 +24,8 @@
 //! | `LOAD_BENCH_PARTITIONS` | 4 | partitions of the events topic |
 //! | `LOAD_BENCH_SCENARIOS` | `e,batch` | which scenarios to run |
 //! | `LOAD_BENCH_CAPTURE_ARGS` | (none) | extra capture flags, space-separated |
+//! | `LOAD_BENCH_E_RATE` | 0 | pace `/e` to this many requests/s in total (0: as fast as the server answers) |
+//! | `LOAD_BENCH_BATCH_RATE` | 0 | pace `/batch` likewise |
 //! | `LOAD_BENCH_POLICIES` | 0 | 1: also run capture with quotas, rate limits, hot-key buckets and dedup on (a real `redis-server`), in the same run |
 //!
 //! With `LOAD_BENCH_POLICIES=1` every event carries a client `uuid`, unique
@@ -79,6 +81,8 @@ struct Settings {
     scenarios: Vec<String>,
     capture_args: Vec<String>,
     policies: bool,
+    event_rate: f64,
+    batch_rate: f64,
 }
 
 impl Settings {
@@ -102,6 +106,8 @@ impl Settings {
                 .map(str::to_owned)
                 .collect(),
             policies: env_or::<u8>("LOAD_BENCH_POLICIES", 0) == 1,
+            event_rate: env_or("LOAD_BENCH_E_RATE", 0.0),
+            batch_rate: env_or("LOAD_BENCH_BATCH_RATE", 0.0),
         }
     }
 
@@ -134,6 +140,8 @@ struct Scenario {
     bodies: Arc<Vec<Bytes>>,
     /// Stamp a fresh uuid into every event of every request.
     stamp: bool,
+    /// Requests per second to pace to, if any.
+    rate: Option<f64>,
 }
 
 /// What one measured phase against one server produced.
@@ -235,6 +243,11 @@ async fn run(settings: Settings) {
     if !settings.capture_args.is_empty() {
         println!("  extra capture flags: {}", settings.capture_args.join(" "));
     }
+    for (label, rate) in [("/e", settings.event_rate), ("/batch", settings.batch_rate)] {
+        if rate > 0.0 {
+            println!("  {label} paced to {rate} requests/s");
+        }
+    }
 
     let mut results = Vec::new();
     for name in &settings.scenarios {
@@ -249,6 +262,7 @@ async fn run(settings: Settings) {
                 posthog_ms: 75.0,
                 bodies: Arc::clone(&event_bodies),
                 stamp,
+                rate: (settings.event_rate > 0.0).then_some(settings.event_rate),
             },
             "batch" => Scenario {
                 label: "/batch",
@@ -260,6 +274,7 @@ async fn run(settings: Settings) {
                 posthog_ms: 23.0,
                 bodies: Arc::clone(&batch_bodies),
                 stamp,
+                rate: (settings.batch_rate > 0.0).then_some(settings.batch_rate),
             },
             other => panic!("unknown scenario {other:?} in LOAD_BENCH_SCENARIOS (use e, batch)"),
         };
@@ -391,10 +406,21 @@ async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64)
         .map(str::to_owned),
     );
     let commands_before = redis_commands(&redis);
+    let (memory_before, keys_before) = redis_memory(&redis);
     let redis_cpu_before = cpu_time_ticks(redis.pid());
     let (measured, kafka) = run_capture("policies", settings, scenario, ticks, &extra).await;
     let redis_cpu = (cpu_time_ticks(redis.pid()) - redis_cpu_before) as f64 * 1000.0 / ticks;
     let commands_after = redis_commands(&redis);
+    // Every event left a dedup marker (their TTL outlasts the run); the
+    // other keys (counter, rate state, settings) are a handful.
+    let (memory_after, keys_after) = redis_memory(&redis);
+    let markers = keys_after.saturating_sub(keys_before);
+    let per_marker = memory_after.saturating_sub(memory_before) as f64 / markers.max(1) as f64;
+    println!(
+        "  redis: {markers} keys added, used_memory +{:.1} MiB: {per_marker:.0} bytes per dedup marker = {:.0} MB per million events within the TTL",
+        memory_after.saturating_sub(memory_before) as f64 / 1_048_576.0,
+        per_marker,
+    );
     let requests = kafka.expected / scenario.events_per_request;
     let mut commands_per_request: Vec<(String, f64)> = commands_after
         .iter()
@@ -423,6 +449,18 @@ async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64)
         kafka,
         commands_per_request,
     }
+}
+
+/// `used_memory` and the number of keys.
+fn redis_memory(redis: &common::redis::RedisServer) -> (u64, u64) {
+    let used = redis
+        .cli(&["info", "memory"])
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let keys = redis.cli(&["dbsize"]).trim().parse().unwrap_or(0);
+    (used, keys)
 }
 
 /// `INFO commandstats` call counts by command.
@@ -532,13 +570,15 @@ async fn drive(
     concurrency: usize,
 ) -> Load {
     let next = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
         let next = Arc::clone(&next);
         let client = client.clone();
         let url = url.to_owned();
         let bodies = Arc::clone(&scenario.bodies);
-        let (stamp, per_request) = (scenario.stamp, scenario.events_per_request);
+        let (stamp, per_request, rate) =
+            (scenario.stamp, scenario.events_per_request, scenario.rate);
         workers.push(tokio::spawn(async move {
             let mut load = Load {
                 ok: 0,
@@ -550,6 +590,10 @@ async fn drive(
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= requests {
                     break;
+                }
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(index as f64 / rate))
+                        .await;
                 }
                 let mut body = bodies[index % bodies.len()].clone();
                 if stamp {

@@ -6,9 +6,13 @@
 //! so memory follows the number of keys that are actually hot.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::Instant;
+
+// Seeded per process: keys are client-chosen, so the hash must not be
+// predictable, but it runs once per event and must be cheap.
+use foldhash::fast::RandomState;
 
 const SHARDS: usize = 16;
 /// Buckets per shard before refilled ones are swept.
@@ -26,23 +30,27 @@ pub struct HotKeys {
     rate: f64,
     burst: f64,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<String, Bucket>>]>,
+    shards: Box<[Mutex<HashMap<String, Bucket, RandomState>>]>,
 }
 
 impl HotKeys {
     /// Buckets refilling at `rate` events per second, holding at most `burst`.
     pub fn new(rate: f64, burst: u32) -> Self {
+        let hasher = RandomState::default();
         HotKeys {
             rate,
             burst: f64::from(burst.max(1)),
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
+            hasher,
         }
     }
 
     /// Takes one event from `key`'s bucket; false when it is empty.
     pub fn take(&self, key: &str, now: Instant) -> bool {
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        // High bits pick the shard; the map inside uses the low ones.
+        let shard = &self.shards[(self.hasher.hash_one(key) >> 60) as usize % SHARDS];
         let mut map = shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -126,8 +126,36 @@ struct RedisPolicy {
     rate_action: RateAction,
     billing: Option<Arc<BillingLimits>>,
     exhausted: Mutex<HashMap<(String, QuotaType), (Instant, QuotaAction)>>,
-    /// Whether Redis is failing (so an outage is logged once).
+    /// Whether `exhausted` may hold entries (so the common case skips the lock).
+    any_exhausted: AtomicBool,
+    /// Whether the last round trip failed (or none happened yet).
     failing: AtomicBool,
+    /// Whether the current outage was logged (so it is logged once).
+    outage_logged: AtomicBool,
+    meters: Meters,
+}
+
+/// Metric handles touched on every request, registered once.
+struct Meters {
+    checks: [metrics::Counter; 4],
+    round_trip: metrics::Histogram,
+    up: metrics::Gauge,
+}
+
+impl Meters {
+    fn new() -> Self {
+        Meters {
+            checks: QuotaType::ALL.map(|kind| {
+                metrics::counter!(m::QUOTA_CHECKS, "event_type" => kind.as_str(), "source" => "redis")
+            }),
+            round_trip: metrics::histogram!(m::REDIS_SECONDS),
+            up: metrics::gauge!(m::REDIS_UP),
+        }
+    }
+
+    fn check(&self, kind: QuotaType) -> &metrics::Counter {
+        &self.checks[kind as usize]
+    }
 }
 
 /// The quota type an event of `kind` counts against.
@@ -183,7 +211,11 @@ impl Policy {
                         .as_deref()
                         .map(|prefix| Arc::new(BillingLimits::new(prefix))),
                     exhausted: Mutex::new(HashMap::new()),
-                    failing: AtomicBool::new(false),
+                    any_exhausted: AtomicBool::new(false),
+                    // Unknown until the first round trip.
+                    failing: AtomicBool::new(true),
+                    outage_logged: AtomicBool::new(false),
+                    meters: Meters::new(),
                 })
             }
         };
@@ -301,11 +333,14 @@ impl RedisPolicy {
         // Limits known without asking Redis: billing and exhausted windows.
         let mut local_limited: Vec<(QuotaType, QuotaAction)> = Vec::new();
         if settings.quotas {
-            let instant = Instant::now();
-            let cached = {
+            let cached = if !self.any_exhausted.load(Ordering::Relaxed) {
+                Vec::new()
+            } else {
+                let instant = Instant::now();
                 let mut exhausted = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
                 exhausted.retain(|_, (until, _)| *until > instant);
                 if exhausted.is_empty() {
+                    self.any_exhausted.store(false, Ordering::Relaxed);
                     Vec::new()
                 } else {
                     QuotaType::ALL
@@ -398,8 +433,7 @@ impl RedisPolicy {
             rate_action: self.rate_action,
         };
         for check in &types {
-            metrics::counter!(m::QUOTA_CHECKS, "event_type" => check.kind.as_str(), "source" => "redis")
-                .increment(1);
+            self.meters.check(check.kind).increment(1);
         }
         let started = Instant::now();
         let result = tokio::time::timeout(
@@ -407,13 +441,17 @@ impl RedisPolicy {
             check::run(&self.store, &self.script, &self.keys, &request),
         )
         .await;
-        metrics::histogram!(m::REDIS_SECONDS).record(started.elapsed().as_secs_f64());
+        self.meters
+            .round_trip
+            .record(started.elapsed().as_secs_f64());
         let verdict = match result {
             Ok(Ok(verdict)) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("redis answers again; policies enforced");
+                    self.meters.up.set(1.0);
+                    if self.outage_logged.swap(false, Ordering::Relaxed) {
+                        tracing::info!("redis answers again; policies enforced");
+                    }
                 }
-                metrics::gauge!(m::REDIS_UP).set(1.0);
                 verdict
             }
             Ok(Err(err)) => return self.fail("error", &err.to_string()),
@@ -451,6 +489,7 @@ impl RedisPolicy {
                 let recheck = settings.quota_recheck;
                 if !exhausted.is_empty() {
                     let until = Instant::now();
+                    self.any_exhausted.store(true, Ordering::Relaxed);
                     let mut cache = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
                     for (kind, left) in exhausted {
                         cache.insert(
@@ -466,9 +505,10 @@ impl RedisPolicy {
 
     fn fail(&self, kind: &'static str, reason: &str) -> Result<(), CaptureError> {
         metrics::counter!(m::REDIS_ERRORS, "kind" => kind).increment(1);
-        metrics::gauge!(m::REDIS_UP).set(0.0);
+        self.failing.store(true, Ordering::Relaxed);
+        self.meters.up.set(0.0);
         let mode = self.settings.failure_mode;
-        if !self.failing.swap(true, Ordering::Relaxed) {
+        if !self.outage_logged.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 reason = %store::redacted(reason),
                 failure_mode = ?mode,
