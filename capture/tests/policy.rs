@@ -52,6 +52,16 @@ impl Node {
             .collect()
     }
 
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        reqwest::get(self.capture.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     async fn batch(&self, token: &str, events: Vec<Value>) -> Reply {
         post(
             &self.capture.url("/batch"),
@@ -182,12 +192,7 @@ async fn a_request_crossing_the_limit_is_cut_at_it_and_later_ones_are_dropped() 
     let status = usage(&redis.url(), &prefix, &token);
     assert_eq!(status["usage"]["events"]["used"], 5);
     assert_eq!(status["usage"]["events"]["remaining"], 0);
-    let metrics = reqwest::get(node.capture.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains("capture_events_quota_limited_total{event_type=\"events\"} 4"),
         "{metrics}"
@@ -448,12 +453,7 @@ async fn dedup_drops_a_resent_event_within_the_ttl_and_keeps_it_after() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     node.batch(&token, retry).await;
     assert_eq!(node.lines().len(), 9, "markers expired: kept again");
-    let metrics = reqwest::get(node.capture.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains("capture_events_duplicate_total 5"),
         "{metrics}"
@@ -659,12 +659,7 @@ async fn redis_down_fails_open_by_default_and_enforcement_resumes_by_itself() {
         1,
         "logged once per outage"
     );
-    let metrics = reqwest::get(node.capture.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains("capture_policy_fallback_total{decision=\"open\"}"),
         "{metrics}"

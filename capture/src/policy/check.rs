@@ -221,3 +221,69 @@ fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
         action,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn decided_replies_are_read_in_event_order() {
+        let reply = Value::Array(vec![
+            text("ok"),
+            text("adqo"),
+            Value::Int(1500),
+            text("reject"),
+            text("events"),
+            Value::Int(1500),
+        ]);
+        assert_eq!(
+            parse_reply(reply, 4).expect("valid reply"),
+            Verdict::Decided {
+                decisions: vec![
+                    Decision::Accept,
+                    Decision::Duplicate,
+                    Decision::OverQuota,
+                    Decision::Overflow
+                ],
+                exhausted: vec![(QuotaType::Events, Duration::from_millis(1500))],
+                action: QuotaAction::Reject,
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_carry_their_wait() {
+        let reply = Value::Array(vec![text("rate"), text(""), Value::Int(250)]);
+        assert_eq!(
+            parse_reply(reply, 3).expect("valid reply"),
+            Verdict::RateLimited {
+                retry_after: Duration::from_millis(250)
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        for reply in [
+            Value::Nil,
+            Value::Array(vec![text("ok")]),
+            Value::Array(vec![text("ok"), text("a"), Value::Int(0), text("drop")]),
+            Value::Array(vec![text("ok"), text("ax"), Value::Int(0), text("drop")]),
+            Value::Array(vec![text("maybe"), text("aa"), Value::Int(0), text("drop")]),
+            Value::Array(vec![
+                text("ok"),
+                text("aa"),
+                Value::Int(0),
+                text("drop"),
+                text("widgets"),
+                Value::Int(1),
+            ]),
+        ] {
+            assert!(parse_reply(reply.clone(), 2).is_err(), "{reply:?}");
+        }
+    }
+}

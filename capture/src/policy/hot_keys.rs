@@ -30,7 +30,15 @@ pub struct HotKeys {
     rate: f64,
     burst: f64,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<String, Bucket, RandomState>>]>,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    buckets: HashMap<String, Bucket, RandomState>,
+    /// Size at which the next sweep runs: doubled past what a sweep left,
+    /// so a shard of keys that are all busy is not rescanned on every insert.
+    sweep_at: usize,
 }
 
 impl HotKeys {
@@ -41,7 +49,12 @@ impl HotKeys {
             rate,
             burst: f64::from(burst.max(1)),
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::with_hasher(hasher.clone()),
+                        sweep_at: SWEEP_AT,
+                    })
+                })
                 .collect(),
             hasher,
         }
@@ -51,10 +64,10 @@ impl HotKeys {
     pub fn take(&self, key: &str, now: Instant) -> bool {
         // High bits pick the shard; the map inside uses the low ones.
         let shard = &self.shards[(self.hasher.hash_one(key) >> 60) as usize % SHARDS];
-        let mut map = shard
+        let mut shard = shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(bucket) = map.get_mut(key) {
+        if let Some(bucket) = shard.buckets.get_mut(key) {
             let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
             bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
             bucket.updated = now;
@@ -64,13 +77,14 @@ impl HotKeys {
             }
             return false;
         }
-        if map.len() >= SWEEP_AT {
+        if shard.buckets.len() >= shard.sweep_at {
             let (rate, burst) = (self.rate, self.burst);
-            map.retain(|_, b| {
+            shard.buckets.retain(|_, b| {
                 b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < burst
             });
+            shard.sweep_at = (shard.buckets.len() * 2).max(SWEEP_AT);
         }
-        map.insert(
+        shard.buckets.insert(
             key.to_owned(),
             Bucket {
                 tokens: self.burst - 1.0,
@@ -84,7 +98,7 @@ impl HotKeys {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .map(|s| s.lock().map_or(0, |shard| shard.buckets.len()))
             .sum()
     }
 
@@ -117,15 +131,19 @@ mod tests {
     fn refilled_buckets_are_swept_when_a_shard_fills() {
         let keys = HotKeys::new(1000.0, 2);
         let start = Instant::now();
-        for i in 0..SWEEP_AT * SHARDS * 2 {
+        let busy = SWEEP_AT * SHARDS * 2;
+        for i in 0..busy {
             keys.take(&format!("t:{i}"), start);
         }
-        let held = keys.len();
-        // Much later every bucket is full again; new keys sweep them away.
+        // Busy buckets (not yet refilled) are all kept.
+        assert_eq!(keys.len(), busy);
+        // Much later every bucket is full again: new keys sweep them away.
         let later = start + Duration::from_secs(5);
-        for i in 0..SHARDS * 64 {
-            keys.take(&format!("u:{i}"), later);
+        let mut inserted = 0;
+        while keys.len() >= busy {
+            keys.take(&format!("u:{inserted}"), later);
+            inserted += 1;
+            assert!(inserted < busy, "no sweep after {inserted} new keys");
         }
-        assert!(keys.len() < held, "{} >= {held}", keys.len());
     }
 }

@@ -569,3 +569,93 @@ fn finish(messages: &mut Vec<Message>, decisions: Vec<Decision>, topics: &Topics
     outcome.quota_limited.sort();
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: DataType, distinct_id: &str) -> Message {
+        Message {
+            kind,
+            topic: "clickhouse_events".into(),
+            key: Some(format!("phc_t:{distinct_id}")),
+            headers: vec![
+                (header::TOKEN, "phc_t".into()),
+                (header::DISTINCT_ID, distinct_id.into()),
+            ],
+            payload: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn decisions_drop_reroute_and_name_the_limited_types() {
+        let topics = Topics::default();
+        let mut messages = vec![
+            message(DataType::Events, "a"),
+            message(DataType::Events, "b"),
+            message(DataType::Exceptions, "c"),
+            message(DataType::Events, "d"),
+            message(DataType::Historical, "e"),
+        ];
+        let outcome = finish(
+            &mut messages,
+            vec![
+                Decision::Accept,
+                Decision::Duplicate,
+                Decision::OverQuota,
+                Decision::Overflow,
+                Decision::OverQuota,
+            ],
+            &topics,
+        );
+        assert_eq!(
+            outcome.quota_limited,
+            [QuotaType::Exceptions, QuotaType::Historical]
+        );
+        let kept: Vec<(&str, Option<&str>, DataType)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    header_value(m, header::DISTINCT_ID),
+                    m.key.as_deref(),
+                    m.kind,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("a", Some("phc_t:a"), DataType::Events),
+                ("d", None, DataType::Overflow)
+            ]
+        );
+        assert_eq!(&*messages[1].topic, "events_plugin_ingestion_overflow");
+    }
+
+    #[tokio::test]
+    async fn local_policies_need_no_redis() {
+        let policy = Policy::new(&PolicySettings {
+            hot_key_rate: 1.0,
+            hot_key_burst: 2,
+            force_overflow: vec!["phc_t:forced".into()],
+            ..PolicySettings::default()
+        })
+        .expect("valid settings");
+        let mut messages: Vec<Message> = ["hot", "hot", "hot", "forced", "cold"]
+            .iter()
+            .map(|d| message(DataType::Events, d))
+            .collect();
+        let outcome = policy
+            .apply(&mut messages, &[], &Topics::default(), Utc::now())
+            .await
+            .expect("applied");
+        assert!(outcome.quota_limited.is_empty());
+        let overflowed: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.kind == DataType::Overflow)
+            .map(|m| header_value(m, header::DISTINCT_ID))
+            .collect();
+        assert_eq!(overflowed, ["hot", "forced"]);
+        assert!(!Policy::disabled().is_active());
+    }
+}
