@@ -395,7 +395,7 @@ impl RedisPolicy {
             };
             if settings.dedup_ttl.is_some()
                 && message.kind != DataType::Recordings
-                && let Some(id) = &dedup_ids.get(i).cloned().flatten()
+                && let Some(id) = dedup_ids.get(i).and_then(Option::as_deref)
             {
                 markers[i] = Some(self.keys.dedup(
                     token,
