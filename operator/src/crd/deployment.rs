@@ -1,0 +1,510 @@
+//! `CaptureDeployment`: one capture service, with its pods, Service,
+//! autoscaling, Kafka topics and the Redis its quotas live in.
+//!
+//! Validation lives in the schema, so `kubectl apply` refuses a bad spec
+//! with a message a person understands, before the operator sees it. CEL
+//! rules (`x-kubernetes-validations`) cover what OpenAPI bounds cannot:
+//! mutually exclusive fields, immutable fields and duration formats.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::condition::conditions_schema;
+
+/// Desired state of a capture service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "capture.dev",
+    version = "v1alpha1",
+    kind = "CaptureDeployment",
+    namespaced,
+    doc = "A capture service: pods, Service, autoscaling, Kafka topics and the Redis its quotas live in.",
+    status = "CaptureDeploymentStatus",
+    shortname = "cdep",
+    category = "capture",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas","description":"Pods ready"}"#,
+    printcolumn = r#"{"name":"Topics","type":"string","jsonPath":".status.topicsSummary","description":"Topics in sync, of all"}"#,
+    printcolumn = r#"{"name":"Config","type":"string","jsonPath":".status.configHash","description":"Hash of the runtime config the pods were given","priority":1}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    cel
+)]
+#[x_kube(
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")
+        .message("set either replicas or autoscaling, not both")
+        .reason(Reason::FieldValueForbidden)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureDeploymentSpec {
+    /// Container image of capture, e.g. `ghcr.io/example/capture:0.1.0`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Image pull policy: `Always`, `IfNotPresent` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']")
+        .message("imagePullPolicy must be Always, IfNotPresent or Never"))]
+    pub image_pull_policy: Option<String>,
+    /// Fixed number of pods. Leave out when `autoscaling` is set. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// Scale on CPU with a HorizontalPodAutoscaler instead of `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// CPU and memory for each capture container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The Service in front of the pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Where events go.
+    pub kafka: KafkaSpec,
+    /// The Redis that holds quotas, dedup markers and rate state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+    /// Request policies applied by every pod.
+    #[serde(default)]
+    pub policies: PoliciesSpec,
+    /// Serve HTTPS with a certificate from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Log output of the pods.
+    #[serde(default)]
+    pub logging: LoggingSpec,
+}
+
+/// HorizontalPodAutoscaler settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest pods.
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Most pods.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation to aim for, in percent of requests.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percent: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// The Service in front of the pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP`, `NodePort` or `LoadBalancer`.
+    #[serde(default = "default_service_type", rename = "type")]
+    #[x_kube(validation = Rule::new("self in ['ClusterIP', 'NodePort', 'LoadBalancer']")
+        .message("service.type must be ClusterIP, NodePort or LoadBalancer"))]
+    pub kind: String,
+    /// Port the Service listens on.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations for the Service (load balancer settings, for example).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            kind: default_service_type(),
+            port: default_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_service_type() -> String {
+    "ClusterIP".into()
+}
+
+fn default_port() -> i32 {
+    80
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within it.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// Kafka brokers, credentials and the topics capture produces to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Bootstrap brokers, `host:port`.
+    #[schemars(length(min = 1))]
+    #[x_kube(validation = Rule::new("self.all(b, b.matches('^[^:/ ]+:[0-9]{1,5}$'))")
+        .message("each broker must be host:port, like kafka-0.kafka:9092"))]
+    pub brokers: Vec<String>,
+    /// SASL credentials, from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslSpec>,
+    /// The six topics, by data type.
+    #[serde(default)]
+    pub topics: TopicsSpec,
+}
+
+/// SASL settings; the password never appears in the spec.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SaslSpec {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[x_kube(validation = Rule::new("self in ['PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512']")
+        .message("kafka.sasl.mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"))]
+    pub mechanism: String,
+    /// The user name.
+    pub username: SecretKeyRef,
+    /// The password.
+    pub password: SecretKeyRef,
+}
+
+/// One topic per data type; each may be renamed and sized.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicsSpec {
+    /// Analytics events (default name `clickhouse_events`).
+    #[serde(default)]
+    pub events: TopicSpec,
+    /// Session recordings (`clickhouse_session_recording_events`).
+    #[serde(default)]
+    pub recordings: TopicSpec,
+    /// Historical imports (`historical_events`).
+    #[serde(default)]
+    pub historical: TopicSpec,
+    /// Client ingestion warnings (`client_warnings`).
+    #[serde(default)]
+    pub client_warnings: TopicSpec,
+    /// Exceptions (`exceptions`).
+    #[serde(default)]
+    pub exceptions: TopicSpec,
+    /// Overflow for hot keys (`events_plugin_ingestion_overflow`).
+    #[serde(default)]
+    pub overflow: TopicSpec,
+}
+
+/// One Kafka topic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    /// Topic name; default from the data type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9._-]{1,249}$')")
+        .message("a topic name is 1-249 characters of letters, digits, '.', '_' and '-'"))]
+    pub name: Option<String>,
+    /// Partitions. May grow; the operator refuses to shrink a topic.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1))]
+    pub partitions: i32,
+    /// Replication factor, fixed at creation.
+    #[serde(default = "default_replication")]
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("replicationFactor cannot change once set; create a new topic instead"))]
+    pub replication_factor: i32,
+    /// Topic configuration (`retention.ms`, `cleanup.policy`, ...), kept in sync.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Delete the topic, and its data, when the CaptureDeployment is deleted.
+    /// Off by default: data outlives the deployment.
+    #[serde(default)]
+    pub delete_on_removal: bool,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        TopicSpec {
+            name: None,
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+            config: BTreeMap::new(),
+            delete_on_removal: false,
+        }
+    }
+}
+
+fn default_partitions() -> i32 {
+    12
+}
+
+fn default_replication() -> i32 {
+    3
+}
+
+/// Redis, reached through a URL kept in a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// The Secret key holding `redis://[:password@]host:port`; comma-separated
+    /// seed nodes for a cluster.
+    pub url_secret_ref: SecretKeyRef,
+    /// The URL names Redis Cluster nodes.
+    #[serde(default)]
+    pub cluster: bool,
+    /// Prefix of every key (no braces).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[x_kube(validation = Rule::new("!self.contains('{') && !self.contains('}')")
+        .message("redis.keyPrefix must not contain braces; they mark the token's hash tag"))]
+    pub key_prefix: String,
+}
+
+/// Policies every pod applies (see docs/policies.md).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PoliciesSpec {
+    /// Over-quota events: `drop` (200 with `quota_limited`) or `reject` (429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['drop', 'reject']")
+        .message("policies.quotaAction must be drop or reject"))]
+    pub quota_action: Option<String>,
+    /// When Redis fails: `open` or `closed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['open', 'closed']")
+        .message("policies.redisFailureMode must be open or closed"))]
+    pub redis_failure_mode: Option<String>,
+    /// Drop resent events seen within this time, like `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]*(s|m|h)$')")
+        .message("policies.dedupTtl is a whole number followed by s, m or h, like 5m"))]
+    pub dedup_ttl: Option<String>,
+    /// Cluster-wide events per second per token and event type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rate_limit: Option<u32>,
+    /// Burst above that rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rate_limit_burst: Option<u32>,
+    /// Over a rate limit: `overflow` or `reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['overflow', 'reject']")
+        .message("policies.rateLimitAction must be overflow or reject"))]
+    pub rate_limit_action: Option<String>,
+}
+
+/// HTTPS from a `kubernetes.io/tls` Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// The Secret with `tls.crt` and `tls.key`.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Log output.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggingSpec {
+    /// A `tracing` filter, like `info` or `capture=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `json` or `text`.
+    #[serde(default = "default_log_format")]
+    #[x_kube(validation = Rule::new("self in ['json', 'text']")
+        .message("logging.format must be json or text"))]
+    pub format: String,
+}
+
+impl Default for LoggingSpec {
+    fn default() -> Self {
+        LoggingSpec {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_log_format() -> String {
+    "json".into()
+}
+
+/// What the operator observed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureDeploymentStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `TopicsReady`, `ConfigApplied`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Pods wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Each topic's state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicStatus>,
+    /// `in sync/all`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics_summary: Option<String>,
+    /// Hash of the runtime config given to the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+/// One topic as last seen.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// `Ready`, `Creating`, `NotSupported`, `Unmanaged` or `Error`.
+    pub state: String,
+    /// Partitions seen on the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// Why, when not `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn deployment(spec: serde_json::Value) -> CaptureDeployment {
+        serde_json::from_value(json!({
+            "apiVersion": "capture.dev/v1alpha1",
+            "kind": "CaptureDeployment",
+            "metadata": {"name": "capture", "namespace": "default"},
+            "spec": spec,
+        }))
+        .expect("a CaptureDeployment")
+    }
+
+    fn good() -> serde_json::Value {
+        json!({
+            "image": "ghcr.io/example/capture:0.1.0",
+            "replicas": 2,
+            "kafka": {
+                "brokers": ["kafka-0.kafka:9092", "kafka-1.kafka:9092"],
+                "sasl": {
+                    "mechanism": "SCRAM-SHA-512",
+                    "username": {"name": "kafka-user", "key": "username"},
+                    "password": {"name": "kafka-user", "key": "password"},
+                },
+                "topics": {"events": {"partitions": 24, "config": {"retention.ms": "604800000"}}},
+            },
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}, "keyPrefix": "capture:"},
+            "policies": {"dedupTtl": "5m", "rateLimit": 1000, "rateLimitAction": "overflow"},
+            "service": {"type": "LoadBalancer", "port": 443},
+        })
+    }
+
+    fn broken(spec: serde_json::Value) -> String {
+        match deployment(spec).validate_cel() {
+            Ok(()) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_realistic_deployment_passes_every_rule() {
+        assert_eq!(broken(good()), "");
+        let mut autoscaled = good();
+        autoscaled
+            .as_object_mut()
+            .expect("object")
+            .remove("replicas");
+        autoscaled["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 10});
+        assert_eq!(broken(autoscaled), "");
+    }
+
+    #[test]
+    fn each_bad_field_is_refused_with_its_message() {
+        let cases = [
+            (
+                "/kafka/brokers/0",
+                json!("kafka-0"),
+                "each broker must be host:port",
+            ),
+            (
+                "/kafka/sasl/mechanism",
+                json!("GSSAPI"),
+                "kafka.sasl.mechanism must be",
+            ),
+            (
+                "/policies/dedupTtl",
+                json!("5 minutes"),
+                "policies.dedupTtl is a whole number",
+            ),
+            (
+                "/policies/rateLimitAction",
+                json!("drop"),
+                "policies.rateLimitAction must be",
+            ),
+            ("/redis/keyPrefix", json!("{x}"), "must not contain braces"),
+            (
+                "/service/type",
+                json!("ExternalName"),
+                "service.type must be",
+            ),
+        ];
+        for (pointer, value, message) in cases {
+            let mut spec = good();
+            *spec.pointer_mut(pointer).expect("field exists") = value.clone();
+            let errors = broken(spec);
+            assert!(errors.contains(message), "{pointer} = {value}: {errors:?}");
+        }
+        let mut both = good();
+        both["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 10});
+        assert!(broken(both).contains("either replicas or autoscaling"));
+        let mut inverted = good();
+        inverted.as_object_mut().expect("object").remove("replicas");
+        inverted["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2});
+        assert!(broken(inverted).contains("must not exceed"));
+        let mut topic = good();
+        topic["kafka"]["topics"]["events"]["name"] = json!("bad topic!");
+        assert!(broken(topic).contains("a topic name is"));
+    }
+
+    #[test]
+    fn replication_factor_is_fixed_once_set() {
+        let old = deployment(good());
+        let mut changed = good();
+        changed["kafka"]["topics"]["events"]["replicationFactor"] = json!(5);
+        let errors = deployment(changed)
+            .validate_cel_update(&old)
+            .expect_err("replication changed")
+            .to_string();
+        assert!(
+            errors.contains("replicationFactor cannot change"),
+            "{errors}"
+        );
+        let mut grown = good();
+        grown["kafka"]["topics"]["events"]["partitions"] = json!(48);
+        assert!(deployment(grown).validate_cel_update(&old).is_ok());
+    }
+}

@@ -1,0 +1,19 @@
+//! The committed `crds/*.yaml` are exactly what the Rust types generate: a
+//! change to the types without `crdgen` fails here.
+
+use std::path::PathBuf;
+
+#[test]
+fn committed_crds_match_the_types() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    for (file, crd) in operator::crd::all() {
+        let generated = operator::crd::to_yaml(&crd).expect("CRD serializes");
+        let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|err| {
+            panic!("crds/{file}: {err}; run `cargo run -p operator --bin crdgen`")
+        });
+        assert!(
+            committed == generated,
+            "crds/{file} is stale; run `cargo run -p operator --bin crdgen` and commit the result"
+        );
+    }
+}
