@@ -4,5 +4,7 @@
 //! # Layout
 //!
 //! - [`crd`]: the custom resource types, the source of `crds/*.yaml`.
+//! - [`quota`]: a `CaptureQuota` as the settings capture reads from Redis.
 
 pub mod crd;
+pub mod quota;
