@@ -226,6 +226,33 @@ pub struct KafkaConfig {
     /// How often librdkafka reports the statistics behind the `capture_kafka_*` metrics.
     #[arg(long = "kafka-statistics-interval", env = "CAPTURE_KAFKA_STATISTICS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub statistics_interval: Duration,
+    /// How to talk to the brokers: `plaintext`, `ssl`, `sasl-plaintext` or
+    /// `sasl-ssl` (TLS with the system's CA certificates).
+    #[arg(
+        long = "kafka-security-protocol",
+        env = "CAPTURE_KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        default_value = "plaintext"
+    )]
+    pub security_protocol: KafkaSecurityProtocol,
+    /// SASL mechanism, with a `sasl-*` protocol.
+    #[arg(
+        long = "kafka-sasl-mechanism",
+        env = "CAPTURE_KAFKA_SASL_MECHANISM",
+        value_enum
+    )]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// SASL user name.
+    #[arg(long = "kafka-sasl-username", env = "CAPTURE_KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+    /// SASL password. Set it through the environment, from a Secret; it is
+    /// never printed.
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "CAPTURE_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
     /// Client id reported to the brokers.
     #[arg(
         long = "kafka-client-id",
@@ -242,6 +269,33 @@ pub struct KafkaConfig {
     /// Replication factor of topics created by `--ensure-topics`.
     #[arg(long, env = "CAPTURE_ENSURE_TOPICS_REPLICATION", default_value = "1")]
     pub ensure_topics_replication: NonZeroI32,
+}
+
+/// `security.protocol` of the Kafka client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KafkaSecurityProtocol {
+    /// No TLS, no SASL.
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+/// `sasl.mechanism` of the Kafka client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanism {
+    /// `PLAIN`.
+    #[value(name = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// Topic names.
@@ -557,6 +611,26 @@ impl Config {
             }
             _ => {}
         }
+        let sasl = matches!(
+            self.kafka.security_protocol,
+            KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl
+        );
+        let credentials = [
+            self.kafka.sasl_mechanism.is_some(),
+            self.kafka.sasl_username.is_some(),
+            self.kafka.sasl_password.is_some(),
+        ];
+        if sasl && !credentials.iter().all(|set| *set) {
+            return invalid(
+                "a `sasl-*` `--kafka-security-protocol` needs `--kafka-sasl-mechanism`, \
+                 `--kafka-sasl-username` and CAPTURE_KAFKA_SASL_PASSWORD",
+            );
+        }
+        if !sasl && credentials.iter().any(|set| *set) {
+            return invalid(
+                "SASL settings need `--kafka-security-protocol sasl-ssl` (or `sasl-plaintext`)",
+            );
+        }
         if self.kafka.idempotence && self.kafka.acks != Acks::All {
             return invalid(
                 "`--kafka-idempotence true` requires `--kafka-acks all`; set one or the other",
@@ -802,6 +876,38 @@ mod tests {
         let err = load(&["--events-topic", "bad topic"]).expect_err("bad name");
         assert!(err.to_string().contains("bad topic"), "{err}");
         load(&["--kafka-acks", "1", "--kafka-idempotence", "false"]).expect("consistent");
+    }
+
+    #[test]
+    fn sasl_needs_its_protocol_and_all_three_settings() {
+        let err = load(&[
+            "--kafka-security-protocol",
+            "sasl-ssl",
+            "--kafka-sasl-mechanism",
+            "PLAIN",
+        ])
+        .expect_err("no user or password");
+        assert!(
+            err.to_string().contains("CAPTURE_KAFKA_SASL_PASSWORD"),
+            "{err}"
+        );
+        let err = load(&["--kafka-sasl-username", "u"]).expect_err("no sasl protocol");
+        assert!(err.to_string().contains("sasl-ssl"), "{err}");
+        let config = load(&[
+            "--kafka-security-protocol",
+            "sasl-ssl",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-sasl-username",
+            "capture",
+            "--kafka-sasl-password",
+            "s3cret",
+        ])
+        .expect("complete");
+        let client = crate::sink::kafka::client_config(&config.kafka, 1 << 20);
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("capture"));
     }
 
     #[test]

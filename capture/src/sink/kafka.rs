@@ -23,7 +23,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 
 use super::{Health, Message, Sink, SinkError};
-use crate::config::{Acks, KafkaCompression, KafkaConfig};
+use crate::config::{Acks, KafkaCompression, KafkaConfig, KafkaSecurityProtocol, SaslMechanism};
 use crate::event::header;
 use crate::metrics as m;
 
@@ -73,6 +73,27 @@ pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientCo
             config.statistics_interval.as_millis().to_string(),
         )
         .set("partitioner", "murmur2_random");
+    let protocol = match config.security_protocol {
+        KafkaSecurityProtocol::Plaintext => "plaintext",
+        KafkaSecurityProtocol::Ssl => "ssl",
+        KafkaSecurityProtocol::SaslPlaintext => "sasl_plaintext",
+        KafkaSecurityProtocol::SaslSsl => "sasl_ssl",
+    };
+    client.set("security.protocol", protocol);
+    if let Some(mechanism) = config.sasl_mechanism {
+        let mechanism = match mechanism {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        };
+        client.set("sasl.mechanism", mechanism);
+    }
+    if let Some(username) = &config.sasl_username {
+        client.set("sasl.username", username);
+    }
+    if let Some(password) = &config.sasl_password {
+        client.set("sasl.password", password);
+    }
     client
 }
 

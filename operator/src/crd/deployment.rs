@@ -70,9 +70,6 @@ pub struct CaptureDeploymentSpec {
     /// Request policies applied by every pod.
     #[serde(default)]
     pub policies: PoliciesSpec,
-    /// Serve HTTPS with a certificate from a Secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsSpec>,
     /// Log output of the pods.
     #[serde(default)]
     pub logging: LoggingSpec,
@@ -159,7 +156,7 @@ pub struct KafkaSpec {
     #[x_kube(validation = Rule::new("self.all(b, b.matches('^[^:/ ]+:[0-9]{1,5}$'))")
         .message("each broker must be host:port, like kafka-0.kafka:9092"))]
     pub brokers: Vec<String>,
-    /// SASL credentials, from a Secret.
+    /// SASL over TLS (`sasl_ssl`), with credentials from Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<SaslSpec>,
     /// The six topics, by data type.
@@ -302,15 +299,6 @@ pub struct PoliciesSpec {
     #[x_kube(validation = Rule::new("self in ['overflow', 'reject']")
         .message("policies.rateLimitAction must be overflow or reject"))]
     pub rate_limit_action: Option<String>,
-}
-
-/// HTTPS from a `kubernetes.io/tls` Secret.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsSpec {
-    /// The Secret with `tls.crt` and `tls.key`.
-    #[schemars(length(min = 1, max = 253))]
-    pub secret_name: String,
 }
 
 /// Log output.
