@@ -4,7 +4,9 @@
 //! # Layout
 //!
 //! - [`crd`]: the custom resource types, the source of `crds/*.yaml`.
+//! - [`manifest`]: the objects a `CaptureDeployment` owns, as pure functions.
 //! - [`quota`]: a `CaptureQuota` as the settings capture reads from Redis.
 
 pub mod crd;
+pub mod manifest;
 pub mod quota;

@@ -39,6 +39,10 @@ use super::condition::conditions_schema;
         .message("set either replicas or autoscaling, not both")
         .reason(Reason::FieldValueForbidden)
 )]
+#[x_kube(
+    validation = Rule::new("has(self.redis) || !has(self.policies) || (!has(self.policies.dedupTtl) && !has(self.policies.rateLimit) && !has(self.policies.quotaAction) && !has(self.policies.redisFailureMode))")
+        .message("policies.dedupTtl, rateLimit, quotaAction and redisFailureMode keep their state in Redis: set redis.urlSecretRef")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CaptureDeploymentSpec {
     /// Container image of capture, e.g. `ghcr.io/example/capture:0.1.0`.
@@ -476,6 +480,9 @@ mod tests {
         let mut topic = good();
         topic["kafka"]["topics"]["events"]["name"] = json!("bad topic!");
         assert!(broken(topic).contains("a topic name is"));
+        let mut no_redis = good();
+        no_redis.as_object_mut().expect("object").remove("redis");
+        assert!(broken(no_redis).contains("keep their state in Redis"));
     }
 
     #[test]

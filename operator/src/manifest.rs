@@ -1,0 +1,434 @@
+//! The Kubernetes objects a `CaptureDeployment` owns, as pure functions of
+//! its spec: ServiceAccount, Deployment, Service, HorizontalPodAutoscaler
+//! and PodDisruptionBudget. The reconciler server-side applies them; tests
+//! check them without an API server.
+//!
+//! Capture's static settings reach the pods as `CAPTURE_*` environment
+//! variables (credentials as `secretKeyRef`s, never values). A pod-template
+//! annotation carries a hash of those settings and of the referenced
+//! Secrets' versions, so changing either rolls the pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::CaptureDeployment;
+use crate::crd::deployment::{CaptureDeploymentSpec, SecretKeyRef, TopicSpec};
+
+/// Pod-template annotation holding the hash of the pods' static settings.
+pub const SETTINGS_HASH_ANNOTATION: &str = "capture.dev/settings-hash";
+/// The port capture listens on inside the pod.
+pub const CONTAINER_PORT: i32 = 3000;
+/// Pods when neither `replicas` nor `autoscaling` is given.
+pub const DEFAULT_REPLICAS: i32 = 2;
+/// The user capture runs as (not root).
+const RUN_AS: i64 = 65_532;
+/// `--shutdown-delay` of the pods: readiness fails this long before the
+/// listener closes, so endpoints drop the pod first.
+const SHUTDOWN_DELAY: &str = "5s";
+/// `--shutdown-timeout` of the pods.
+const SHUTDOWN_TIMEOUT: &str = "25s";
+
+/// Labels of every object of one CaptureDeployment.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "capture-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/component".into(), "capture".into());
+    labels
+}
+
+/// The labels that select its pods (stable: a Deployment's selector is
+/// immutable).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "capture".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+    ])
+}
+
+fn metadata(cd: &CaptureDeployment) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(cd.name_any()),
+        namespace: cd.namespace(),
+        labels: Some(labels(&cd.name_any())),
+        owner_references: cd.controller_owner_ref(&()).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The topic names, by capture's data type, defaults from capture itself.
+pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &TopicSpec); 6] {
+    let defaults = capture::route::Topics::default();
+    let t = &spec.kafka.topics;
+    let name =
+        |topic: &TopicSpec, default: &str| topic.name.clone().unwrap_or_else(|| default.to_owned());
+    [
+        ("EVENTS", name(&t.events, &defaults.events), &t.events),
+        (
+            "RECORDINGS",
+            name(&t.recordings, &defaults.recordings),
+            &t.recordings,
+        ),
+        (
+            "HISTORICAL",
+            name(&t.historical, &defaults.historical),
+            &t.historical,
+        ),
+        (
+            "CLIENT_WARNINGS",
+            name(&t.client_warnings, &defaults.client_warnings),
+            &t.client_warnings,
+        ),
+        (
+            "EXCEPTIONS",
+            name(&t.exceptions, &defaults.exceptions),
+            &t.exceptions,
+        ),
+        (
+            "OVERFLOW",
+            name(&t.overflow, &defaults.overflow),
+            &t.overflow,
+        ),
+    ]
+}
+
+/// The Secrets the pods read, by name.
+pub fn referenced_secrets(spec: &CaptureDeploymentSpec) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    if let Some(sasl) = &spec.kafka.sasl {
+        names.insert(sasl.username.name.clone());
+        names.insert(sasl.password.name.clone());
+    }
+    if let Some(redis) = &spec.redis {
+        names.insert(redis.url_secret_ref.name.clone());
+    }
+    names
+}
+
+fn value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn from_secret(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// Capture's settings as environment variables, in a stable order.
+pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
+    let mut env = vec![
+        value("CAPTURE_ADDRESS", format!("0.0.0.0:{CONTAINER_PORT}")),
+        value("CAPTURE_LOG_FORMAT", spec.logging.format.clone()),
+        value("CAPTURE_LOG_LEVEL", spec.logging.level.clone()),
+        value("CAPTURE_SHUTDOWN_DELAY", SHUTDOWN_DELAY),
+        value("CAPTURE_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT),
+        value("CAPTURE_SINK", "kafka"),
+        value("CAPTURE_KAFKA_BROKERS", spec.kafka.brokers.join(",")),
+    ];
+    for (kind, name, _) in topic_names(spec) {
+        env.push(value(&format!("CAPTURE_{kind}_TOPIC"), name));
+    }
+    if let Some(sasl) = &spec.kafka.sasl {
+        env.push(value("CAPTURE_KAFKA_SECURITY_PROTOCOL", "sasl-ssl"));
+        env.push(value(
+            "CAPTURE_KAFKA_SASL_MECHANISM",
+            sasl.mechanism.clone(),
+        ));
+        env.push(from_secret("CAPTURE_KAFKA_SASL_USERNAME", &sasl.username));
+        env.push(from_secret("CAPTURE_KAFKA_SASL_PASSWORD", &sasl.password));
+    }
+    if let Some(redis) = &spec.redis {
+        env.push(from_secret("CAPTURE_REDIS_URL", &redis.url_secret_ref));
+        if redis.cluster {
+            env.push(value("CAPTURE_REDIS_CLUSTER", "true"));
+        }
+        if !redis.key_prefix.is_empty() {
+            env.push(value("CAPTURE_REDIS_KEY_PREFIX", redis.key_prefix.clone()));
+        }
+        let p = &spec.policies;
+        if let Some(action) = &p.quota_action {
+            env.push(value("CAPTURE_QUOTA_ACTION", action.clone()));
+        }
+        if let Some(mode) = &p.redis_failure_mode {
+            env.push(value("CAPTURE_REDIS_FAILURE_MODE", mode.clone()));
+        }
+        if let Some(ttl) = &p.dedup_ttl {
+            env.push(value("CAPTURE_DEDUP", "true"));
+            env.push(value("CAPTURE_DEDUP_TTL", ttl.clone()));
+        }
+        if let Some(rate) = p.rate_limit {
+            env.push(value("CAPTURE_RATE_LIMIT", rate.to_string()));
+        }
+        if let Some(burst) = p.rate_limit_burst {
+            env.push(value("CAPTURE_RATE_LIMIT_BURST", burst.to_string()));
+        }
+    }
+    if let Some(action) = &spec.policies.rate_limit_action {
+        env.push(value("CAPTURE_RATE_LIMIT_ACTION", action.clone()));
+    }
+    env
+}
+
+/// Hash of what a pod is started with: its environment (names, values and
+/// Secret references), image, and the versions of the Secrets it reads.
+/// FNV-1a, so the value is the same in every operator build.
+pub fn settings_hash(
+    spec: &CaptureDeploymentSpec,
+    env: &[EnvVar],
+    secret_versions: &BTreeMap<String, String>,
+) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |text: &str| {
+        for byte in text.bytes().chain([0u8]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(&spec.image);
+    for var in env {
+        feed(&var.name);
+        match (&var.value, &var.value_from) {
+            (Some(value), _) => feed(value),
+            (None, Some(source)) => {
+                if let Some(secret) = &source.secret_key_ref {
+                    feed(&secret.name);
+                    feed(&secret.key);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    for (name, version) in secret_versions {
+        feed(name);
+        feed(version);
+    }
+    format!("{hash:016x}")
+}
+
+/// The ServiceAccount the pods run as; they never call the API.
+pub fn service_account(cd: &CaptureDeployment) -> ServiceAccount {
+    ServiceAccount {
+        metadata: metadata(cd),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("250m".into())),
+            ("memory".to_owned(), Quantity("128Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The capture Deployment. `secret_versions` maps each referenced Secret to
+/// its current `resourceVersion`, so a changed Secret rolls the pods.
+pub fn deployment(
+    cd: &CaptureDeployment,
+    secret_versions: &BTreeMap<String, String>,
+) -> Deployment {
+    let name = cd.name_any();
+    let spec = &cd.spec;
+    let env = env(spec);
+    let hash = settings_hash(spec, &env, secret_versions);
+    let container = Container {
+        name: "capture".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: CONTAINER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(http_probe("/_readiness", 5, 2)),
+        liveness_probe: Some(http_probe("/_liveness", 10, 3)),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: metadata(cd),
+        spec: Some(DeploymentSpec {
+            // Left out under autoscaling, so the HPA owns the field.
+            replicas: match spec.autoscaling {
+                Some(_) => None,
+                None => Some(spec.replicas.unwrap_or(DEFAULT_REPLICAS)),
+            },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".into())),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name)),
+                    annotations: Some(BTreeMap::from([(
+                        SETTINGS_HASH_ANNOTATION.to_owned(),
+                        hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    automount_service_account_token: Some(false),
+                    // Shutdown delay + timeout, plus a margin.
+                    termination_grace_period_seconds: Some(35),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The Service in front of the pods.
+pub fn service(cd: &CaptureDeployment) -> Service {
+    let name = cd.name_any();
+    let mut meta = metadata(cd);
+    if !cd.spec.service.annotations.is_empty() {
+        meta.annotations = Some(cd.spec.service.annotations.clone());
+    }
+    Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(cd.spec.service.kind.clone()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: cd.spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The autoscaler, when the spec asks for one.
+pub fn autoscaler(cd: &CaptureDeployment) -> Option<HorizontalPodAutoscaler> {
+    let scaling = cd.spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: metadata(cd),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: cd.name_any(),
+            },
+            min_replicas: Some(scaling.min_replicas),
+            max_replicas: scaling.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(scaling.target_cpu_utilization_percent),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    })
+}
+
+/// At most one pod down at a time for voluntary disruptions (node drains).
+pub fn disruption_budget(cd: &CaptureDeployment) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(cd),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&cd.name_any())),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}

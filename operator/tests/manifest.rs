@@ -1,0 +1,244 @@
+//! What the operator renders for a CaptureDeployment, checked without an API
+//! server, and the pods' settings parsed by capture's own configuration
+//! loader: what the operator writes, capture accepts.
+
+use std::collections::BTreeMap;
+
+use clap::CommandFactory;
+use k8s_openapi::api::core::v1::EnvVar;
+use operator::crd::CaptureDeployment;
+use operator::manifest;
+use serde_json::json;
+
+fn cd(spec: serde_json::Value) -> CaptureDeployment {
+    serde_json::from_value(json!({
+        "apiVersion": "capture.dev/v1alpha1",
+        "kind": "CaptureDeployment",
+        "metadata": {"name": "capture", "namespace": "analytics", "uid": "1d0c0f5e-0000-4000-8000-000000000001"},
+        "spec": spec,
+    }))
+    .expect("a CaptureDeployment")
+}
+
+fn realistic() -> serde_json::Value {
+    json!({
+        "image": "ghcr.io/example/capture:0.1.0",
+        "kafka": {
+            "brokers": ["kafka-0.kafka:9092", "kafka-1.kafka:9092"],
+            "sasl": {
+                "mechanism": "SCRAM-SHA-512",
+                "username": {"name": "kafka-user", "key": "username"},
+                "password": {"name": "kafka-user", "key": "password"},
+            },
+            "topics": {"events": {"name": "events_v2", "partitions": 24}},
+        },
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}, "keyPrefix": "capture:"},
+        "policies": {"dedupTtl": "5m", "rateLimit": 1000, "rateLimitBurst": 5000, "rateLimitAction": "reject", "quotaAction": "drop", "redisFailureMode": "closed"},
+        "logging": {"level": "capture=debug,info", "format": "json"},
+    })
+}
+
+/// Turns the pod's environment into capture flags (Secret references get
+/// stand-in values) and loads them with capture's own loader.
+fn load_in_capture(env: &[EnvVar]) -> capture::Config {
+    let command = capture::Config::command();
+    let mut args = vec!["capture".to_owned()];
+    for var in env {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(_)) if var.name == "CAPTURE_REDIS_URL" => "redis://10.0.0.5:6379".into(),
+            (None, Some(_)) => "from-a-secret".into(),
+            (None, None) => panic!("{} has neither value nor source", var.name),
+        };
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|e| e == var.name.as_str()))
+            .unwrap_or_else(|| panic!("capture has no setting read from {}", var.name));
+        let flag = arg.get_long().expect("a long flag");
+        // A switch reads `true` from its variable; as a flag it takes no value.
+        if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            assert_eq!(value, "true", "{} is a switch", var.name);
+            args.push(format!("--{flag}"));
+        } else {
+            args.push(format!("--{flag}={value}"));
+        }
+    }
+    capture::Config::load(args)
+        .unwrap_or_else(|err| panic!("capture refused the pod's settings: {err}"))
+}
+
+#[test]
+fn the_pods_settings_parse_in_capture() {
+    let cd = cd(realistic());
+    let env = manifest::env(&cd.spec);
+    let config = load_in_capture(&env);
+    assert_eq!(
+        config.kafka.brokers,
+        ["kafka-0.kafka:9092", "kafka-1.kafka:9092"]
+    );
+    assert_eq!(&*config.topics().events, "events_v2");
+    assert_eq!(
+        &*config.topics().recordings,
+        "clickhouse_session_recording_events"
+    );
+    let policy = config.policy();
+    let redis = policy.redis.expect("redis policies on");
+    assert_eq!(redis.key_prefix, "capture:");
+    assert_eq!(redis.dedup_ttl, Some(std::time::Duration::from_secs(300)));
+    assert_eq!((redis.rate_limit, redis.rate_burst), (1000.0, 5000));
+    assert_eq!(redis.failure_mode, capture::policy::FailureMode::Closed);
+    assert_eq!(policy.rate_action, capture::policy::RateAction::Reject);
+    assert_eq!(config.http.address.port(), manifest::CONTAINER_PORT as u16);
+
+    // The smallest spec parses too.
+    let minimal = cd_minimal();
+    load_in_capture(&manifest::env(&minimal.spec));
+}
+
+fn cd_minimal() -> CaptureDeployment {
+    cd(json!({"image": "capture:dev", "kafka": {"brokers": ["kafka:9092"]}}))
+}
+
+#[test]
+fn credentials_come_only_from_secret_references() {
+    let env = manifest::env(&cd(realistic()).spec);
+    for name in [
+        "CAPTURE_REDIS_URL",
+        "CAPTURE_KAFKA_SASL_USERNAME",
+        "CAPTURE_KAFKA_SASL_PASSWORD",
+    ] {
+        let var = env
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert!(var.value.is_none(), "{name} must not carry a value");
+        let secret = var
+            .value_from
+            .as_ref()
+            .and_then(|s| s.secret_key_ref.as_ref())
+            .unwrap_or_else(|| panic!("{name} is not from a Secret"));
+        assert!(["redis", "kafka-user"].contains(&secret.name.as_str()));
+    }
+    assert_eq!(
+        manifest::referenced_secrets(&cd(realistic()).spec)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["kafka-user", "redis"]
+    );
+}
+
+#[test]
+fn the_deployment_is_locked_down_probed_and_owned() {
+    let cd = cd(realistic());
+    let deployment = manifest::deployment(&cd, &BTreeMap::new());
+    let owner = &deployment
+        .metadata
+        .owner_references
+        .as_ref()
+        .expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("CaptureDeployment", "capture", Some(true))
+    );
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(manifest::DEFAULT_REPLICAS));
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let container = &pod.containers[0];
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("security context");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(
+        probe_path(&container.readiness_probe).as_deref(),
+        Some("/_readiness")
+    );
+    assert_eq!(
+        probe_path(&container.liveness_probe).as_deref(),
+        Some("/_liveness")
+    );
+    let selector = spec.selector.match_labels.as_ref().expect("selector");
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("pod labels");
+    assert!(
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the selector matches the pods"
+    );
+    assert!(manifest::autoscaler(&cd).is_none());
+    let pdb = manifest::disruption_budget(&cd);
+    assert!(pdb.spec.and_then(|s| s.max_unavailable).is_some());
+    let service = manifest::service(&cd).spec.expect("service spec");
+    assert_eq!(service.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(service.ports.expect("ports")[0].port, 80);
+}
+
+#[test]
+fn autoscaling_leaves_replicas_to_the_autoscaler() {
+    let mut spec = realistic();
+    spec["autoscaling"] =
+        json!({"minReplicas": 3, "maxReplicas": 12, "targetCpuUtilizationPercent": 60});
+    let cd = cd(spec);
+    let deployment = manifest::deployment(&cd, &BTreeMap::new());
+    assert_eq!(deployment.spec.expect("spec").replicas, None);
+    let hpa = manifest::autoscaler(&cd)
+        .expect("an autoscaler")
+        .spec
+        .expect("spec");
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(3), 12));
+    assert_eq!(hpa.scale_target_ref.name, "capture");
+}
+
+fn hash_of(cd: &CaptureDeployment, secrets: &BTreeMap<String, String>) -> String {
+    manifest::deployment(cd, secrets)
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(manifest::SETTINGS_HASH_ANNOTATION).cloned())
+        .expect("settings hash annotation")
+}
+
+#[test]
+fn settings_and_secret_changes_roll_the_pods_and_nothing_else_does() {
+    let secrets = BTreeMap::from([
+        ("redis".to_owned(), "100".to_owned()),
+        ("kafka-user".to_owned(), "7".to_owned()),
+    ]);
+    let base = hash_of(&cd(realistic()), &secrets);
+    assert_eq!(base, hash_of(&cd(realistic()), &secrets), "stable");
+
+    let mut rotated = secrets.clone();
+    rotated.insert("redis".into(), "101".into());
+    assert_ne!(
+        base,
+        hash_of(&cd(realistic()), &rotated),
+        "a changed Secret rolls the pods"
+    );
+
+    let mut image = realistic();
+    image["image"] = json!("ghcr.io/example/capture:0.2.0");
+    assert_ne!(base, hash_of(&cd(image), &secrets));
+    let mut level = realistic();
+    level["logging"]["level"] = json!("warn");
+    assert_ne!(base, hash_of(&cd(level), &secrets));
+
+    let mut scaled = realistic();
+    scaled["replicas"] = json!(7);
+    assert_eq!(
+        base,
+        hash_of(&cd(scaled), &secrets),
+        "scaling does not restart pods"
+    );
+}
