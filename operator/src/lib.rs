@@ -6,7 +6,9 @@
 //! - [`crd`]: the custom resource types, the source of `crds/*.yaml`.
 //! - [`manifest`]: the objects a `CaptureDeployment` owns, as pure functions.
 //! - [`quota`]: a `CaptureQuota` as the settings capture reads from Redis.
+//! - [`topic`]: Kafka topics reconciled one way from the spec.
 
 pub mod crd;
 pub mod manifest;
 pub mod quota;
+pub mod topic;

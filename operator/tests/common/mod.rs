@@ -10,3 +10,6 @@ pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }
+
+#[path = "../../../capture/tests/common/broker.rs"]
+pub mod broker;
