@@ -7,8 +7,10 @@
 //! - [`manifest`]: the objects a `CaptureDeployment` owns, as pure functions.
 //! - [`quota`]: a `CaptureQuota` as the settings capture reads from Redis.
 //! - [`topic`]: Kafka topics reconciled one way from the spec.
+//! - [`quota_controller`]: the `CaptureQuota` reconciler.
 
 pub mod crd;
 pub mod manifest;
 pub mod quota;
+pub mod quota_controller;
 pub mod topic;

@@ -116,6 +116,9 @@ pub struct CaptureQuotaStatus {
     /// Usage of the open windows, refreshed at low frequency.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<QuotaUsage>,
+    /// The `capture.dev/reset-usage` annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<String>,
 }
 
 /// One type's usage snapshot.

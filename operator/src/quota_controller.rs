@@ -1,0 +1,302 @@
+//! The `CaptureQuota` reconciler: writes a quota's limits into the Redis of
+//! the CaptureDeployment it names (through capture's own quota library),
+//! keeps a low-frequency usage snapshot in its status, resets usage on
+//! request, and removes its settings on delete (a finalizer).
+//!
+//! Problems with the references (no such deployment, no Redis, a missing
+//! Secret) and specs the schema should have refused become a `Ready=False`
+//! condition with a reason, not an error loop; Redis errors are errors, so
+//! the controller retries them with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capture::policy::admin::QuotaAdmin;
+use capture::policy::{Keys, Store, StoreSettings};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use crate::crd::quota::CaptureQuotaStatus;
+use crate::crd::{CaptureDeployment, CaptureQuota};
+
+/// Finalizer that removes the quota's settings from Redis.
+pub const FINALIZER: &str = "capture.dev/quota-cleanup";
+/// Annotation whose new value resets the usage of the open windows once
+/// (any value; change it again to reset again).
+pub const RESET_ANNOTATION: &str = "capture.dev/reset-usage";
+/// How often usage is re-read into the status.
+pub const USAGE_REFRESH: Duration = Duration::from_secs(300);
+/// How long an unresolved reference waits before it is looked at again.
+pub const UNRESOLVED_RETRY: Duration = Duration::from_secs(60);
+/// After this long in deletion with Redis unreachable, the finalizer lets
+/// go (with a warning) rather than block the delete forever.
+pub const CLEANUP_GIVE_UP: Duration = Duration::from_secs(600);
+
+/// What a reconcile can fail with; the controller retries these.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Redis did not take the settings.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Shared by every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Redis timeouts.
+    pub redis_timeout: Duration,
+}
+
+/// Why a quota cannot be written, for its `Ready=False` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What to fix.
+    pub message: String,
+}
+
+/// Where a quota's settings go.
+pub struct Target {
+    /// Capture's quota library on that Redis.
+    pub admin: QuotaAdmin,
+}
+
+/// Finds the Redis of the quota's deployment.
+pub async fn resolve(
+    quota: &CaptureQuota,
+    ctx: &Context,
+) -> Result<Result<Target, Unresolved>, Error> {
+    let namespace = quota.namespace().unwrap_or_default();
+    let deployments: Api<CaptureDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = &quota.spec.deployment;
+    let Some(deployment) = deployments.get_opt(name).await? else {
+        return Ok(Err(Unresolved {
+            reason: "DeploymentNotFound",
+            message: format!("no CaptureDeployment {name:?} in namespace {namespace:?}"),
+        }));
+    };
+    let Some(redis) = &deployment.spec.redis else {
+        return Ok(Err(Unresolved {
+            reason: "NoRedis",
+            message: format!("CaptureDeployment {name:?} has no redis; quotas need one"),
+        }));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let reference = &redis.url_secret_ref;
+    let Some(secret) = secrets.get_opt(&reference.name).await? else {
+        return Ok(Err(Unresolved {
+            reason: "SecretNotFound",
+            message: format!(
+                "Secret {:?} (redis.urlSecretRef) does not exist",
+                reference.name
+            ),
+        }));
+    };
+    let url = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&reference.key))
+        .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok());
+    let Some(url) = url else {
+        return Ok(Err(Unresolved {
+            reason: "SecretKeyMissing",
+            message: format!(
+                "Secret {:?} has no UTF-8 key {:?} (redis.urlSecretRef)",
+                reference.name, reference.key
+            ),
+        }));
+    };
+    let urls: Vec<String> = url
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let keys = Keys::new(&redis.key_prefix).map_err(|reason| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "key prefix", reason))
+    })?;
+    let store = Store::open(&StoreSettings {
+        cluster: redis.cluster || urls.len() > 1,
+        urls,
+        connect_timeout: ctx.redis_timeout,
+        response_timeout: ctx.redis_timeout,
+    })?;
+    Ok(Ok(Target {
+        admin: QuotaAdmin::new(store, keys),
+    }))
+}
+
+/// Reconciles one quota (the controller's entry point).
+pub async fn reconcile(quota: Arc<CaptureQuota>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = quota.namespace().unwrap_or_default();
+    let api: Api<CaptureQuota> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, quota, |event| async {
+        match event {
+            Event::Apply(quota) => apply(&quota, &ctx).await,
+            Event::Cleanup(quota) => cleanup(&quota, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| Error::Finalizer(Box::new(err)))
+}
+
+async fn apply(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
+    let previous = quota.status.clone().unwrap_or_default();
+    let target = match resolve(quota, ctx).await? {
+        Ok(target) => target,
+        Err(unresolved) => {
+            let status = with_condition(
+                quota,
+                &previous,
+                false,
+                unresolved.reason,
+                &unresolved.message,
+            );
+            write_status(quota, ctx, &previous, status).await?;
+            return Ok(Action::requeue(UNRESOLVED_RETRY));
+        }
+    };
+    let settings = match crate::quota::settings(&quota.spec) {
+        Ok(settings) => settings,
+        Err(invalid) => {
+            let status =
+                with_condition(quota, &previous, false, "InvalidSpec", &invalid.to_string());
+            write_status(quota, ctx, &previous, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let token = &quota.spec.token;
+    target.admin.set(token, &settings).await?;
+    let mut status = with_condition(
+        quota,
+        &previous,
+        true,
+        "Synced",
+        "limits written to the deployment's Redis",
+    );
+    let reset = quota.annotations().get(RESET_ANNOTATION).cloned();
+    if reset.is_some() && reset != previous_reset(quota) {
+        target.admin.reset(token, None).await?;
+        status.last_reset = reset;
+    }
+    status.usage = crate::quota::usage(&target.admin.get(token).await?);
+    if previous.observed_generation != quota.metadata.generation
+        || previous.last_sync_time.is_none()
+    {
+        status.last_sync_time = Some(now());
+    }
+    write_status(quota, ctx, &previous, status).await?;
+    Ok(Action::requeue(USAGE_REFRESH))
+}
+
+fn previous_reset(quota: &CaptureQuota) -> Option<String> {
+    quota.status.as_ref().and_then(|s| s.last_reset.clone())
+}
+
+async fn cleanup(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
+    let target = match resolve(quota, ctx).await? {
+        Ok(target) => target,
+        // The deployment, its Redis or its Secret is gone: nothing to remove.
+        Err(_) => return Ok(Action::await_change()),
+    };
+    match target.admin.delete(&quota.spec.token).await {
+        Ok(()) => Ok(Action::await_change()),
+        Err(err) if deleting_for(quota) > CLEANUP_GIVE_UP => {
+            tracing::warn!(
+                quota = %quota.name_any(),
+                error = %err,
+                "redis unreachable for {CLEANUP_GIVE_UP:?} of deletion; releasing the finalizer, settings may remain"
+            );
+            Ok(Action::await_change())
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn deleting_for(quota: &CaptureQuota) -> Duration {
+    quota
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|since| {
+            let elapsed = k8s_openapi::jiff::Timestamp::now().duration_since(since.0);
+            Duration::try_from(elapsed).ok()
+        })
+        .unwrap_or_default()
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// The status with its `Ready` condition set; the transition time moves
+/// only when the condition's status does.
+pub fn with_condition(
+    quota: &CaptureQuota,
+    previous: &CaptureQuotaStatus,
+    ready: bool,
+    reason: &str,
+    message: &str,
+) -> CaptureQuotaStatus {
+    let status = if ready { "True" } else { "False" };
+    let transition = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map_or_else(
+            || Time(k8s_openapi::jiff::Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        );
+    CaptureQuotaStatus {
+        observed_generation: quota.metadata.generation,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: quota.metadata.generation,
+            last_transition_time: transition,
+        }],
+        ..previous.clone()
+    }
+}
+
+/// Writes the status only when it changed.
+async fn write_status(
+    quota: &CaptureQuota,
+    ctx: &Context,
+    previous: &CaptureQuotaStatus,
+    status: CaptureQuotaStatus,
+) -> Result<(), Error> {
+    if &status == previous {
+        return Ok(());
+    }
+    let api: Api<CaptureQuota> =
+        Api::namespaced(ctx.client.clone(), &quota.namespace().unwrap_or_default());
+    api.patch_status(
+        &quota.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the controller does after a failed reconcile: retry soon.
+pub fn error_policy(quota: Arc<CaptureQuota>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(quota = %quota.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
