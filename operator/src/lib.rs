@@ -7,9 +7,11 @@
 //! - [`manifest`]: the objects a `CaptureDeployment` owns, as pure functions.
 //! - [`quota`]: a `CaptureQuota` as the settings capture reads from Redis.
 //! - [`topic`]: Kafka topics reconciled one way from the spec.
+//! - [`deployment_controller`]: the `CaptureDeployment` reconciler.
 //! - [`quota_controller`]: the `CaptureQuota` reconciler.
 
 pub mod crd;
+pub mod deployment_controller;
 pub mod manifest;
 pub mod quota;
 pub mod quota_controller;

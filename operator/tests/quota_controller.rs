@@ -10,82 +10,34 @@ use std::time::Duration;
 use base64::Engine as _;
 use capture::policy::admin::QuotaAdmin;
 use capture::policy::{Keys, Store, StoreSettings};
+use common::api::{Call, Reply, call, serve, status};
 use common::redis::RedisServer;
-use http::{Request, Response};
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use operator::crd::CaptureQuota;
 use operator::quota_controller::{self, Context, Error};
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
 const QUOTAS: &str = "/apis/capture.dev/v1alpha1/namespaces/default/capturequotas";
 const DEPLOYMENT: &str = "/apis/capture.dev/v1alpha1/namespaces/default/capturedeployments/capture";
 const SECRET: &str = "/api/v1/namespaces/default/secrets/redis";
 
-/// One expected API call and the answer to give.
-struct Call {
-    method: &'static str,
-    path: String,
-    status: u16,
-    reply: Value,
-}
-
-fn call(method: &'static str, path: &str, status: u16, reply: Value) -> Call {
-    Call {
-        method,
-        path: path.to_owned(),
-        status,
-        reply,
-    }
-}
-
-/// Runs `reconcile` against a mock API server that expects exactly `calls`,
-/// in order; returns the result and the request bodies the server got. A
-/// `null` reply answers with the quota object itself (what a PATCH returns).
+/// Runs `reconcile` against the scripted API server; returns the result and
+/// the request bodies. A `null` reply answers with the quota itself (what a
+/// PATCH returns).
 async fn run(quota: CaptureQuota, calls: Vec<Call>) -> (Result<Action, Error>, Vec<Value>) {
     let object = serde_json::to_value(&quota).expect("quota serializes");
-    let (service, mut handle): (_, Handle) = tower_test::mock::pair();
-    let server = tokio::spawn(async move {
-        let mut bodies = Vec::new();
-        for expected in calls {
-            let (request, send) = handle.next_request().await.unwrap_or_else(|| {
-                panic!("no call; expected {} {}", expected.method, expected.path)
-            });
-            assert_eq!(
-                (request.method().as_str(), request.uri().path()),
-                (expected.method, expected.path.as_str()),
-                "unexpected call"
-            );
-            let body = request
-                .into_body()
-                .collect_bytes()
-                .await
-                .expect("request body");
-            bodies.push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-            let reply = if expected.reply.is_null() {
-                &object
-            } else {
-                &expected.reply
-            };
-            let response = Response::builder()
-                .status(expected.status)
-                .body(Body::from(serde_json::to_vec(reply).expect("json")))
-                .expect("response");
-            send.send_response(response);
-        }
-        if let Some((request, _)) = handle.next_request().await {
-            panic!(
-                "unexpected extra call {} {}",
-                request.method(),
-                request.uri()
-            );
-        }
-        bodies
-    });
+    let calls = calls
+        .into_iter()
+        .map(|mut c| {
+            if matches!(&c.reply, Reply::Json(Value::Null)) {
+                c.reply = Reply::Json(object.clone());
+            }
+            c
+        })
+        .collect();
+    let (client, server) = serve(calls);
     let ctx = Arc::new(Context {
-        client: kube::Client::new(service, "default"),
+        client,
         redis_timeout: Duration::from_secs(2),
     });
     let result = quota_controller::reconcile(Arc::new(quota), ctx).await;
@@ -95,6 +47,10 @@ async fn run(quota: CaptureQuota, calls: Vec<Call>) -> (Result<Action, Error>, V
         .expect("mock server finished")
         .expect("mock server assertions");
     (result, bodies)
+}
+
+fn j(value: Value) -> Reply {
+    Reply::Json(value)
 }
 
 fn quota(spec: Value, status: Option<Value>, deleting: bool, annotations: Value) -> CaptureQuota {
@@ -152,7 +108,7 @@ fn secret(url: &str) -> Value {
 }
 
 fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    status(404, "NotFound", "not found")
 }
 
 fn admin(redis: &RedisServer) -> QuotaAdmin {
@@ -179,8 +135,8 @@ async fn a_missing_deployment_is_a_condition_not_an_error() {
     let (result, bodies) = run(
         quota(spec("phc_a"), None, false, json!({})),
         vec![
-            call("GET", DEPLOYMENT, 404, not_found()),
-            call("PATCH", &format!("{QUOTAS}/q/status"), 200, Value::Null),
+            call("GET", DEPLOYMENT, 404, j(not_found())),
+            call("PATCH", &format!("{QUOTAS}/q/status"), 200, j(Value::Null)),
         ],
     )
     .await;
@@ -194,8 +150,8 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
     let redis = RedisServer::start();
     let calls = || {
         vec![
-            call("GET", DEPLOYMENT, 200, deployment()),
-            call("GET", SECRET, 200, secret(&redis.url())),
+            call("GET", DEPLOYMENT, 200, j(deployment())),
+            call("GET", SECRET, 200, j(secret(&redis.url()))),
         ]
     };
     let mut first = calls();
@@ -203,7 +159,7 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
         "PATCH",
         &format!("{QUOTAS}/q/status"),
         200,
-        Value::Null,
+        j(Value::Null),
     ));
     let (result, bodies) = run(quota(spec("phc_b"), None, false, json!({})), first).await;
     assert_eq!(
@@ -252,9 +208,9 @@ async fn the_reset_annotation_resets_usage_once() {
             json!({quota_controller::RESET_ANNOTATION: "2026-11-26"}),
         ),
         vec![
-            call("GET", DEPLOYMENT, 200, deployment()),
-            call("GET", SECRET, 200, secret(&redis.url())),
-            call("PATCH", &format!("{QUOTAS}/q/status"), 200, Value::Null),
+            call("GET", DEPLOYMENT, 200, j(deployment())),
+            call("GET", SECRET, 200, j(secret(&redis.url()))),
+            call("PATCH", &format!("{QUOTAS}/q/status"), 200, j(Value::Null)),
         ],
     )
     .await;
@@ -269,9 +225,9 @@ async fn a_spec_the_schema_should_have_refused_is_reported() {
     let (result, bodies) = run(
         quota(spec("phx_personal"), None, false, json!({})),
         vec![
-            call("GET", DEPLOYMENT, 200, deployment()),
-            call("GET", SECRET, 200, secret(&redis.url())),
-            call("PATCH", &format!("{QUOTAS}/q/status"), 200, Value::Null),
+            call("GET", DEPLOYMENT, 200, j(deployment())),
+            call("GET", SECRET, 200, j(secret(&redis.url()))),
+            call("PATCH", &format!("{QUOTAS}/q/status"), 200, j(Value::Null)),
         ],
     )
     .await;
@@ -300,9 +256,9 @@ async fn deletion_removes_the_settings_then_the_finalizer() {
     let (result, bodies) = run(
         quota(spec("phc_d"), None, true, json!({})),
         vec![
-            call("GET", DEPLOYMENT, 200, deployment()),
-            call("GET", SECRET, 200, secret(&redis.url())),
-            call("PATCH", &format!("{QUOTAS}/q"), 200, Value::Null),
+            call("GET", DEPLOYMENT, 200, j(deployment())),
+            call("GET", SECRET, 200, j(secret(&redis.url()))),
+            call("PATCH", &format!("{QUOTAS}/q"), 200, j(Value::Null)),
         ],
     )
     .await;
@@ -321,8 +277,8 @@ async fn deletion_with_the_deployment_gone_just_releases_the_finalizer() {
     let (result, bodies) = run(
         quota(spec("phc_e"), None, true, json!({})),
         vec![
-            call("GET", DEPLOYMENT, 404, not_found()),
-            call("PATCH", &format!("{QUOTAS}/q"), 200, Value::Null),
+            call("GET", DEPLOYMENT, 404, j(not_found())),
+            call("PATCH", &format!("{QUOTAS}/q"), 200, j(Value::Null)),
         ],
     )
     .await;
@@ -344,7 +300,7 @@ async fn api_errors_are_returned_for_backoff() {
             "GET",
             DEPLOYMENT,
             500,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "etcd is sad"}),
+            j(status(500, "InternalError", "etcd is sad")),
         )],
     )
     .await;

@@ -2,6 +2,8 @@
 //! by path so both crates start Redis the same way.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod api;
+
 #[path = "../../../capture/tests/common/redis.rs"]
 pub mod redis;
 

@@ -1,0 +1,439 @@
+//! The `CaptureDeployment` reconciler: server-side applies the objects it
+//! owns (see [`crate::manifest`]), reconciles its Kafka topics one way (see
+//! [`crate::topic`]), and reports what it observed in a kstatus-compatible
+//! status (`Ready` condition plus `observedGeneration`).
+//!
+//! A finalizer deletes, on removal, only the topics whose spec says
+//! `deleteOnRemoval`; owned objects go with the owner references.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::crd::CaptureDeployment;
+use crate::crd::deployment::{CaptureDeploymentStatus, TopicStatus};
+use crate::manifest;
+use crate::topic::{DesiredTopic, TopicAdmin, TopicState, UNMANAGED_ANNOTATION, plan};
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "capture-operator";
+/// Finalizer that deletes topics marked `deleteOnRemoval`.
+pub const FINALIZER: &str = "capture.dev/topic-cleanup";
+/// Periodic resync.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// What a reconcile can fail with; the controller retries these.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The Kafka admin client could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Shared by every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Timeout of Kafka admin operations.
+    pub kafka_timeout: Duration,
+}
+
+/// Reconciles one CaptureDeployment (the controller's entry point).
+pub async fn reconcile(cd: Arc<CaptureDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = cd.namespace().unwrap_or_default();
+    let api: Api<CaptureDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, cd, |event| async {
+        match event {
+            Event::Apply(cd) => apply(&cd, &ctx).await,
+            Event::Cleanup(cd) => cleanup(&cd, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| Error::Finalizer(Box::new(err)))
+}
+
+/// Server-side applies `object` (its name and namespace come from it).
+async fn server_side_apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch(&object.name_any(), &params, &Patch::Apply(object))
+        .await?)
+}
+
+/// The `resourceVersion` of each Secret the pods read; a missing one is
+/// left out (and reported).
+async fn secret_versions(
+    cd: &CaptureDeployment,
+    client: &Client,
+    namespace: &str,
+) -> Result<
+    (
+        BTreeMap<String, String>,
+        Vec<String>,
+        BTreeMap<String, Secret>,
+    ),
+    Error,
+> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut versions = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut found = BTreeMap::new();
+    for name in manifest::referenced_secrets(&cd.spec) {
+        match secrets.get_opt(&name).await? {
+            Some(secret) => {
+                versions.insert(name.clone(), secret.resource_version().unwrap_or_default());
+                found.insert(name, secret);
+            }
+            None => missing.push(name),
+        }
+    }
+    Ok((versions, missing, found))
+}
+
+fn secret_value(secrets: &BTreeMap<String, Secret>, name: &str, key: &str) -> Option<String> {
+    secrets
+        .get(name)
+        .and_then(|s| s.data.as_ref())
+        .and_then(|data| data.get(key))
+        .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
+}
+
+/// The topics as the spec wants them.
+pub fn desired_topics(cd: &CaptureDeployment) -> Vec<(DesiredTopic, bool)> {
+    let unmanaged: Vec<&str> = cd
+        .annotations()
+        .get(UNMANAGED_ANNOTATION)
+        .map(|v| v.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    manifest::topic_names(&cd.spec)
+        .into_iter()
+        .map(|(_, name, spec)| {
+            (
+                DesiredTopic {
+                    managed: !unmanaged.contains(&name.as_str()),
+                    name,
+                    partitions: spec.partitions,
+                    replication_factor: spec.replication_factor,
+                    config: spec.config.clone(),
+                },
+                spec.delete_on_removal,
+            )
+        })
+        .collect()
+}
+
+fn kafka_admin(
+    cd: &CaptureDeployment,
+    secrets: &BTreeMap<String, Secret>,
+    timeout: Duration,
+) -> Result<TopicAdmin, Error> {
+    let mut extra = BTreeMap::new();
+    if let Some(sasl) = &cd.spec.kafka.sasl {
+        extra.insert("security.protocol".to_owned(), "sasl_ssl".to_owned());
+        extra.insert("sasl.mechanism".to_owned(), sasl.mechanism.clone());
+        for (key, reference) in [
+            ("sasl.username", &sasl.username),
+            ("sasl.password", &sasl.password),
+        ] {
+            if let Some(value) = secret_value(secrets, &reference.name, &reference.key) {
+                extra.insert(key.to_owned(), value);
+            }
+        }
+    }
+    Ok(TopicAdmin::connect(
+        &cd.spec.kafka.brokers.join(","),
+        &extra,
+        timeout,
+    )?)
+}
+
+async fn reconcile_topics(
+    cd: &CaptureDeployment,
+    secrets: &BTreeMap<String, Secret>,
+    ctx: &Context,
+) -> Result<Vec<TopicStatus>, Error> {
+    let admin = kafka_admin(cd, secrets, ctx.kafka_timeout)?;
+    let mut statuses = Vec::new();
+    for (topic, _) in desired_topics(cd) {
+        let status = match admin.observe(&topic.name).await {
+            Err(err) => error_status(&topic.name, &err.to_string()),
+            Ok(observed) => {
+                let plan = plan(&topic, observed.as_ref());
+                match admin.apply(&topic, &plan.changes).await {
+                    Err(err) => error_status(&topic.name, &err.to_string()),
+                    Ok(()) => {
+                        // Partitions as they now are: unchanged when nothing was done.
+                        let partitions = match &plan.state {
+                            TopicState::NotSupported(_) | TopicState::Unmanaged => {
+                                observed.as_ref().map_or(topic.partitions, |o| o.partitions)
+                            }
+                            _ => topic.partitions,
+                        };
+                        let state = match plan.state {
+                            // Changes made: ready once they are.
+                            TopicState::Updating => TopicState::Ready,
+                            other => other,
+                        };
+                        TopicStatus {
+                            name: topic.name.clone(),
+                            state: state.label().to_owned(),
+                            partitions: Some(partitions),
+                            message: match state {
+                                TopicState::NotSupported(reason) => Some(reason),
+                                _ => None,
+                            },
+                        }
+                    }
+                }
+            }
+        };
+        statuses.push(status);
+    }
+    Ok(statuses)
+}
+
+fn error_status(name: &str, message: &str) -> TopicStatus {
+    TopicStatus {
+        name: name.to_owned(),
+        state: "Error".into(),
+        partitions: None,
+        message: Some(message.to_owned()),
+    }
+}
+
+async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
+    let namespace = cd.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let (versions, missing_secrets, secrets) = secret_versions(cd, client, &namespace).await?;
+
+    server_side_apply(client, &namespace, &manifest::service_account(cd)).await?;
+    server_side_apply(client, &namespace, &manifest::service(cd)).await?;
+    let deployment =
+        server_side_apply(client, &namespace, &manifest::deployment(cd, &versions)).await?;
+    server_side_apply(client, &namespace, &manifest::disruption_budget(cd)).await?;
+    match manifest::autoscaler(cd) {
+        Some(hpa) => {
+            server_side_apply(client, &namespace, &hpa).await?;
+        }
+        None => {
+            let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &namespace);
+            if api.get_opt(&cd.name_any()).await?.is_some() {
+                api.delete(&cd.name_any(), &DeleteParams::default()).await?;
+            }
+        }
+    }
+
+    let topics = reconcile_topics(cd, &secrets, ctx).await?;
+    let status = observed_status(cd, &deployment, topics, &missing_secrets);
+    let previous = cd.status.clone().unwrap_or_default();
+    if status != previous {
+        let api: Api<CaptureDeployment> = Api::namespaced(client.clone(), &namespace);
+        api.patch_status(
+            &cd.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The status from what was observed; condition transition times move only
+/// when a condition's status does.
+pub fn observed_status(
+    cd: &CaptureDeployment,
+    deployment: &Deployment,
+    topics: Vec<TopicStatus>,
+    missing_secrets: &[String],
+) -> CaptureDeploymentStatus {
+    let previous = cd.status.clone().unwrap_or_default();
+    let generation = cd.metadata.generation;
+    let observed = deployment.status.clone().unwrap_or_default();
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .or(observed.replicas)
+        .unwrap_or(0);
+    let ready_replicas = observed.ready_replicas.unwrap_or(0);
+    let updated = observed.updated_replicas.unwrap_or(0);
+    let rolled_out = deployment.metadata.generation == observed.observed_generation
+        && updated >= wanted
+        && ready_replicas >= wanted
+        && wanted > 0;
+    let topics_ready = topics
+        .iter()
+        .filter(|t| t.state == "Ready" || t.state == "Unmanaged")
+        .count();
+    let topic_problem = topics
+        .iter()
+        .find(|t| t.state != "Ready" && t.state != "Unmanaged");
+
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let transition = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(
+                || Time(k8s_openapi::jiff::Timestamp::now()),
+                |c| c.last_transition_time.clone(),
+            );
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: transition,
+        }
+    };
+    let (ready, ready_reason, ready_message) = if let Some(secret) = missing_secrets.first() {
+        (
+            false,
+            "SecretNotFound",
+            format!("Secret {secret:?} referenced by the spec does not exist"),
+        )
+    } else if let Some(topic) = topic_problem {
+        (
+            false,
+            if topic.state == "NotSupported" {
+                "TopicChangeNotSupported"
+            } else {
+                "TopicError"
+            },
+            format!(
+                "topic {}: {}",
+                topic.name,
+                topic.message.clone().unwrap_or_default()
+            ),
+        )
+    } else if !rolled_out {
+        (
+            false,
+            "RollingOut",
+            format!("{ready_replicas} of {wanted} pods ready"),
+        )
+    } else {
+        (
+            true,
+            "Available",
+            format!("{ready_replicas} pods ready, topics in sync"),
+        )
+    };
+    let conditions = vec![
+        condition("Ready", ready, ready_reason, ready_message.clone()),
+        condition(
+            "Progressing",
+            !rolled_out,
+            if rolled_out {
+                "RolloutComplete"
+            } else {
+                "RollingOut"
+            },
+            format!("{updated} of {wanted} pods updated, {ready_replicas} ready"),
+        ),
+        condition(
+            "Degraded",
+            !missing_secrets.is_empty() || topic_problem.is_some(),
+            if missing_secrets.is_empty() && topic_problem.is_none() {
+                "AsExpected"
+            } else {
+                ready_reason
+            },
+            if missing_secrets.is_empty() && topic_problem.is_none() {
+                "nothing wrong".into()
+            } else {
+                ready_message
+            },
+        ),
+        condition(
+            "TopicsReady",
+            topic_problem.is_none(),
+            if topic_problem.is_none() {
+                "InSync"
+            } else {
+                "NotInSync"
+            },
+            format!("{topics_ready} of {} topics in sync", topics.len()),
+        ),
+    ];
+    let config_hash = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(manifest::SETTINGS_HASH_ANNOTATION).cloned());
+    CaptureDeploymentStatus {
+        observed_generation: generation,
+        conditions,
+        replicas: Some(wanted),
+        ready_replicas: Some(ready_replicas),
+        topics_summary: Some(format!("{topics_ready}/{}", topics.len())),
+        topics,
+        config_hash,
+    }
+}
+
+async fn cleanup(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
+    let doomed: Vec<DesiredTopic> = desired_topics(cd)
+        .into_iter()
+        .filter(|(topic, delete)| *delete && topic.managed)
+        .map(|(topic, _)| topic)
+        .collect();
+    if doomed.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let namespace = cd.namespace().unwrap_or_default();
+    let (_, _, secrets) = secret_versions(cd, &ctx.client, &namespace).await?;
+    let admin = kafka_admin(cd, &secrets, ctx.kafka_timeout)?;
+    for topic in doomed {
+        admin.delete(&topic.name).await?;
+        tracing::info!(topic = %topic.name, "deleted topic on removal, as its spec asks");
+    }
+    Ok(Action::await_change())
+}
+
+/// What the controller does after a failed reconcile: retry soon.
+pub fn error_policy(cd: Arc<CaptureDeployment>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(deployment = %cd.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// The owned kinds, for the controller's `owns` watches.
+pub type Owned = (
+    ServiceAccount,
+    Service,
+    Deployment,
+    PodDisruptionBudget,
+    HorizontalPodAutoscaler,
+);
