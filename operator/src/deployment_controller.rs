@@ -50,10 +50,11 @@ pub enum Error {
 }
 
 /// Shared by every reconcile.
-#[derive(Clone)]
 pub struct Context {
     /// The API client.
     pub client: Client,
+    /// Per-object retry delays.
+    pub backoff: crate::backoff::Backoff,
     /// Timeout of Kafka admin operations.
     pub kafka_timeout: Duration,
 }
@@ -61,15 +62,18 @@ pub struct Context {
 /// Reconciles one CaptureDeployment (the controller's entry point).
 pub async fn reconcile(cd: Arc<CaptureDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = cd.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", cd.name_any());
     let api: Api<CaptureDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, cd, |event| async {
+    let action = finalizer(&api, FINALIZER, cd, |event| async {
         match event {
             Event::Apply(cd) => apply(&cd, &ctx).await,
             Event::Cleanup(cd) => cleanup(&cd, &ctx).await,
         }
     })
     .await
-    .map_err(|err| Error::Finalizer(Box::new(err)))
+    .map_err(|err| Error::Finalizer(Box::new(err)))?;
+    ctx.backoff.succeeded(&key);
+    Ok(action)
 }
 
 /// Server-side applies `object` (its name and namespace come from it).
@@ -423,10 +427,13 @@ async fn cleanup(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error>
     Ok(Action::await_change())
 }
 
-/// What the controller does after a failed reconcile: retry soon.
-pub fn error_policy(cd: Arc<CaptureDeployment>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(deployment = %cd.name_any(), error = %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(15))
+/// What the controller does after a failed reconcile: retry after this
+/// object's backoff.
+pub fn error_policy(cd: Arc<CaptureDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", cd.namespace().unwrap_or_default(), cd.name_any());
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(deployment = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// The owned kinds, for the controller's `owns` watches.

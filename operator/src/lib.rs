@@ -9,10 +9,14 @@
 //! - [`topic`]: Kafka topics reconciled one way from the spec.
 //! - [`deployment_controller`]: the `CaptureDeployment` reconciler.
 //! - [`quota_controller`]: the `CaptureQuota` reconciler.
+//! - [`runtime`]: both controllers, their watches, metrics and health.
+//! - [`backoff`]: per-object retry delays.
 
+pub mod backoff;
 pub mod crd;
 pub mod deployment_controller;
 pub mod manifest;
 pub mod quota;
 pub mod quota_controller;
+pub mod runtime;
 pub mod topic;

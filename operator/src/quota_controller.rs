@@ -52,10 +52,11 @@ pub enum Error {
 }
 
 /// Shared by every reconcile.
-#[derive(Clone)]
 pub struct Context {
     /// The API client.
     pub client: Client,
+    /// Per-object retry delays.
+    pub backoff: crate::backoff::Backoff,
     /// Redis timeouts.
     pub redis_timeout: Duration,
 }
@@ -142,15 +143,18 @@ pub async fn resolve(
 /// Reconciles one quota (the controller's entry point).
 pub async fn reconcile(quota: Arc<CaptureQuota>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = quota.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", quota.name_any());
     let api: Api<CaptureQuota> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, quota, |event| async {
+    let action = finalizer(&api, FINALIZER, quota, |event| async {
         match event {
             Event::Apply(quota) => apply(&quota, &ctx).await,
             Event::Cleanup(quota) => cleanup(&quota, &ctx).await,
         }
     })
     .await
-    .map_err(|err| Error::Finalizer(Box::new(err)))
+    .map_err(|err| Error::Finalizer(Box::new(err)))?;
+    ctx.backoff.succeeded(&key);
+    Ok(action)
 }
 
 async fn apply(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
@@ -295,8 +299,15 @@ async fn write_status(
     Ok(())
 }
 
-/// What the controller does after a failed reconcile: retry soon.
-pub fn error_policy(quota: Arc<CaptureQuota>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(quota = %quota.name_any(), error = %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(15))
+/// What the controller does after a failed reconcile: retry after this
+/// object's backoff.
+pub fn error_policy(quota: Arc<CaptureQuota>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        quota.namespace().unwrap_or_default(),
+        quota.name_any()
+    );
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(quota = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }

@@ -28,6 +28,7 @@ async fn run(cd: CaptureDeployment, calls: Vec<Call>) -> (Result<Action, Error>,
     let (client, server) = serve(calls);
     let ctx = Arc::new(Context {
         client,
+        backoff: Default::default(),
         kafka_timeout: Duration::from_secs(10),
     });
     let result = deployment_controller::reconcile(Arc::new(cd), ctx).await;

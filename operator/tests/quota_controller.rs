@@ -38,6 +38,7 @@ async fn run(quota: CaptureQuota, calls: Vec<Call>) -> (Result<Action, Error>, V
     let (client, server) = serve(calls);
     let ctx = Arc::new(Context {
         client,
+        backoff: Default::default(),
         redis_timeout: Duration::from_secs(2),
     });
     let result = quota_controller::reconcile(Arc::new(quota), ctx).await;

@@ -1,0 +1,101 @@
+//! The `operator` binary: settings from flags or `OPERATOR_*` environment
+//! variables, JSON logs, `/metrics`, `/healthz` and `/readyz`, and the two
+//! controllers until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use operator::runtime::{Settings, health_router, run_controllers};
+use tracing_subscriber::EnvFilter;
+
+/// Runs the CaptureDeployment and CaptureQuota controllers.
+#[derive(Debug, Parser)]
+#[command(name = "operator", version, about = "Kubernetes operator for capture")]
+struct Args {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "OPERATOR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Timeout of Kafka admin calls (topic reconcile).
+    #[arg(long, env = "OPERATOR_KAFKA_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    kafka_timeout: Duration,
+    /// Timeout of Redis calls (quota reconcile).
+    #[arg(long, env = "OPERATOR_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    redis_timeout: Duration,
+    /// Log line format.
+    #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+    /// Log filter (`info`, `operator=debug,info`).
+    #[arg(long, env = "OPERATOR_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = match EnvFilter::try_new(&args.log_level) {
+        Ok(filter) => filter,
+        Err(err) => {
+            eprintln!("operator: invalid --log-level {:?}: {err}", args.log_level);
+            std::process::exit(2);
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            std::process::exit(1);
+        }
+    };
+    if let Err(err) = runtime.block_on(run(args)) {
+        tracing::error!(error = %err, "operator stopped with an error");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = capture::server::shutdown_signal();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let client = kube::Client::try_default().await.map_err(|err| {
+        anyhow::anyhow!("no Kubernetes API to talk to (in-cluster config or KUBECONFIG): {err}")
+    })?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", args.metrics_address))?;
+    tracing::info!(address = %listener.local_addr()?, "health and metrics listening");
+    let router = health_router(metrics, Arc::clone(&ready));
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(error = %err, "health server failed");
+        }
+    });
+    let settings = Settings {
+        namespace: args.namespace,
+        metrics_address: args.metrics_address,
+        kafka_timeout: args.kafka_timeout,
+        redis_timeout: args.redis_timeout,
+    };
+    run_controllers(client, &settings, ready, shutdown).await;
+    Ok(())
+}
