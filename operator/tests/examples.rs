@@ -7,19 +7,24 @@ use std::path::PathBuf;
 use operator::crd::{CaptureDeployment, CaptureQuota};
 
 fn example(file: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
 }
 
 #[test]
 fn the_example_deployment_is_valid() {
-    let cd: CaptureDeployment = serde_yaml::from_str(&example("capturedeployment.yaml")).expect("parses");
+    let cd: CaptureDeployment =
+        serde_yaml::from_str(&example("capturedeployment.yaml")).expect("parses");
     cd.validate_cel().expect("passes the CEL rules");
     assert!(operator::manifest::autoscaler(&cd).is_some());
     let deployment = operator::manifest::deployment(&cd, &Default::default());
     assert_eq!(deployment.spec.expect("spec").replicas, None, "autoscaled");
     assert_eq!(
-        operator::manifest::referenced_secrets(&cd.spec).into_iter().collect::<Vec<_>>(),
+        operator::manifest::referenced_secrets(&cd.spec)
+            .into_iter()
+            .collect::<Vec<_>>(),
         ["kafka-capture", "redis-capture"]
     );
 }
