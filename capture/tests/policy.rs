@@ -140,6 +140,18 @@ fn quota(redis_url: &str, prefix: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Sets `token`'s events quota with `capture quota set`.
+fn set_events_limit(redis_url: &str, prefix: &str, token: &str, limit: u64, window: &str) {
+    let (limit, window) = (format!("events={limit}"), format!("events={window}"));
+    quota(
+        redis_url,
+        prefix,
+        &[
+            "set", "--token", token, "--limit", &limit, "--window", &window,
+        ],
+    );
+}
+
 fn usage(redis_url: &str, prefix: &str, token: &str) -> Value {
     serde_json::from_str(&quota(redis_url, prefix, &["get", "--token", token]))
         .expect("quota get prints JSON")
@@ -149,19 +161,7 @@ fn usage(redis_url: &str, prefix: &str, token: &str) -> Value {
 async fn a_request_crossing_the_limit_is_cut_at_it_and_later_ones_are_dropped() {
     let redis = shared();
     let (prefix, token) = (unique("p") + ":", unique("phc"));
-    quota(
-        &redis.url(),
-        &prefix,
-        &[
-            "set",
-            "--token",
-            &token,
-            "--limit",
-            "events=5",
-            "--window",
-            "events=1h",
-        ],
-    );
+    set_events_limit(&redis.url(), &prefix, &token, 5, "1h");
     let node = Node::start(&redis.url(), &prefix, &[]);
 
     let first = node.batch(&token, events(3, "e", "u")).await;
@@ -258,19 +258,7 @@ async fn racing_clients_on_several_instances_get_exactly_the_limit() {
 async fn a_window_ends_by_itself_and_a_raised_limit_applies_within_a_second() {
     let redis = shared();
     let (prefix, token) = (unique("p") + ":", unique("phc"));
-    quota(
-        &redis.url(),
-        &prefix,
-        &[
-            "set",
-            "--token",
-            &token,
-            "--limit",
-            "events=2",
-            "--window",
-            "events=2s",
-        ],
-    );
+    set_events_limit(&redis.url(), &prefix, &token, 2, "2s");
     let node = Node::start(&redis.url(), &prefix, &["--quota-recheck-interval", "1s"]);
 
     let reply = node.batch(&token, events(3, "e", "u")).await;
@@ -285,19 +273,7 @@ async fn a_window_ends_by_itself_and_a_raised_limit_applies_within_a_second() {
     // Exhausted again; raising the limit carries the open window over.
     let reply = node.batch(&token, events(1, "e", "u")).await;
     assert_eq!(reply.body["quota_limited"], json!(["events"]));
-    quota(
-        &redis.url(),
-        &prefix,
-        &[
-            "set",
-            "--token",
-            &token,
-            "--limit",
-            "events=5",
-            "--window",
-            "events=1h",
-        ],
-    );
+    set_events_limit(&redis.url(), &prefix, &token, 5, "1h");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let reply = node.batch(&token, events(4, "e", "u")).await;
     assert_eq!(
@@ -583,19 +559,7 @@ async fn a_hot_distinct_id_overflows_while_others_do_not() {
 async fn redis_down_fails_open_by_default_and_enforcement_resumes_by_itself() {
     let redis = RedisServer::start();
     let (prefix, token) = (unique("p") + ":", unique("phc"));
-    quota(
-        &redis.url(),
-        &prefix,
-        &[
-            "set",
-            "--token",
-            &token,
-            "--limit",
-            "events=2",
-            "--window",
-            "events=1h",
-        ],
-    );
+    set_events_limit(&redis.url(), &prefix, &token, 2, "1h");
     let node = Node::start(
         &redis.url(),
         &prefix,
@@ -628,19 +592,7 @@ async fn redis_down_fails_open_by_default_and_enforcement_resumes_by_itself() {
 
     // Back, empty (nothing persisted): write the quota again, enforcement resumes.
     redis.restart();
-    quota(
-        &redis.url(),
-        &prefix,
-        &[
-            "set",
-            "--token",
-            &token,
-            "--limit",
-            "events=1",
-            "--window",
-            "events=1h",
-        ],
-    );
+    set_events_limit(&redis.url(), &prefix, &token, 1, "1h");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reply = node.batch(&token, events(2, "e", "u")).await;

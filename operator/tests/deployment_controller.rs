@@ -82,6 +82,20 @@ fn secret() -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": "default", "resourceVersion": "42"}, "data": {"url": "cmVkaXM6Ly9yZWRpczo2Mzc5"}})
 }
 
+/// The status write that ends an apply pass.
+fn status_write(object: &Value) -> Call {
+    call(
+        "PATCH",
+        &path(
+            "capture.dev/v1alpha1",
+            "capturedeployments",
+            "capture/status",
+        ),
+        200,
+        Reply::Json(object.clone()),
+    )
+}
+
 /// The calls of one apply pass, up to the status write.
 fn apply_calls(hpa_exists: bool) -> Vec<Call> {
     let mut calls = vec![
@@ -142,16 +156,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     let object = cd(spec(&id), false, None);
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(true);
-    calls.push(call(
-        "PATCH",
-        &path(
-            "capture.dev/v1alpha1",
-            "capturedeployments",
-            "capture/status",
-        ),
-        200,
-        Reply::Json(value.clone()),
-    ));
+    calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
     assert_eq!(
         result.expect("reconciled"),
@@ -259,16 +264,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
     let object = cd(spec(&id), false, None);
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(false);
-    calls.push(call(
-        "PATCH",
-        &path(
-            "capture.dev/v1alpha1",
-            "capturedeployments",
-            "capture/status",
-        ),
-        200,
-        Reply::Json(value.clone()),
-    ));
+    calls.push(status_write(&value));
     run(object, calls).await.0.expect("reconciled");
 
     let mut shrunk = spec(&id);
@@ -281,16 +277,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
         Reply::Json(status(404, "NotFound", "not found")),
     )];
     calls.extend(apply_calls(false).into_iter().skip(1));
-    calls.push(call(
-        "PATCH",
-        &path(
-            "capture.dev/v1alpha1",
-            "capturedeployments",
-            "capture/status",
-        ),
-        200,
-        Reply::Json(value),
-    ));
+    calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
     result.expect("no error loop");
     let status = &bodies.last().expect("status patch")["status"];

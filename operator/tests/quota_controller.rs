@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use capture::policy::admin::QuotaAdmin;
-use capture::policy::{Keys, Store, StoreSettings};
 use common::api::{Call, Reply, call, serve, status};
 use common::redis::RedisServer;
 use kube::runtime::controller::Action;
@@ -112,17 +110,6 @@ fn not_found() -> Value {
     status(404, "NotFound", "not found")
 }
 
-fn admin(redis: &RedisServer) -> QuotaAdmin {
-    let store = Store::open(&StoreSettings {
-        urls: vec![redis.url()],
-        cluster: false,
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_secs(2),
-    })
-    .expect("store");
-    QuotaAdmin::new(store, Keys::new("t:").expect("prefix"))
-}
-
 fn ready(status_patch: &Value) -> (&str, &str) {
     let condition = &status_patch["status"]["conditions"][0];
     (
@@ -174,7 +161,10 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
         json!([{"eventType": "events", "used": 0, "remaining": 100}])
     );
     assert_eq!(patch["status"]["observedGeneration"], 1);
-    let status = admin(&redis).get("phc_b").await.expect("read back");
+    let status = common::redis_admin(&redis, "t:")
+        .get("phc_b")
+        .await
+        .expect("read back");
     assert_eq!(status.settings.types.len(), 1);
 
     // The next resync finds nothing changed: no status write.
@@ -191,7 +181,7 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
 #[tokio::test]
 async fn the_reset_annotation_resets_usage_once() {
     let redis = RedisServer::start();
-    let admin = admin(&redis);
+    let admin = common::redis_admin(&redis, "t:");
     admin
         .set(
             "phc_c",
@@ -245,7 +235,7 @@ async fn a_spec_the_schema_should_have_refused_is_reported() {
 #[tokio::test]
 async fn deletion_removes_the_settings_then_the_finalizer() {
     let redis = RedisServer::start();
-    let admin = admin(&redis);
+    let admin = common::redis_admin(&redis, "t:");
     admin
         .set(
             "phc_d",

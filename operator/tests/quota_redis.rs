@@ -3,29 +3,15 @@
 
 mod common;
 
-use std::time::Duration;
-
-use capture::policy::admin::QuotaAdmin;
-use capture::policy::{Keys, QuotaType, Store, StoreSettings};
+use capture::policy::QuotaType;
 use common::redis::RedisServer;
 use operator::crd::CaptureQuotaSpec;
 use serde_json::json;
 
-fn admin(redis: &RedisServer) -> QuotaAdmin {
-    let store = Store::open(&StoreSettings {
-        urls: vec![redis.url()],
-        cluster: false,
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Duration::from_secs(2),
-    })
-    .expect("store");
-    QuotaAdmin::new(store, Keys::new("op:").expect("prefix"))
-}
-
 #[tokio::test]
 async fn a_quota_round_trips_through_redis_and_deletes_idempotently() {
     let redis = RedisServer::start();
-    let admin = admin(&redis);
+    let admin = common::redis_admin(&redis, "op:");
     let spec: CaptureQuotaSpec = serde_json::from_value(json!({
         "deployment": "capture",
         "token": "phc_op_test",

@@ -15,3 +15,21 @@ pub fn free_port() -> u16 {
 
 #[path = "../../../capture/tests/common/broker.rs"]
 pub mod broker;
+
+/// Capture's quota library on `server`, under `prefix`.
+pub fn redis_admin(
+    server: &redis::RedisServer,
+    prefix: &str,
+) -> capture::policy::admin::QuotaAdmin {
+    let store = capture::policy::Store::open(&capture::policy::StoreSettings {
+        urls: vec![server.url()],
+        cluster: false,
+        connect_timeout: std::time::Duration::from_secs(2),
+        response_timeout: std::time::Duration::from_secs(2),
+    })
+    .expect("store");
+    capture::policy::admin::QuotaAdmin::new(
+        store,
+        capture::policy::Keys::new(prefix).expect("prefix"),
+    )
+}
