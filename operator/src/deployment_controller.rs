@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::crd::CaptureDeployment;
 use crate::crd::deployment::{CaptureDeploymentStatus, TopicStatus};
 use crate::manifest;
-use crate::topic::{DesiredTopic, TopicAdmin, TopicState, UNMANAGED_ANNOTATION, plan};
+use crate::topic::{Change, DesiredTopic, TopicAdmin, TopicState, UNMANAGED_ANNOTATION, plan};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "capture-operator";
@@ -55,6 +55,8 @@ pub struct Context {
     pub client: Client,
     /// Per-object retry delays.
     pub backoff: crate::backoff::Backoff,
+    /// Kubernetes Events.
+    pub events: crate::events::Events,
     /// Timeout of Kafka admin operations.
     pub kafka_timeout: Duration,
 }
@@ -187,6 +189,7 @@ async fn reconcile_topics(
 ) -> Result<Vec<TopicStatus>, Error> {
     let admin = kafka_admin(cd, secrets, ctx.kafka_timeout)?;
     let mut statuses = Vec::new();
+    let mut changed = Vec::new();
     for (topic, _) in desired_topics(cd) {
         let status = match admin.observe(&topic.name).await {
             Err(err) => error_status(&topic.name, &err.to_string()),
@@ -195,6 +198,13 @@ async fn reconcile_topics(
                 match admin.apply(&topic, &plan.changes).await {
                     Err(err) => error_status(&topic.name, &err.to_string()),
                     Ok(()) => {
+                        changed.extend(plan.changes.iter().map(|change| match change {
+                            Change::Create => format!("created {}", topic.name),
+                            Change::AddPartitions(n) => {
+                                format!("grew {} to {n} partitions", topic.name)
+                            }
+                            Change::SetConfig(_) => format!("updated the config of {}", topic.name),
+                        }));
                         // Partitions as they now are: unchanged when nothing was done.
                         let partitions = match &plan.state {
                             TopicState::NotSupported(_) | TopicState::Unmanaged => {
@@ -221,6 +231,16 @@ async fn reconcile_topics(
             }
         };
         statuses.push(status);
+    }
+    if !changed.is_empty() {
+        ctx.events
+            .normal(
+                cd,
+                "TopicsReconciled",
+                "ReconcileTopics",
+                changed.join("; "),
+            )
+            .await;
     }
     Ok(statuses)
 }
@@ -259,6 +279,17 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     let topics = reconcile_topics(cd, &secrets, ctx).await?;
     let status = observed_status(cd, &deployment, topics, &missing_secrets);
     let previous = cd.status.clone().unwrap_or_default();
+    let degraded = |s: &CaptureDeploymentStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = degraded(&status)
+        && degraded(&previous).map(|(r, _)| r) != Some(reason.clone())
+    {
+        ctx.events.warning(cd, &reason, "Reconcile", message).await;
+    }
     if status != previous {
         let api: Api<CaptureDeployment> = Api::namespaced(client.clone(), &namespace);
         api.patch_status(
@@ -423,6 +454,14 @@ async fn cleanup(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error>
     for topic in doomed {
         admin.delete(&topic.name).await?;
         tracing::info!(topic = %topic.name, "deleted topic on removal, as its spec asks");
+        ctx.events
+            .normal(
+                cd,
+                "TopicDeleted",
+                "DeleteTopic",
+                format!("deleted {} on removal (deleteOnRemoval)", topic.name),
+            )
+            .await;
     }
     Ok(Action::await_change())
 }

@@ -57,6 +57,8 @@ pub struct Context {
     pub client: Client,
     /// Per-object retry delays.
     pub backoff: crate::backoff::Backoff,
+    /// Kubernetes Events.
+    pub events: crate::events::Events,
     /// Redis timeouts.
     pub redis_timeout: Duration,
 }
@@ -194,6 +196,17 @@ async fn apply(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
     let reset = quota.annotations().get(RESET_ANNOTATION).cloned();
     if reset.is_some() && reset != previous_reset(quota) {
         target.admin.reset(token, None).await?;
+        ctx.events
+            .normal(
+                quota,
+                "UsageReset",
+                "ResetUsage",
+                format!(
+                    "open windows reset ({RESET_ANNOTATION} = {})",
+                    reset.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
         status.last_reset = reset;
     }
     status.usage = crate::quota::usage(&target.admin.get(token).await?);
@@ -278,7 +291,8 @@ pub fn with_condition(
     }
 }
 
-/// Writes the status only when it changed.
+/// Writes the status only when it changed, with an Event when `Ready`
+/// changed.
 async fn write_status(
     quota: &CaptureQuota,
     ctx: &Context,
@@ -288,6 +302,21 @@ async fn write_status(
     if &status == previous {
         return Ok(());
     }
+    let ready = |s: &CaptureQuotaStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let event = (ready(&status) != ready(previous))
+        .then(|| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .cloned()
+        })
+        .flatten();
     let api: Api<CaptureQuota> =
         Api::namespaced(ctx.client.clone(), &quota.namespace().unwrap_or_default());
     api.patch_status(
@@ -296,6 +325,17 @@ async fn write_status(
         &Patch::Merge(json!({ "status": status })),
     )
     .await?;
+    if let Some(condition) = event {
+        if condition.status == "True" {
+            ctx.events
+                .normal(quota, &condition.reason, "WriteQuota", condition.message)
+                .await;
+        } else {
+            ctx.events
+                .warning(quota, &condition.reason, "WriteQuota", condition.message)
+                .await;
+        }
+    }
     Ok(())
 }
 

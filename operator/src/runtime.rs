@@ -88,6 +88,7 @@ pub async fn run_controllers(
     let deployment_ctx = Arc::new(deployment_controller::Context {
         client: client.clone(),
         backoff: Default::default(),
+        events: crate::events::Events::new(client.clone()),
         kafka_timeout: settings.kafka_timeout,
     });
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -148,6 +149,7 @@ pub async fn run_controllers(
     let quota_ctx = Arc::new(quota_controller::Context {
         client: client.clone(),
         backoff: Default::default(),
+        events: crate::events::Events::new(client.clone()),
         redis_timeout: settings.redis_timeout,
     });
     let quotas = quotas

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::api::{Call, Reply, call, serve, status};
+use common::api::{Call, Reply, call, event, serve, status};
 use kube::runtime::controller::Action;
 use operator::crd::CaptureDeployment;
 use operator::deployment_controller::{self, Context, Error};
@@ -27,6 +27,7 @@ fn path(group_version: &str, plural: &str, name: &str) -> String {
 async fn run(cd: CaptureDeployment, calls: Vec<Call>) -> (Result<Action, Error>, Vec<Value>) {
     let (client, server) = serve(calls);
     let ctx = Arc::new(Context {
+        events: operator::events::Events::new(client.clone()),
         client,
         backoff: Default::default(),
         kafka_timeout: Duration::from_secs(10),
@@ -156,8 +157,18 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     let object = cd(spec(&id), false, None);
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(true);
+    calls.push(event());
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
+    let topics_event = &bodies[bodies.len() - 2];
+    assert_eq!(topics_event["reason"], "TopicsReconciled");
+    assert!(
+        topics_event["note"]
+            .as_str()
+            .expect("note")
+            .contains(&format!("created events-{id}")),
+        "{topics_event}"
+    );
     assert_eq!(
         result.expect("reconciled"),
         Action::requeue(deployment_controller::RESYNC)
@@ -220,7 +231,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
 
     // Deleting removes only the topic marked deleteOnRemoval.
     let deleting = cd(spec(&id), true, None);
-    let (result, _) = run(
+    let (result, deletion) = run(
         deleting,
         vec![
             call(
@@ -229,6 +240,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
                 200,
                 Reply::Json(secret()),
             ),
+            event(),
             call(
                 "PATCH",
                 &path("capture.dev/v1alpha1", "capturedeployments", "capture"),
@@ -239,6 +251,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     )
     .await;
     result.expect("cleaned up");
+    assert_eq!(deletion[1]["reason"], "TopicDeleted");
     assert_eq!(
         admin
             .observe(&format!("events-{id}"))
@@ -264,6 +277,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
     let object = cd(spec(&id), false, None);
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(false);
+    calls.push(event());
     calls.push(status_write(&value));
     run(object, calls).await.0.expect("reconciled");
 
@@ -277,8 +291,14 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
         Reply::Json(status(404, "NotFound", "not found")),
     )];
     calls.extend(apply_calls(false).into_iter().skip(1));
+    calls.push(event());
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
+    let warning = &bodies[bodies.len() - 2];
+    assert_eq!(
+        (warning["type"].as_str(), warning["reason"].as_str()),
+        (Some("Warning"), Some("SecretNotFound"))
+    );
     result.expect("no error loop");
     let status = &bodies.last().expect("status patch")["status"];
     let ready = status["conditions"]

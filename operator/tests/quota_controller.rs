@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::api::{Call, Reply, call, serve, status};
+use common::api::{Call, Reply, call, event, serve, status};
 use common::redis::RedisServer;
 use kube::runtime::controller::Action;
 use operator::crd::CaptureQuota;
@@ -35,6 +35,7 @@ async fn run(quota: CaptureQuota, calls: Vec<Call>) -> (Result<Action, Error>, V
         .collect();
     let (client, server) = serve(calls);
     let ctx = Arc::new(Context {
+        events: operator::events::Events::new(client.clone()),
         client,
         backoff: Default::default(),
         redis_timeout: Duration::from_secs(2),
@@ -125,12 +126,17 @@ async fn a_missing_deployment_is_a_condition_not_an_error() {
         vec![
             call("GET", DEPLOYMENT, 404, j(not_found())),
             call("PATCH", &format!("{QUOTAS}/q/status"), 200, j(Value::Null)),
+            event(),
         ],
     )
     .await;
     let action = result.expect("no error");
     assert_eq!(action, Action::requeue(quota_controller::UNRESOLVED_RETRY));
     assert_eq!(ready(&bodies[1]), ("False", "DeploymentNotFound"));
+    assert_eq!(
+        (bodies[2]["type"].as_str(), bodies[2]["reason"].as_str()),
+        (Some("Warning"), Some("DeploymentNotFound"))
+    );
 }
 
 #[tokio::test]
@@ -149,6 +155,7 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
         200,
         j(Value::Null),
     ));
+    first.push(event());
     let (result, bodies) = run(quota(spec("phc_b"), None, false, json!({})), first).await;
     assert_eq!(
         result.expect("reconciled"),
@@ -161,6 +168,10 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
         json!([{"eventType": "events", "used": 0, "remaining": 100}])
     );
     assert_eq!(patch["status"]["observedGeneration"], 1);
+    assert_eq!(
+        (bodies[3]["type"].as_str(), bodies[3]["reason"].as_str()),
+        (Some("Normal"), Some("Synced"))
+    );
     let status = common::redis_admin(&redis, "t:")
         .get("phc_b")
         .await
@@ -201,13 +212,16 @@ async fn the_reset_annotation_resets_usage_once() {
         vec![
             call("GET", DEPLOYMENT, 200, j(deployment())),
             call("GET", SECRET, 200, j(secret(&redis.url()))),
+            event(),
             call("PATCH", &format!("{QUOTAS}/q/status"), 200, j(Value::Null)),
+            event(),
         ],
     )
     .await;
     result.expect("reconciled");
-    assert_eq!(bodies[2]["status"]["lastReset"], "2026-11-26");
-    assert_eq!(bodies[2]["status"]["usage"][0]["used"], 0, "window reset");
+    assert_eq!(bodies[2]["reason"], "UsageReset");
+    assert_eq!(bodies[3]["status"]["lastReset"], "2026-11-26");
+    assert_eq!(bodies[3]["status"]["usage"][0]["used"], 0, "window reset");
 }
 
 #[tokio::test]
@@ -219,10 +233,12 @@ async fn a_spec_the_schema_should_have_refused_is_reported() {
             call("GET", DEPLOYMENT, 200, j(deployment())),
             call("GET", SECRET, 200, j(secret(&redis.url()))),
             call("PATCH", &format!("{QUOTAS}/q/status"), 200, j(Value::Null)),
+            event(),
         ],
     )
     .await;
     assert_eq!(result.expect("no error loop"), Action::await_change());
+    assert_eq!(bodies[3]["reason"], "InvalidSpec");
     assert_eq!(ready(&bodies[2]), ("False", "InvalidSpec"));
     assert!(
         bodies[2]["status"]["conditions"][0]["message"]

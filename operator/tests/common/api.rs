@@ -34,6 +34,17 @@ pub fn call(method: &'static str, path: &str, status: u16, reply: Reply) -> Call
     }
 }
 
+/// The Event the reconciler publishes (answered with itself), checked
+/// afterwards through the request bodies.
+pub fn event() -> Call {
+    call(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        201,
+        Reply::Echo,
+    )
+}
+
 /// A Kubernetes `Status` object for errors.
 pub fn status(code: u16, reason: &str, message: &str) -> Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": message})
