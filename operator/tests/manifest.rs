@@ -242,3 +242,70 @@ fn settings_and_secret_changes_roll_the_pods_and_nothing_else_does() {
         "scaling does not restart pods"
     );
 }
+
+/// `kubernetes-validate` from the test venv (`.ci/setup` installs it beside
+/// the PostHog SDK), or `$KUBERNETES_VALIDATE`.
+fn kubernetes_validate() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("KUBERNETES_VALIDATE") {
+        return path.into();
+    }
+    let python = std::env::var_os("CAPTURE_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .expect("set CAPTURE_TEST_PYTHON (run .ci/test) or KUBERNETES_VALIDATE");
+    python.with_file_name("kubernetes-validate")
+}
+
+#[test]
+fn rendered_objects_and_crds_pass_the_kubernetes_schemas_strictly() {
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/capturedeployment.yaml"),
+    )
+    .expect("example");
+    let cd: CaptureDeployment = serde_yaml::from_str(&example).expect("parses");
+    let dir = std::env::temp_dir().join(format!("manifests-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secrets = BTreeMap::from([("redis-capture".to_owned(), "1".to_owned())]);
+    let objects = [
+        (
+            "serviceaccount.yaml",
+            serde_yaml::to_string(&manifest::service_account(&cd)),
+        ),
+        (
+            "deployment.yaml",
+            serde_yaml::to_string(&manifest::deployment(&cd, &secrets)),
+        ),
+        (
+            "service.yaml",
+            serde_yaml::to_string(&manifest::service(&cd)),
+        ),
+        (
+            "hpa.yaml",
+            serde_yaml::to_string(&manifest::autoscaler(&cd).expect("autoscaled")),
+        ),
+        (
+            "pdb.yaml",
+            serde_yaml::to_string(&manifest::disruption_budget(&cd)),
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, yaml) in objects {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml.expect("serializes")).expect("write");
+        files.push(path);
+    }
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    files.push(crds.join("capturedeployments.yaml"));
+    files.push(crds.join("capturequotas.yaml"));
+    let output = std::process::Command::new(kubernetes_validate())
+        .args(["-k", "1.33.0", "--strict", "--quiet"])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "kubernetes-validate refused:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
