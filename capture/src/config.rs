@@ -560,20 +560,15 @@ impl Config {
     /// Policy settings as the policy layer takes them.
     pub fn policy(&self) -> PolicySettings {
         let (r, p) = (&self.redis, &self.policy);
-        let urls: Vec<String> = r
-            .redis_url
-            .iter()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
+        let store = StoreSettings::from_urls(
+            r.redis_url.iter().map(String::as_str),
+            r.redis_cluster,
+            r.redis_connect_timeout,
+            r.redis_timeout,
+        );
         PolicySettings {
-            redis: (!urls.is_empty()).then(|| RedisPolicySettings {
-                store: StoreSettings {
-                    cluster: r.redis_cluster || urls.len() > 1,
-                    urls,
-                    connect_timeout: r.redis_connect_timeout,
-                    response_timeout: r.redis_timeout,
-                },
+            redis: (!store.urls.is_empty()).then(|| RedisPolicySettings {
+                store,
                 key_prefix: r.redis_key_prefix.clone(),
                 timeout: r.redis_timeout,
                 failure_mode: r.redis_failure_mode,

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use capture::policy::QuotaAction;
 use capture::policy::QuotaType;
-use capture::policy::admin::{QuotaActionName, QuotaSettings, QuotaStatus, TypeLimit};
+use capture::policy::admin::{QuotaSettings, QuotaStatus, TypeLimit};
 
 use crate::crd::quota::{CaptureQuotaSpec, QuotaUsage, window_seconds};
 
@@ -31,9 +32,10 @@ pub fn settings(spec: &CaptureQuotaSpec) -> Result<QuotaSettings, InvalidQuota> 
         .map_err(|err| invalid("token".into(), &err.to_string()))?;
     let action = match spec.action.as_deref() {
         None => None,
-        Some("drop") => Some(QuotaActionName::Drop),
-        Some("reject") => Some(QuotaActionName::Reject),
-        Some(_) => return Err(invalid("action".into(), "must be drop or reject")),
+        Some(name) => Some(
+            QuotaAction::from_name(name)
+                .ok_or_else(|| invalid("action".into(), "must be drop or reject"))?,
+        ),
     };
     let mut types = BTreeMap::new();
     for (i, limit) in spec.limits.iter().enumerate() {
@@ -108,7 +110,7 @@ mod tests {
             ],
         })))
         .expect("valid");
-        assert_eq!(settings.action, Some(QuotaActionName::Reject));
+        assert_eq!(settings.action, Some(QuotaAction::Reject));
         assert_eq!(
             settings.types[&QuotaType::Events],
             TypeLimit {

@@ -123,20 +123,15 @@ pub async fn resolve(
             ),
         }));
     };
-    let urls: Vec<String> = url
-        .split(',')
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-        .collect();
     let keys = Keys::new(&redis.key_prefix).map_err(|reason| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "key prefix", reason))
     })?;
-    let store = Store::open(&StoreSettings {
-        cluster: redis.cluster || urls.len() > 1,
-        urls,
-        connect_timeout: ctx.redis_timeout,
-        response_timeout: ctx.redis_timeout,
-    })?;
+    let store = Store::open(&StoreSettings::from_urls(
+        url.split(','),
+        redis.cluster,
+        ctx.redis_timeout,
+        ctx.redis_timeout,
+    ))?;
     Ok(Ok(Target {
         admin: QuotaAdmin::new(store, keys),
     }))

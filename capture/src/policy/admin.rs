@@ -51,29 +51,10 @@ impl Default for TypeLimit {
 pub struct QuotaSettings {
     /// Over-quota action; `None` uses the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<QuotaActionName>,
+    pub action: Option<QuotaAction>,
     /// Limits by event type.
     #[serde(default)]
     pub types: BTreeMap<QuotaType, TypeLimit>,
-}
-
-/// [`QuotaAction`] as it appears in settings documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuotaActionName {
-    /// Drop with 200 and `quota_limited`.
-    Drop,
-    /// Refuse with 429.
-    Reject,
-}
-
-impl From<QuotaActionName> for QuotaAction {
-    fn from(name: QuotaActionName) -> Self {
-        match name {
-            QuotaActionName::Drop => QuotaAction::Drop,
-            QuotaActionName::Reject => QuotaAction::Reject,
-        }
-    }
 }
 
 impl Serialize for QuotaType {
@@ -134,11 +115,7 @@ impl QuotaAdmin {
             invocation.key(self.keys.quota(token, kind));
         }
         invocation
-            .arg(
-                settings
-                    .action
-                    .map_or("", |a| QuotaAction::from(a).as_str()),
-            )
+            .arg(settings.action.map_or("", QuotaAction::as_str))
             .arg(QuotaType::ALL.len());
         for kind in QuotaType::ALL {
             let limit = settings.types.get(&kind).cloned().unwrap_or_default();
@@ -211,11 +188,9 @@ impl QuotaAdmin {
 /// Settings from the hash's fields; unknown or malformed fields are skipped.
 pub fn settings_from_hash(hash: &BTreeMap<String, String>) -> QuotaSettings {
     let mut settings = QuotaSettings {
-        action: match hash.get(field::ACTION).map(String::as_str) {
-            Some("drop") => Some(QuotaActionName::Drop),
-            Some("reject") => Some(QuotaActionName::Reject),
-            _ => None,
-        },
+        action: hash
+            .get(field::ACTION)
+            .and_then(|name| QuotaAction::from_name(name)),
         types: BTreeMap::new(),
     };
     for kind in QuotaType::ALL {

@@ -29,8 +29,12 @@ pub enum Decision {
     Overflow,
 }
 
-/// How to treat events over quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How to treat events over quota. Spelled `drop` / `reject` everywhere:
+/// on the command line, in the `action` hash field, in settings documents.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum QuotaAction {
     /// Drop them and answer 200 with `quota_limited`.
     Drop,
@@ -45,6 +49,13 @@ impl QuotaAction {
             QuotaAction::Drop => "drop",
             QuotaAction::Reject => "reject",
         }
+    }
+
+    /// The action named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [QuotaAction::Drop, QuotaAction::Reject]
+            .into_iter()
+            .find(|action| action.as_str() == name)
     }
 }
 
@@ -204,10 +215,8 @@ fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
             _ => Err(malformed("unknown decision")),
         })
         .collect::<RedisResult<Vec<_>>>()?;
-    let action = match String::from_redis_value(next()?)?.as_str() {
-        "reject" => QuotaAction::Reject,
-        _ => QuotaAction::Drop,
-    };
+    let action =
+        QuotaAction::from_name(&String::from_redis_value(next()?)?).unwrap_or(QuotaAction::Drop);
     let mut exhausted = Vec::new();
     while let Ok(name) = next() {
         let name = String::from_redis_value(name)?;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::admin::{QuotaActionName, QuotaAdmin, QuotaSettings, TypeLimit};
+use super::admin::{QuotaAdmin, QuotaSettings, TypeLimit};
+use super::check::QuotaAction;
 use super::keys::{Keys, QuotaType};
 use super::store::{Store, StoreSettings, redacted};
 
@@ -68,8 +69,8 @@ enum QuotaCommand {
         #[arg(long = "burst", value_name = "TYPE=N")]
         bursts: Vec<String>,
         /// Over-quota action for this token.
-        #[arg(long, value_parser = ["drop", "reject"])]
-        action: Option<String>,
+        #[arg(long, value_enum)]
+        action: Option<QuotaAction>,
     },
     /// Print a token's settings and usage as JSON.
     Get {
@@ -120,23 +121,16 @@ pub async fn run(args: Vec<OsString>) -> i32 {
 
 async fn execute(cli: QuotaCli) -> Result<String, String> {
     let keys = Keys::new(&cli.redis.redis_key_prefix)?;
-    let urls: Vec<String> = cli
-        .redis
-        .redis_url
-        .iter()
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-        .collect();
-    if urls.is_empty() {
+    let settings = StoreSettings::from_urls(
+        cli.redis.redis_url.iter().map(String::as_str),
+        cli.redis.redis_cluster,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    );
+    if settings.urls.is_empty() {
         return Err("set `--redis-url` (or CAPTURE_REDIS_URL)".into());
     }
-    let store = Store::open(&StoreSettings {
-        cluster: cli.redis.redis_cluster || urls.len() > 1,
-        urls,
-        connect_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(5),
-    })
-    .map_err(|e| e.to_string())?;
+    let store = Store::open(&settings).map_err(|e| e.to_string())?;
     let admin = QuotaAdmin::new(store, keys);
     let redis_err = |e: redis::RedisError| format!("redis: {e}");
     match cli.command {
@@ -174,7 +168,7 @@ pub fn settings_from_flags(
     windows: &[String],
     rates: &[String],
     bursts: &[String],
-    action: Option<String>,
+    action: Option<QuotaAction>,
 ) -> Result<QuotaSettings, String> {
     let mut types: BTreeMap<QuotaType, TypeLimit> = BTreeMap::new();
     let pairs =
@@ -223,16 +217,7 @@ pub fn settings_from_flags(
             .ok_or_else(|| format!("`--burst {kind}={value}`: expected a whole number >= 1"))?;
         types.entry(kind).or_default().burst = Some(burst);
     }
-    Ok(QuotaSettings {
-        action: action.map(|a| {
-            if a == "reject" {
-                QuotaActionName::Reject
-            } else {
-                QuotaActionName::Drop
-            }
-        }),
-        types,
-    })
+    Ok(QuotaSettings { action, types })
 }
 
 #[cfg(test)]
@@ -256,7 +241,7 @@ mod tests {
             &strings(&["events=1h"]),
             &strings(&["events=50"]),
             &[],
-            Some("reject".into()),
+            Some(QuotaAction::Reject),
         )
         .expect("valid");
         let events = &settings.types[&QuotaType::Events];
@@ -264,7 +249,7 @@ mod tests {
         assert_eq!(events.window_secs, 3600);
         assert_eq!(events.rate, Some(50.0));
         assert_eq!(settings.types[&QuotaType::Recordings].window_secs, 86_400);
-        assert_eq!(settings.action, Some(QuotaActionName::Reject));
+        assert_eq!(settings.action, Some(QuotaAction::Reject));
     }
 
     #[test]

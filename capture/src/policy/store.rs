@@ -27,6 +27,30 @@ pub struct StoreSettings {
     pub response_timeout: Duration,
 }
 
+impl StoreSettings {
+    /// Settings for `urls` as users write them (trimmed, blank ones left
+    /// out); several URLs mean a cluster whatever `cluster` says.
+    pub fn from_urls<'a>(
+        urls: impl IntoIterator<Item = &'a str>,
+        cluster: bool,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
+        let urls: Vec<String> = urls
+            .into_iter()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        StoreSettings {
+            cluster: cluster || urls.len() > 1,
+            urls,
+            connect_timeout,
+            response_timeout,
+        }
+    }
+}
+
 /// A cheap-to-clone handle on the Redis connection.
 #[derive(Clone)]
 pub enum Store {
