@@ -10,7 +10,16 @@ pub const FIRST: Duration = Duration::from_secs(5);
 /// Longest retry delay.
 pub const MAX: Duration = Duration::from_secs(300);
 
-/// Consecutive failures by object key (`namespace/name`).
+/// The key an object's failures are counted under: `namespace/name`.
+pub fn key(object: &impl kube::ResourceExt) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Consecutive failures by object key (see [`key`]).
 #[derive(Debug, Default)]
 pub struct Backoff {
     failures: Mutex<HashMap<String, u32>>,

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -24,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::crd::CaptureDeployment;
+use crate::crd::condition::condition;
 use crate::crd::deployment::{CaptureDeploymentStatus, TopicStatus};
 use crate::manifest;
 use crate::topic::{Change, DesiredTopic, TopicAdmin, TopicState, UNMANAGED_ANNOTATION, plan};
@@ -64,7 +63,7 @@ pub struct Context {
 /// Reconciles one CaptureDeployment (the controller's entry point).
 pub async fn reconcile(cd: Arc<CaptureDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = cd.namespace().unwrap_or_default();
-    let key = format!("{namespace}/{}", cd.name_any());
+    let key = crate::backoff::key(&*cd);
     let api: Api<CaptureDeployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let action = finalizer(&api, FINALIZER, cd, |event| async {
         match event {
@@ -125,14 +124,6 @@ async fn secret_versions(
     Ok((versions, missing, found))
 }
 
-fn secret_value(secrets: &BTreeMap<String, Secret>, name: &str, key: &str) -> Option<String> {
-    secrets
-        .get(name)
-        .and_then(|s| s.data.as_ref())
-        .and_then(|data| data.get(key))
-        .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok())
-}
-
 /// The topics as the spec wants them.
 pub fn desired_topics(cd: &CaptureDeployment) -> Vec<(DesiredTopic, bool)> {
     let unmanaged: Vec<&str> = cd
@@ -170,7 +161,10 @@ fn kafka_admin(
             ("sasl.username", &sasl.username),
             ("sasl.password", &sasl.password),
         ] {
-            if let Some(value) = secret_value(secrets, &reference.name, &reference.key) {
+            if let Some(value) = secrets
+                .get(&reference.name)
+                .and_then(|s| reference.value_in(s))
+            {
                 extra.insert(key.to_owned(), value);
             }
         }
@@ -334,23 +328,7 @@ pub fn observed_status(
         .find(|t| t.state != "Ready" && t.state != "Unmanaged");
 
     let condition = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let transition = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(
-                || Time(k8s_openapi::jiff::Timestamp::now()),
-                |c| c.last_transition_time.clone(),
-            );
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: transition,
-        }
+        condition(&previous.conditions, type_, ok, reason, message, generation)
     };
     let (ready, ready_reason, ready_message) = if let Some(secret) = missing_secrets.first() {
         (
@@ -469,17 +447,8 @@ async fn cleanup(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error>
 /// What the controller does after a failed reconcile: retry after this
 /// object's backoff.
 pub fn error_policy(cd: Arc<CaptureDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", cd.namespace().unwrap_or_default(), cd.name_any());
+    let key = crate::backoff::key(&*cd);
     let delay = ctx.backoff.failed(&key);
     tracing::warn!(deployment = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
-
-/// The owned kinds, for the controller's `owns` watches.
-pub type Owned = (
-    ServiceAccount,
-    Service,
-    Deployment,
-    PodDisruptionBudget,
-    HorizontalPodAutoscaler,
-);

@@ -14,13 +14,13 @@ use std::time::Duration;
 use capture::policy::admin::QuotaAdmin;
 use capture::policy::{Keys, Store, StoreSettings};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::crd::condition::condition;
 use crate::crd::quota::CaptureQuotaStatus;
 use crate::crd::{CaptureDeployment, CaptureQuota};
 
@@ -109,12 +109,7 @@ pub async fn resolve(
             ),
         }));
     };
-    let url = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&reference.key))
-        .and_then(|bytes| String::from_utf8(bytes.0.clone()).ok());
-    let Some(url) = url else {
+    let Some(url) = reference.value_in(&secret) else {
         return Ok(Err(Unresolved {
             reason: "SecretKeyMissing",
             message: format!(
@@ -140,7 +135,7 @@ pub async fn resolve(
 /// Reconciles one quota (the controller's entry point).
 pub async fn reconcile(quota: Arc<CaptureQuota>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = quota.namespace().unwrap_or_default();
-    let key = format!("{namespace}/{}", quota.name_any());
+    let key = crate::backoff::key(&*quota);
     let api: Api<CaptureQuota> = Api::namespaced(ctx.client.clone(), &namespace);
     let action = finalizer(&api, FINALIZER, quota, |event| async {
         match event {
@@ -263,25 +258,17 @@ pub fn with_condition(
     reason: &str,
     message: &str,
 ) -> CaptureQuotaStatus {
-    let status = if ready { "True" } else { "False" };
-    let transition = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
-        .map_or_else(
-            || Time(k8s_openapi::jiff::Timestamp::now()),
-            |c| c.last_transition_time.clone(),
-        );
+    let generation = quota.metadata.generation;
     CaptureQuotaStatus {
-        observed_generation: quota.metadata.generation,
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: quota.metadata.generation,
-            last_transition_time: transition,
-        }],
+        observed_generation: generation,
+        conditions: vec![condition(
+            &previous.conditions,
+            "Ready",
+            ready,
+            reason,
+            message.to_owned(),
+            generation,
+        )],
         ..previous.clone()
     }
 }
@@ -337,11 +324,7 @@ async fn write_status(
 /// What the controller does after a failed reconcile: retry after this
 /// object's backoff.
 pub fn error_policy(quota: Arc<CaptureQuota>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "{}/{}",
-        quota.namespace().unwrap_or_default(),
-        quota.name_any()
-    );
+    let key = crate::backoff::key(&*quota);
     let delay = ctx.backoff.failed(&key);
     tracing::warn!(quota = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

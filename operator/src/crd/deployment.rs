@@ -151,6 +151,14 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+impl SecretKeyRef {
+    /// The referenced key's value in `secret`, if present and UTF-8.
+    pub fn value_in(&self, secret: &k8s_openapi::api::core::v1::Secret) -> Option<String> {
+        let bytes = secret.data.as_ref()?.get(&self.key)?;
+        String::from_utf8(bytes.0.clone()).ok()
+    }
+}
+
 /// Kafka brokers, credentials and the topics capture produces to.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -1,7 +1,7 @@
 //! The custom resources the operator owns: their Rust types are the source
 //! of `crds/*.yaml` (written by `crdgen`, never by hand).
 
-mod condition;
+pub mod condition;
 pub mod deployment;
 pub mod quota;
 
