@@ -64,6 +64,9 @@ pub struct RequestContext<'a> {
     pub topics: &'a Topics,
     /// Largest message value accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Whether to record each event's client id for deduplication (only
+    /// when dedup is on: it costs a string per event).
+    pub dedup_ids: bool,
 }
 
 /// A request's messages, with what deduplication keys each one on.
@@ -71,7 +74,8 @@ pub struct RequestContext<'a> {
 pub struct Prepared {
     /// One message per event.
     pub messages: Vec<Message>,
-    /// Per message, the client's own id for it: its `uuid`, else its
+    /// Per message (empty unless [`RequestContext::dedup_ids`]), the
+    /// client's own id for it: its `uuid`, else its
     /// `timestamp` text; `None` when the client sent neither (a server-made
     /// uuid never repeats, so there is nothing to deduplicate on).
     pub dedup_ids: Vec<Option<String>>,
@@ -87,7 +91,11 @@ pub fn analytics_messages(
     let now_text = timestamp::format(ctx.now);
     let sent_at_text = sent_at.map(timestamp::format);
     let mut messages = Vec::with_capacity(payload.events.len());
-    let mut dedup_ids = Vec::with_capacity(payload.events.len());
+    let mut dedup_ids = Vec::with_capacity(if ctx.dedup_ids {
+        payload.events.len()
+    } else {
+        0
+    });
     for (index, event) in payload.events.iter().enumerate() {
         let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
         let fields = &event.fields;
@@ -104,11 +112,13 @@ pub fn analytics_messages(
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
         let ts = event_time(fields, sent_at, flag(properties.ignore_sent_at), ctx.now);
         let kind = DataType::for_event(&name, payload.historical_migration);
-        dedup_ids.push(if present(fields.uuid).is_some() {
-            Some(uuid.to_string())
-        } else {
-            fields.timestamp.and_then(as_str).map(Cow::into_owned)
-        });
+        if ctx.dedup_ids {
+            dedup_ids.push(if present(fields.uuid).is_some() {
+                Some(uuid.to_string())
+            } else {
+                fields.timestamp.and_then(as_str).map(Cow::into_owned)
+            });
+        }
         let captured = CapturedEvent {
             uuid,
             distinct_id,
@@ -233,6 +243,7 @@ mod tests {
             query_sent_at: None,
             topics,
             max_message_bytes: 1 << 20,
+            dedup_ids: true,
         }
     }
 
@@ -329,6 +340,16 @@ mod tests {
                 Some("2024-01-01T00:00:01Z".to_owned()),
                 None
             ]
+        );
+        let without = RequestContext {
+            dedup_ids: false,
+            ..ctx(&topics, Endpoint::Batch)
+        };
+        let prepared =
+            analytics_messages(parse(body.as_bytes()).expect("parse"), &without).expect("valid");
+        assert!(
+            prepared.dedup_ids.is_empty(),
+            "no ids collected when dedup is off"
         );
     }
 

@@ -173,6 +173,7 @@ mod tests {
             query_sent_at: None,
             topics: &topics,
             max_message_bytes,
+            dedup_ids: false,
         };
         recording_message(parse(body.to_string().as_bytes())?, &ctx)
     }

@@ -311,6 +311,7 @@ async fn handle(
         query_sent_at: query.sent_at,
         topics: &inner.topics,
         max_message_bytes: inner.limits.max_message_bytes,
+        dedup_ids: inner.policy.dedups(),
     };
     let produced = async {
         let Prepared {
@@ -319,7 +320,7 @@ async fn handle(
         } = match endpoint {
             Endpoint::Recordings => Prepared {
                 messages: vec![recording_message(payload, &ctx)?],
-                dedup_ids: vec![None],
+                dedup_ids: Vec::new(),
             },
             _ => analytics_messages(payload, &ctx)?,
         };

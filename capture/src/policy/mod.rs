@@ -246,6 +246,13 @@ impl Policy {
         self.redis.as_ref().map(|r| &r.store)
     }
 
+    /// Whether events are deduplicated (so requests must carry client ids).
+    pub fn dedups(&self) -> bool {
+        self.redis
+            .as_ref()
+            .is_some_and(|r| r.settings.dedup_ttl.is_some())
+    }
+
     /// Whether any policy is on; when not, [`Policy::apply`] is free.
     pub fn is_active(&self) -> bool {
         self.redis.is_some() || self.hot_keys.is_some() || !self.force_overflow.is_empty()
@@ -253,7 +260,8 @@ impl Policy {
 
     /// Applies every policy to one request's messages: drops duplicates and
     /// over-quota events, reroutes overflow, or refuses the request.
-    /// `dedup_ids` holds, per message, the client-given id dedup keys on.
+    /// `dedup_ids` holds, per message, the client-given id dedup keys on
+    /// (empty when dedup is off).
     pub async fn apply(
         &self,
         messages: &mut Vec<Message>,
