@@ -3,7 +3,6 @@
 //! and the health and metrics endpoints.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,8 +37,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Settings {
     /// Watch only this namespace (`None`: all).
     pub namespace: Option<String>,
-    /// Where `/metrics`, `/healthz` and `/readyz` listen.
-    pub metrics_address: SocketAddr,
     /// Timeout of Kafka admin calls.
     pub kafka_timeout: Duration,
     /// Timeout of Redis calls.

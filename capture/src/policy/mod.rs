@@ -241,11 +241,6 @@ impl Policy {
         }
     }
 
-    /// The Redis connection, when configured (for admin commands and tests).
-    pub fn store(&self) -> Option<&Store> {
-        self.redis.as_ref().map(|r| &r.store)
-    }
-
     /// Whether events are deduplicated (so requests must carry client ids).
     pub fn dedups(&self) -> bool {
         self.redis

@@ -92,7 +92,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     let settings = Settings {
         namespace: args.namespace,
-        metrics_address: args.metrics_address,
         kafka_timeout: args.kafka_timeout,
         redis_timeout: args.redis_timeout,
     };

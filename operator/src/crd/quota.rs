@@ -2,8 +2,6 @@
 //! Redis of the `CaptureDeployment` it names, in the key schema capture reads
 //! (`capture::policy::keys`).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -145,14 +143,6 @@ pub fn window_seconds(window: &str) -> Option<u64> {
         _ => return None,
     };
     count.checked_mul(scale).filter(|s| *s > 0)
-}
-
-/// Limits keyed by event type, for lookups.
-pub fn limits_by_type(spec: &CaptureQuotaSpec) -> BTreeMap<&str, &QuotaLimit> {
-    spec.limits
-        .iter()
-        .map(|l| (l.event_type.as_str(), l))
-        .collect()
 }
 
 #[cfg(test)]
