@@ -123,7 +123,6 @@ struct RedisPolicy {
     store: Store,
     keys: Keys,
     script: redis::Script,
-    rate_action: RateAction,
     billing: Option<Arc<BillingLimits>>,
     exhausted: Mutex<HashMap<(String, QuotaType), (Instant, QuotaAction)>>,
     /// Whether `exhausted` may hold entries (so the common case skips the lock).
@@ -205,7 +204,6 @@ impl Policy {
                     store,
                     keys,
                     script: check::script(),
-                    rate_action: settings.rate_action,
                     billing: redis
                         .billing_prefix
                         .as_deref()
@@ -272,7 +270,14 @@ impl Policy {
         self.local_overflow(&token, messages, &mut decisions)?;
         if let Some(redis) = &self.redis {
             redis
-                .check(&token, messages, dedup_ids, &mut decisions, now)
+                .check(
+                    &token,
+                    messages,
+                    dedup_ids,
+                    &mut decisions,
+                    now,
+                    self.rate_action,
+                )
                 .await?;
         }
         Ok(finish(messages, decisions, topics))
@@ -331,6 +336,7 @@ impl RedisPolicy {
         dedup_ids: &[Option<String>],
         decisions: &mut [Decision],
         now: DateTime<Utc>,
+        rate_action: RateAction,
     ) -> Result<(), CaptureError> {
         let settings = &self.settings;
         // Limits known without asking Redis: billing and exhausted windows.
@@ -433,7 +439,7 @@ impl RedisPolicy {
             events: &events,
             dedup_ttl: settings.dedup_ttl.unwrap_or(Duration::from_secs(1)),
             quota_action: settings.quota_action,
-            rate_action: self.rate_action,
+            rate_action,
         };
         for check in &types {
             self.meters.check(check.kind).increment(1);
