@@ -10,12 +10,14 @@
 //! - [`deployment_controller`]: the `CaptureDeployment` reconciler.
 //! - [`quota_controller`]: the `CaptureQuota` reconciler.
 //! - [`runtime`]: both controllers, their watches, metrics and health.
+//! - [`leader`]: leader election on a Lease, so one replica reconciles.
 //! - [`backoff`]: per-object retry delays; [`events`]: Kubernetes Events.
 
 pub mod backoff;
 pub mod crd;
 pub mod deployment_controller;
 pub mod events;
+pub mod leader;
 pub mod manifest;
 pub mod quota;
 pub mod quota_controller;

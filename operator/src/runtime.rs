@@ -67,13 +67,12 @@ where
     result
 }
 
-/// Runs both controllers until `shutdown` resolves. `ready` turns true once
-/// the controllers are running.
+/// Runs both controllers until `shutdown` resolves, then gives running
+/// reconciles [`SHUTDOWN_GRACE`] to finish.
 pub async fn run_controllers(
     client: Client,
     settings: &Settings,
-    ready: Arc<AtomicBool>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let ns = settings.namespace.as_deref();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=capture-operator");
@@ -173,7 +172,6 @@ pub async fn run_controllers(
         )
         .for_each(|_| async {});
 
-    ready.store(true, Ordering::SeqCst);
     tracing::info!(namespace = ?settings.namespace, "controllers running");
     let controllers = async {
         tokio::join!(deployments, quotas);
@@ -183,8 +181,7 @@ pub async fn run_controllers(
     tokio::select! {
         () = &mut controllers => {}
         () = stopping => {
-            ready.store(false, Ordering::SeqCst);
-            tracing::info!("shutdown requested; letting running reconciles finish");
+            tracing::info!("stop requested; letting running reconciles finish");
             // Graceful shutdown lets running reconciles finish; a watch stuck
             // retrying an unreachable API server must not hold the exit.
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
@@ -192,12 +189,11 @@ pub async fn run_controllers(
             }
         }
     }
-    ready.store(false, Ordering::SeqCst);
     tracing::info!("controllers stopped");
 }
 
 /// `/metrics`, `/healthz` (the process is up) and `/readyz` (controllers
-/// running).
+/// running, or standing by for the leader lease; not while shutting down).
 pub fn health_router(metrics: PrometheusHandle, ready: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -18,9 +18,25 @@ fn help_lists_the_settings_with_their_variables() {
         "--metrics-address",
         "--kafka-timeout",
         "OPERATOR_LOG_LEVEL",
+        "OPERATOR_LEADER_ELECTION",
+        "--lease-namespace",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
+}
+
+#[test]
+fn a_lease_shorter_than_two_seconds_is_refused_with_the_flag_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .args(["--lease-duration", "1s"])
+        .output()
+        .expect("run operator");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--lease-duration") && stderr.contains("at least 2s"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -79,6 +95,8 @@ fn it_serves_health_while_the_api_is_away_and_stops_on_sigterm() {
     };
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
     assert!(get("/metrics").starts_with("HTTP/1.1 200"));
+    // Not ready while the leader lease cannot be read.
+    assert!(get("/readyz").starts_with("HTTP/1.1 503"));
 
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])

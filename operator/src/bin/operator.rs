@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use operator::leader::{Election, lead};
 use operator::runtime::{Settings, health_router, run_controllers};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +34,44 @@ struct Args {
     /// Log filter (`info`, `operator=debug,info`).
     #[arg(long, env = "OPERATOR_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Elect a leader on a Lease so that of several replicas only one
+    /// reconciles. Turn off only for a single replica without Lease access.
+    #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "OPERATOR_LEASE_NAME", default_value = "capture-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: the pod's namespace, else the
+    /// kubeconfig's).
+    #[arg(long, env = "OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long the Lease holds without renewal (whole seconds, >= 2).
+    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    lease_duration: Duration,
+    /// This process's name in the Lease (default: host name plus a random
+    /// suffix, unique per process).
+    #[arg(long, env = "OPERATOR_IDENTITY")]
+    identity: Option<String>,
+}
+
+fn parse_lease_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|err| err.to_string())?;
+    if duration < Duration::from_secs(2) {
+        return Err(format!("{value} is too short: a lease lasts at least 2s"));
+    }
+    Ok(duration)
+}
+
+/// The namespace a pod runs in, from its service account mount.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|host| !host.is_empty())
+        .unwrap_or_else(|| "operator".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,6 +134,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         kafka_timeout: args.kafka_timeout,
         redis_timeout: args.redis_timeout,
     };
-    run_controllers(client, &settings, ready, shutdown).await;
+    let shutdown = {
+        let ready = Arc::clone(&ready);
+        async move {
+            shutdown.await;
+            ready.store(false, Ordering::SeqCst);
+        }
+    };
+    if !args.leader_election {
+        tracing::info!("leader election off: this process reconciles alone");
+        ready.store(true, Ordering::SeqCst);
+        run_controllers(client, &settings, shutdown).await;
+        return Ok(());
+    }
+    let namespace = args
+        .lease_namespace
+        .or_else(|| {
+            std::fs::read_to_string(POD_NAMESPACE_FILE)
+                .ok()
+                .map(|ns| ns.trim().to_owned())
+                .filter(|ns| !ns.is_empty())
+        })
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let election = Election {
+        lease_name: args.lease_name,
+        namespace,
+        identity: args.identity.unwrap_or_else(default_identity),
+        duration: args.lease_duration,
+    };
+    lead(client.clone(), &election, ready, shutdown, |stop| {
+        run_controllers(client.clone(), &settings, stop)
+    })
+    .await;
     Ok(())
 }
