@@ -8,7 +8,8 @@
 //! condition with a reason, not an error loop; Redis errors are errors, so
 //! the controller retries them with backoff.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capture::policy::admin::QuotaAdmin;
@@ -61,6 +62,45 @@ pub struct Context {
     pub events: crate::events::Events,
     /// Redis timeouts.
     pub redis_timeout: Duration,
+    /// Redis clients by deployment, reused across reconciles.
+    pub targets: Targets,
+}
+
+/// Redis clients by `namespace/deployment`, each with what it was opened
+/// from, so a thousand quotas of one deployment share one connection and a
+/// changed URL (or Secret) opens a new one.
+#[derive(Default)]
+pub struct Targets(Mutex<HashMap<String, (TargetSource, Target)>>);
+
+/// What a deployment's Redis client was opened from.
+#[derive(Clone, PartialEq, Eq)]
+struct TargetSource {
+    secret_uid: Option<String>,
+    secret_version: Option<String>,
+    key: String,
+    cluster: bool,
+    key_prefix: String,
+}
+
+impl Targets {
+    fn get(&self, deployment: &str, source: &TargetSource) -> Option<Target> {
+        let targets = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        targets
+            .get(deployment)
+            .filter(|(opened_from, _)| opened_from == source)
+            .map(|(_, target)| target.clone())
+    }
+
+    fn put(&self, deployment: String, source: TargetSource, target: Target) {
+        let mut targets = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        targets.insert(deployment, (source, target));
+    }
 }
 
 /// Why a quota cannot be written, for its `Ready=False` condition.
@@ -73,6 +113,7 @@ pub struct Unresolved {
 }
 
 /// Where a quota's settings go.
+#[derive(Clone)]
 pub struct Target {
     /// Capture's quota library on that Redis.
     pub admin: QuotaAdmin,
@@ -118,6 +159,17 @@ pub async fn resolve(
             ),
         }));
     };
+    let source = TargetSource {
+        secret_uid: secret.metadata.uid.clone(),
+        secret_version: secret.metadata.resource_version.clone(),
+        key: reference.key.clone(),
+        cluster: redis.cluster,
+        key_prefix: redis.key_prefix.clone(),
+    };
+    let cache_key = format!("{namespace}/{name}");
+    if let Some(target) = ctx.targets.get(&cache_key, &source) {
+        return Ok(Ok(target));
+    }
     let keys = Keys::new(&redis.key_prefix).map_err(|reason| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "key prefix", reason))
     })?;
@@ -127,9 +179,11 @@ pub async fn resolve(
         ctx.redis_timeout,
         ctx.redis_timeout,
     ))?;
-    Ok(Ok(Target {
+    let target = Target {
         admin: QuotaAdmin::new(store, keys),
-    }))
+    };
+    ctx.targets.put(cache_key, source, target.clone());
+    Ok(Ok(target))
 }
 
 /// Reconciles one quota (the controller's entry point).
@@ -175,7 +229,12 @@ async fn apply(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let token = &quota.spec.token;
-    target.admin.set(token, &settings).await?;
+    // Read first: a resync that finds the settings in place writes nothing.
+    let mut observed = target.admin.get(token).await?;
+    if observed.settings != settings {
+        target.admin.set(token, &settings).await?;
+        observed = target.admin.get(token).await?;
+    }
     let mut status = with_condition(
         quota,
         &previous,
@@ -186,6 +245,7 @@ async fn apply(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
     let reset = quota.annotations().get(RESET_ANNOTATION).cloned();
     if reset.is_some() && reset != previous_reset(quota) {
         target.admin.reset(token, None).await?;
+        observed = target.admin.get(token).await?;
         ctx.events
             .normal(
                 quota,
@@ -199,7 +259,7 @@ async fn apply(quota: &CaptureQuota, ctx: &Context) -> Result<Action, Error> {
             .await;
         status.last_reset = reset;
     }
-    status.usage = crate::quota::usage(&target.admin.get(token).await?);
+    status.usage = crate::quota::usage(&observed);
     if previous.observed_generation != quota.metadata.generation
         || previous.last_sync_time.is_none()
     {

@@ -147,6 +147,7 @@ pub async fn run_controllers(
         backoff: Default::default(),
         events: crate::events::Events::new(client.clone()),
         redis_timeout: settings.redis_timeout,
+        targets: Default::default(),
     });
     let quotas = quotas
         // A deployment that appears, or changes its Redis, re-syncs its quotas.

@@ -39,6 +39,7 @@ async fn run(quota: CaptureQuota, calls: Vec<Call>) -> (Result<Action, Error>, V
         client,
         backoff: Default::default(),
         redis_timeout: Duration::from_secs(2),
+        targets: Default::default(),
     });
     let result = quota_controller::reconcile(Arc::new(quota), ctx).await;
     // The client is dropped with the context: the server sees no more calls.
@@ -178,15 +179,28 @@ async fn limits_are_written_to_redis_and_the_status_says_so_once() {
         .expect("read back");
     assert_eq!(status.settings.types.len(), 1);
 
-    // The next resync finds nothing changed: no status write.
+    // The next resync finds nothing changed: no status write, and no write
+    // to Redis either (its count of changes stays put).
     let unchanged = quota(
         spec("phc_b"),
         Some(patch["status"].clone()),
         false,
         json!({}),
     );
+    let changes = || redis_changes(&redis);
+    let before = changes();
     let (result, _) = run(unchanged, calls()).await;
     result.expect("reconciled");
+    assert_eq!(changes(), before, "a no-op resync wrote to Redis");
+}
+
+/// Redis's count of writes since the last save (never saved here).
+fn redis_changes(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["info", "persistence"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no change count in {info}"))
 }
 
 #[tokio::test]
