@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod api;
+pub mod memory;
 
 #[path = "../../../capture/tests/common/redis.rs"]
 pub mod redis;
