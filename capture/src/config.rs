@@ -66,6 +66,12 @@ pub struct Config {
     #[arg(long, env = "CAPTURE_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// Runtime config document (token policies, restrictions, plugins,
+    /// limits, routing; see docs/runtime-config.md). Refused at start-up
+    /// when invalid.
+    #[arg(long, env = "CAPTURE_RUNTIME_CONFIG", value_name = "PATH")]
+    pub runtime_config: Option<PathBuf>,
+
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]

@@ -17,6 +17,8 @@
 //! - [`route`]: data types and their topics.
 //! - [`policy`]: quotas, deduplication, rate limits and overflow (Redis and
 //!   local state), and the quota admin library.
+//! - [`runtime_config`]: the document the operator renders and capture
+//!   reloads (token policies, restrictions, plugins, limits, routing).
 //! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks.
 //! - [`server`]: accept loop, start-up and graceful shutdown.
 //! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
@@ -35,6 +37,7 @@ pub mod process;
 pub mod recordings;
 pub mod route;
 pub mod router;
+pub mod runtime_config;
 pub mod server;
 pub mod sink;
 pub mod timestamp;

@@ -43,6 +43,14 @@ pub enum StartError {
     /// The policy settings are unusable.
     #[error("cannot set up policies: {0}")]
     Policy(String),
+    /// The runtime config file is unreadable or invalid.
+    #[error("--runtime-config {path}: {reason}")]
+    RuntimeConfig {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -61,6 +69,18 @@ pub struct ServeSettings {
     pub header_read_timeout: Duration,
     /// Longest time to drain in-flight requests after shutdown starts.
     pub drain_timeout: Duration,
+}
+
+/// Reads and validates the runtime config document at `path`.
+pub fn load_runtime_config(
+    path: &std::path::Path,
+) -> Result<crate::runtime_config::RuntimeConfig, StartError> {
+    let error = |reason: String| StartError::RuntimeConfig {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
+    crate::runtime_config::parse(&text).map_err(|err| error(err.to_string()))
 }
 
 /// Builds the sink the configuration asks for.
@@ -105,6 +125,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     // The recorder first, so the sink's start-up errors and stats count.
     let metrics = crate::metrics::install();
+    if let Some(path) = &config.runtime_config {
+        let runtime = load_runtime_config(path)?;
+        tracing::info!(path = %path.display(), hash = %runtime.hash(), "runtime config loaded");
+    }
     let sink = build_sink(config).await?;
     let policy = Arc::new(Policy::new(&config.policy()).map_err(StartError::Policy)?);
     policy.spawn_background();

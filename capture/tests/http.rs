@@ -197,6 +197,15 @@ fn bad_settings_stop_the_start_and_name_the_setting() {
     let (code, stderr) = run(&["--config", file.to_str().expect("utf-8")]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("unknown setting `adress`"), "{stderr}");
+    // A runtime config capture cannot apply stops the start, naming the field.
+    let runtime = dir.path().join("runtime.yaml");
+    std::fs::write(&runtime, "version: 1\nplugins: [{sample: {rate: 2}}]\n").expect("write");
+    let (code, stderr) = run(&["--runtime-config", runtime.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("plugins[0].sample.rate: must be between 0 and 1"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

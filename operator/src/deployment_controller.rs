@@ -254,6 +254,16 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     let (versions, missing_secrets, secrets) = secret_versions(cd, client, &namespace).await?;
 
     server_side_apply(client, &namespace, &manifest::service_account(cd)).await?;
+    // A runtime config capture would refuse never reaches the pods: the
+    // ConfigMap keeps the last good document, and the status says why.
+    let config = manifest::runtime_config(&cd.spec);
+    let config = match config.validate() {
+        Ok(()) => {
+            server_side_apply(client, &namespace, &manifest::config_map(cd, &config)).await?;
+            RuntimeConfigOutcome::Applied(config.hash())
+        }
+        Err(err) => RuntimeConfigOutcome::Invalid(err.to_string()),
+    };
     server_side_apply(client, &namespace, &manifest::service(cd)).await?;
     let deployment =
         server_side_apply(client, &namespace, &manifest::deployment(cd, &versions)).await?;
@@ -271,7 +281,7 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     }
 
     let topics = reconcile_topics(cd, &secrets, ctx).await?;
-    let status = observed_status(cd, &deployment, topics, &missing_secrets);
+    let status = observed_status(cd, &deployment, topics, &missing_secrets, &config);
     let previous = cd.status.clone().unwrap_or_default();
     let degraded = |s: &CaptureDeploymentStatus| {
         s.conditions
@@ -296,6 +306,15 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(RESYNC))
 }
 
+/// What became of the spec's runtime config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeConfigOutcome {
+    /// Written to the ConfigMap; its hash.
+    Applied(String),
+    /// Refused (the ConfigMap keeps the last good one); why.
+    Invalid(String),
+}
+
 /// The status from what was observed; condition transition times move only
 /// when a condition's status does.
 pub fn observed_status(
@@ -303,6 +322,7 @@ pub fn observed_status(
     deployment: &Deployment,
     topics: Vec<TopicStatus>,
     missing_secrets: &[String],
+    config: &RuntimeConfigOutcome,
 ) -> CaptureDeploymentStatus {
     let previous = cd.status.clone().unwrap_or_default();
     let generation = cd.metadata.generation;
@@ -336,6 +356,12 @@ pub fn observed_status(
             "SecretNotFound",
             format!("Secret {secret:?} referenced by the spec does not exist"),
         )
+    } else if let RuntimeConfigOutcome::Invalid(reason) = config {
+        (
+            false,
+            "InvalidRuntimeConfig",
+            format!("spec.runtimeConfig not applied, the pods keep the last good one: {reason}"),
+        )
     } else if let Some(topic) = topic_problem {
         (
             false,
@@ -363,6 +389,9 @@ pub fn observed_status(
             format!("{ready_replicas} pods ready, topics in sync"),
         )
     };
+    let degraded = !missing_secrets.is_empty()
+        || topic_problem.is_some()
+        || matches!(config, RuntimeConfigOutcome::Invalid(_));
     let conditions = vec![
         condition("Ready", ready, ready_reason, ready_message.clone()),
         condition(
@@ -377,18 +406,25 @@ pub fn observed_status(
         ),
         condition(
             "Degraded",
-            !missing_secrets.is_empty() || topic_problem.is_some(),
-            if missing_secrets.is_empty() && topic_problem.is_none() {
-                "AsExpected"
-            } else {
-                ready_reason
-            },
-            if missing_secrets.is_empty() && topic_problem.is_none() {
-                "nothing wrong".into()
-            } else {
+            degraded,
+            if degraded { ready_reason } else { "AsExpected" },
+            if degraded {
                 ready_message
+            } else {
+                "nothing wrong".into()
             },
         ),
+        match config {
+            RuntimeConfigOutcome::Applied(hash) => condition(
+                "RuntimeConfigValid",
+                true,
+                "Applied",
+                format!("runtime config {hash} written to the ConfigMap"),
+            ),
+            RuntimeConfigOutcome::Invalid(reason) => {
+                condition("RuntimeConfigValid", false, "Invalid", reason.clone())
+            }
+        },
         condition(
             "TopicsReady",
             topic_problem.is_none(),
@@ -400,12 +436,10 @@ pub fn observed_status(
             format!("{topics_ready} of {} topics in sync", topics.len()),
         ),
     ];
-    let config_hash = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(manifest::SETTINGS_HASH_ANNOTATION).cloned());
+    let config_hash = match config {
+        RuntimeConfigOutcome::Applied(hash) => Some(hash.clone()),
+        RuntimeConfigOutcome::Invalid(_) => previous.config_hash.clone(),
+    };
     CaptureDeploymentStatus {
         observed_generation: generation,
         conditions,

@@ -1,12 +1,14 @@
 //! The Kubernetes objects a `CaptureDeployment` owns, as pure functions of
-//! its spec: ServiceAccount, Deployment, Service, HorizontalPodAutoscaler
-//! and PodDisruptionBudget. The reconciler server-side applies them; tests
-//! check them without an API server.
+//! its spec: ServiceAccount, ConfigMap, Deployment, Service,
+//! HorizontalPodAutoscaler and PodDisruptionBudget. The reconciler
+//! server-side applies them; tests check them without an API server.
 //!
 //! Capture's static settings reach the pods as `CAPTURE_*` environment
 //! variables (credentials as `secretKeyRef`s, never values). A pod-template
 //! annotation carries a hash of those settings and of the referenced
-//! Secrets' versions, so changing either rolls the pods.
+//! Secrets' versions, so changing either rolls the pods. The runtime config
+//! document is in the ConfigMap, mounted as a volume: changing it does not
+//! roll the pods, they reload the file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,9 +20,10 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -28,11 +31,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use capture::runtime_config::RuntimeConfig;
+
 use crate::crd::CaptureDeployment;
 use crate::crd::deployment::{CaptureDeploymentSpec, SecretKeyRef, TopicSpec};
 
 /// Pod-template annotation holding the hash of the pods' static settings.
 pub const SETTINGS_HASH_ANNOTATION: &str = "capture.dev/settings-hash";
+/// ConfigMap annotation holding the hash of the runtime config document.
+pub const CONFIG_HASH_ANNOTATION: &str = "capture.dev/config-hash";
+/// Directory the ConfigMap is mounted at in the pods.
+pub const RUNTIME_CONFIG_DIR: &str = "/etc/capture/runtime";
+/// The ConfigMap key (and file name) of the runtime config document.
+pub const RUNTIME_CONFIG_FILE: &str = "runtime.yaml";
 /// The port capture listens on inside the pod.
 pub const CONTAINER_PORT: i32 = 3000;
 /// Pods when neither `replicas` nor `autoscaling` is given.
@@ -157,6 +168,10 @@ pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
         value("CAPTURE_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT),
         value("CAPTURE_SINK", "kafka"),
         value("CAPTURE_KAFKA_BROKERS", spec.kafka.brokers.join(",")),
+        value(
+            "CAPTURE_RUNTIME_CONFIG",
+            format!("{RUNTIME_CONFIG_DIR}/{RUNTIME_CONFIG_FILE}"),
+        ),
     ];
     for (kind, name, _) in topic_names(spec) {
         env.push(value(&format!("CAPTURE_{kind}_TOPIC"), name));
@@ -275,6 +290,32 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// The runtime config document of the spec: its `runtimeConfig` with the
+/// version set, or the empty document.
+pub fn runtime_config(spec: &CaptureDeploymentSpec) -> RuntimeConfig {
+    let mut config = spec.runtime_config.clone().unwrap_or_default();
+    config.version = capture::runtime_config::VERSION;
+    config
+}
+
+/// The ConfigMap holding the runtime config document, with its hash in an
+/// annotation.
+pub fn config_map(cd: &CaptureDeployment, config: &RuntimeConfig) -> ConfigMap {
+    let mut meta = metadata(cd);
+    meta.annotations = Some(BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        config.hash(),
+    )]));
+    ConfigMap {
+        metadata: meta,
+        data: Some(BTreeMap::from([(
+            RUNTIME_CONFIG_FILE.to_owned(),
+            config.to_yaml(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
 /// The capture Deployment. `secret_versions` maps each referenced Secret to
 /// its current `resourceVersion`, so a changed Secret rolls the pods.
 pub fn deployment(
@@ -295,6 +336,12 @@ pub fn deployment(
             container_port: CONTAINER_PORT,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
+        }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "runtime-config".into(),
+            mount_path: RUNTIME_CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
         }]),
         readiness_probe: Some(http_probe("/_readiness", 5, 2)),
         liveness_probe: Some(http_probe("/_liveness", 10, 3)),
@@ -352,6 +399,14 @@ pub fn deployment(
                     // Shutdown delay + timeout, plus a margin.
                     termination_grace_period_seconds: Some(35),
                     containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "runtime-config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: name.clone(),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
                     ..PodSpec::default()
                 }),
             },

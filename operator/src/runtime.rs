@@ -13,7 +13,7 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -107,6 +107,7 @@ pub async fn run_controllers(
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<Service>(&client, ns), owned.clone())
         .owns(api::<ServiceAccount>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
         .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned)
         // A changed Secret rolls the pods of every deployment that reads it.

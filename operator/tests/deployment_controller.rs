@@ -76,6 +76,7 @@ fn spec(id: &str) -> Value {
         },
         "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
         "policies": {"dedupTtl": "5m"},
+        "runtimeConfig": {"dedup": {"ttl": "90s"}},
     })
 }
 
@@ -97,8 +98,9 @@ fn status_write(object: &Value) -> Call {
     )
 }
 
-/// The calls of one apply pass, up to the status write.
-fn apply_calls(hpa_exists: bool) -> Vec<Call> {
+/// The calls of one apply pass, up to the status write; the ConfigMap is
+/// written only when the runtime config is valid.
+fn apply_calls(hpa_exists: bool, config_valid: bool) -> Vec<Call> {
     let mut calls = vec![
         call(
             "GET",
@@ -112,6 +114,16 @@ fn apply_calls(hpa_exists: bool) -> Vec<Call> {
             200,
             Reply::Echo,
         ),
+    ];
+    if config_valid {
+        calls.push(call(
+            "PATCH",
+            &path("v1", "configmaps", "capture"),
+            200,
+            Reply::Echo,
+        ));
+    }
+    calls.extend([
         call(
             "PATCH",
             &path("v1", "services", "capture"),
@@ -130,7 +142,7 @@ fn apply_calls(hpa_exists: bool) -> Vec<Call> {
             200,
             Reply::Echo,
         ),
-    ];
+    ]);
     let hpa = path("autoscaling/v2", "horizontalpodautoscalers", "capture");
     if hpa_exists {
         calls.push(call("GET", &hpa, 200, Reply::Json(json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "capture"}, "spec": {"maxReplicas": 3, "scaleTargetRef": {"kind": "Deployment", "name": "capture"}}}))));
@@ -156,7 +168,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let object = cd(spec(&id), false, None);
     let value = serde_json::to_value(&object).expect("json");
-    let mut calls = apply_calls(true);
+    let mut calls = apply_calls(true, true);
     calls.push(event());
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
@@ -174,18 +186,29 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
         Action::requeue(deployment_controller::RESYNC)
     );
 
+    // The runtime config went into the ConfigMap, as capture reads it.
+    let config_map = &bodies[2];
+    assert_eq!(config_map["kind"], "ConfigMap");
+    let document = config_map["data"]["runtime.yaml"]
+        .as_str()
+        .expect("document");
+    let parsed = capture::runtime_config::parse(document).expect("capture reads it");
+    assert_eq!(parsed.dedup.expect("dedup").ttl, "90s");
+    let hash = config_map["metadata"]["annotations"]["capture.dev/config-hash"]
+        .as_str()
+        .expect("hash")
+        .to_owned();
     // The Deployment was applied with the Secret's version in its hash.
-    let deployment = &bodies[3];
+    let deployment = &bodies[4];
     assert_eq!(deployment["kind"], "Deployment");
     assert_eq!(
         deployment["metadata"]["ownerReferences"][0]["kind"],
         "CaptureDeployment"
     );
-    let hash =
+    assert!(
         deployment["spec"]["template"]["metadata"]["annotations"]["capture.dev/settings-hash"]
-            .as_str()
-            .expect("hash")
-            .to_owned();
+            .is_string()
+    );
 
     // Status: topics created and in sync, pods not yet rolled out.
     let status = &bodies.last().expect("status patch")["status"];
@@ -210,6 +233,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     );
     assert_eq!(condition("TopicsReady")["status"], "True");
     assert_eq!(condition("Degraded")["status"], "False");
+    assert_eq!(condition("RuntimeConfigValid")["status"], "True");
 
     // The topics exist on the broker as asked.
     let admin = operator::topic::TopicAdmin::connect(
@@ -276,7 +300,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
     // First pass creates the topics.
     let object = cd(spec(&id), false, None);
     let value = serde_json::to_value(&object).expect("json");
-    let mut calls = apply_calls(false);
+    let mut calls = apply_calls(false, true);
     calls.push(event());
     calls.push(status_write(&value));
     run(object, calls).await.0.expect("reconciled");
@@ -290,7 +314,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
         404,
         Reply::Json(status(404, "NotFound", "not found")),
     )];
-    calls.extend(apply_calls(false).into_iter().skip(1));
+    calls.extend(apply_calls(false, true).into_iter().skip(1));
     calls.push(event());
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
@@ -326,6 +350,53 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
             .as_str()
             .expect("message")
             .contains("cannot remove partitions")
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_runtime_config_keeps_the_last_good_config_map() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut bad = spec(&id);
+    // The schema allows `10ms`; capture refuses a TTL under a second.
+    bad["runtimeConfig"] = json!({"dedup": {"ttl": "10ms"}});
+    let previous = json!({"configHash": "0123456789abcdef"});
+    let object = cd(bad, false, Some(previous));
+    let value = serde_json::to_value(&object).expect("json");
+    let mut calls = apply_calls(false, false);
+    calls.push(event()); // topics created
+    calls.push(event()); // the warning
+    calls.push(status_write(&value));
+    let (result, bodies) = run(object, calls).await;
+    result.expect("a condition, not an error");
+    let warning = &bodies[bodies.len() - 2];
+    assert_eq!(
+        (warning["type"].as_str(), warning["reason"].as_str()),
+        (Some("Warning"), Some("InvalidRuntimeConfig"))
+    );
+    let status = &bodies.last().expect("status patch")["status"];
+    assert_eq!(
+        status["configHash"], "0123456789abcdef",
+        "the last good one"
+    );
+    let condition = |kind: &str| {
+        status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} condition"))
+    };
+    assert_eq!(condition("Ready")["reason"], "InvalidRuntimeConfig");
+    assert_eq!(condition("Degraded")["status"], "True");
+    let valid = condition("RuntimeConfigValid");
+    assert_eq!(valid["status"], "False");
+    assert!(
+        valid["message"]
+            .as_str()
+            .expect("message")
+            .contains("dedup.ttl: \"10ms\" is under a second"),
+        "{valid}"
     );
 }
 

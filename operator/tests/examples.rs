@@ -18,6 +18,11 @@ fn the_example_deployment_is_valid() {
     let cd: CaptureDeployment =
         serde_yaml::from_str(&example("capturedeployment.yaml")).expect("parses");
     cd.validate_cel().expect("passes the CEL rules");
+    let runtime = operator::manifest::runtime_config(&cd.spec);
+    runtime
+        .validate()
+        .expect("capture takes its runtime config");
+    assert_eq!(runtime.plugins.len(), 3);
     assert!(operator::manifest::autoscaler(&cd).is_some());
     let deployment = operator::manifest::deployment(&cd, &Default::default());
     assert_eq!(deployment.spec.expect("spec").replicas, None, "autoscaled");

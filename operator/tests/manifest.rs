@@ -35,6 +35,10 @@ fn realistic() -> serde_json::Value {
         "redis": {"urlSecretRef": {"name": "redis", "key": "url"}, "keyPrefix": "capture:"},
         "policies": {"dedupTtl": "5m", "rateLimit": 1000, "rateLimitBurst": 5000, "rateLimitAction": "reject", "quotaAction": "drop", "redisFailureMode": "closed"},
         "logging": {"level": "capture=debug,info", "format": "json"},
+        "runtimeConfig": {
+            "tokens": {"deny": ["phc_retired"]},
+            "plugins": [{"redact": {"keys": ["email"]}}, {"anonymizeIp": {}}],
+        },
     })
 }
 
@@ -89,6 +93,10 @@ fn the_pods_settings_parse_in_capture() {
     assert_eq!(redis.failure_mode, capture::policy::FailureMode::Closed);
     assert_eq!(policy.rate_action, capture::policy::RateAction::Reject);
     assert_eq!(config.http.address.port(), manifest::CONTAINER_PORT as u16);
+    assert_eq!(
+        config.runtime_config.as_deref(),
+        Some(std::path::Path::new("/etc/capture/runtime/runtime.yaml"))
+    );
 
     // The smallest spec parses too.
     let minimal = cd_minimal();
@@ -201,6 +209,58 @@ fn autoscaling_leaves_replicas_to_the_autoscaler() {
     assert_eq!(hpa.scale_target_ref.name, "capture");
 }
 
+#[test]
+fn the_config_map_holds_the_document_capture_parses_where_the_pods_read_it() {
+    let cd = cd(realistic());
+    let config = manifest::runtime_config(&cd.spec);
+    let map = manifest::config_map(&cd, &config);
+    let data = map.data.expect("data");
+    let document = &data[manifest::RUNTIME_CONFIG_FILE];
+    let parsed = capture::runtime_config::parse(document).expect("capture reads it");
+    assert_eq!(parsed, config, "round trip");
+    assert_eq!(parsed.version, 1, "the operator writes the version");
+    assert_eq!(parsed.plugins.len(), 2);
+    assert_eq!(
+        map.metadata.annotations.expect("annotations")[manifest::CONFIG_HASH_ANNOTATION],
+        parsed.hash()
+    );
+    assert_eq!(
+        map.metadata.owner_references.expect("owned")[0].kind,
+        "CaptureDeployment"
+    );
+
+    // The pods mount that ConfigMap where CAPTURE_RUNTIME_CONFIG points.
+    let deployment = manifest::deployment(&cd, &BTreeMap::new());
+    let pod = deployment.spec.expect("spec").template.spec.expect("pod");
+    let volume = &pod.volumes.expect("volumes")[0];
+    assert_eq!(
+        volume.config_map.as_ref().expect("configMap volume").name,
+        "capture"
+    );
+    let container = &pod.containers[0];
+    let mount = &container.volume_mounts.as_ref().expect("mounts")[0];
+    assert_eq!(
+        (mount.name.as_str(), mount.read_only),
+        (volume.name.as_str(), Some(true))
+    );
+    let path = container
+        .env
+        .as_ref()
+        .expect("env")
+        .iter()
+        .find(|v| v.name == "CAPTURE_RUNTIME_CONFIG")
+        .and_then(|v| v.value.clone())
+        .expect("CAPTURE_RUNTIME_CONFIG");
+    assert_eq!(
+        path,
+        format!("{}/{}", mount.mount_path, manifest::RUNTIME_CONFIG_FILE)
+    );
+
+    // No runtimeConfig in the spec: the empty document.
+    let minimal = manifest::runtime_config(&cd_minimal().spec);
+    assert_eq!(minimal.to_yaml(), "version: 1\n");
+}
+
 fn hash_of(cd: &CaptureDeployment, secrets: &BTreeMap<String, String>) -> String {
     manifest::deployment(cd, secrets)
         .spec
@@ -241,6 +301,13 @@ fn settings_and_secret_changes_roll_the_pods_and_nothing_else_does() {
         hash_of(&cd(scaled), &secrets),
         "scaling does not restart pods"
     );
+    let mut reconfigured = realistic();
+    reconfigured["runtimeConfig"]["plugins"] = json!([{"sample": {"rate": 0.5}}]);
+    assert_eq!(
+        base,
+        hash_of(&cd(reconfigured), &secrets),
+        "the runtime config reaches the pods without a restart"
+    );
 }
 
 /// `kubernetes-validate` from the test venv (`.ci/setup` installs it beside
@@ -273,6 +340,13 @@ fn rendered_objects_and_crds_pass_the_kubernetes_schemas_strictly() {
         (
             "deployment.yaml",
             serde_yaml::to_string(&manifest::deployment(&cd, &secrets)),
+        ),
+        (
+            "configmap.yaml",
+            serde_yaml::to_string(&manifest::config_map(
+                &cd,
+                &manifest::runtime_config(&cd.spec),
+            )),
         ),
         (
             "service.yaml",

@@ -77,6 +77,12 @@ pub struct CaptureDeploymentSpec {
     /// Log output of the pods.
     #[serde(default)]
     pub logging: LoggingSpec,
+    /// Settings the pods reload without a restart, rendered into a
+    /// ConfigMap: token allow and deny lists, event restrictions, the
+    /// plugin pipeline, rate limit, dedup and topic routing (see
+    /// docs/runtime-config.md). `version` may be left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_config: Option<capture::runtime_config::RuntimeConfig>,
 }
 
 /// HorizontalPodAutoscaler settings.
@@ -491,6 +497,47 @@ mod tests {
         let mut no_redis = good();
         no_redis.as_object_mut().expect("object").remove("redis");
         assert!(broken(no_redis).contains("keep their state in Redis"));
+    }
+
+    #[test]
+    fn runtime_config_rules_refuse_what_capture_would_refuse() {
+        let with = |runtime: serde_json::Value| {
+            let mut spec = good();
+            spec["runtimeConfig"] = runtime;
+            broken(spec)
+        };
+        assert_eq!(
+            with(json!({
+                "restrictions": [
+                    {"action": "redirect", "events": ["export"], "topic": "exports"},
+                    {"action": "drop", "tokens": ["phc_a"]},
+                ],
+                "plugins": [{"redact": {"keys": ["email"]}}, {"anonymizeIp": {}}],
+            })),
+            ""
+        );
+        for (runtime, message) in [
+            (
+                json!({"plugins": [{"redact": {"keys": ["a"]}, "anonymizeIp": {}}]}),
+                "sets exactly one of redact",
+            ),
+            (json!({"plugins": [{}]}), "sets exactly one of redact"),
+            (
+                json!({"restrictions": [{"action": "redirect", "tokens": ["phc_a"]}]}),
+                "topic exactly when its action is redirect",
+            ),
+            (
+                json!({"restrictions": [{"action": "drop", "tokens": ["phc_a"], "topic": "t"}]}),
+                "topic exactly when its action is redirect",
+            ),
+            (
+                json!({"restrictions": [{"action": "drop"}]}),
+                "needs at least one of tokens, events or distinctIds",
+            ),
+        ] {
+            let errors = with(runtime.clone());
+            assert!(errors.contains(message), "{runtime}: {errors:?}");
+        }
     }
 
     #[test]
