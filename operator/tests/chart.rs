@@ -1,0 +1,1258 @@
+//! The Helm chart in `charts/capture-operator`, checked with the real `helm`
+//! and `kubectl` (`. .ci/setup` installs both and exports their paths).
+//!
+//! The chart lints strictly and renders objects that pass the Kubernetes
+//! schemas; its values schema refuses unknown keys by name; it grants the
+//! RBAC the operator needs and nothing more, cluster-wide or in one
+//! namespace; its CRDs are the generated ones; its dashboard and alerts
+//! query only metrics the code exports; and `kubectl apply --dry-run=client`
+//! takes the CRDs and examples, against a stand-in for the API server's
+//! discovery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const RELEASE: &str = "capture-operator";
+const NAMESPACE: &str = "capture-system";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+fn chart() -> String {
+    repo()
+        .join("charts/capture-operator")
+        .to_str()
+        .expect("a UTF-8 path")
+        .to_owned()
+}
+
+/// Every value set away from its default, every optional object on.
+fn all_values() -> String {
+    format!("{}/ci/all-values.yaml", chart())
+}
+
+/// A tool `.ci/setup` installs, from the variable it exports.
+fn tool(var: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => path.into(),
+        _ => panic!(
+            "{var} is not set: run `. .ci/setup` first; it installs helm and kubectl and \
+             exports CAPTURE_TEST_HELM and CAPTURE_TEST_KUBECTL"
+        ),
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn helm(args: &[&str]) -> Run {
+    let output = Command::new(tool("CAPTURE_TEST_HELM"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run helm: {err}"));
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `helm template` of the chart: the objects, or helm's error output.
+fn template(args: &[&str]) -> Result<Vec<Value>, String> {
+    let chart = chart();
+    let mut all = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
+    all.extend_from_slice(args);
+    let run = helm(&all);
+    if run.ok {
+        Ok(parse_documents(&run.stdout))
+    } else {
+        Err(run.stderr)
+    }
+}
+
+fn render(args: &[&str]) -> Vec<Value> {
+    template(args).unwrap_or_else(|err| panic!("helm template {args:?} failed:\n{err}"))
+}
+
+/// helm's error output for values the chart must refuse.
+fn refused(args: &[&str]) -> String {
+    match template(args) {
+        Ok(_) => panic!("helm template {args:?} rendered; it should have failed"),
+        Err(err) => err,
+    }
+}
+
+fn parse_documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| {
+            Value::deserialize(document)
+                .unwrap_or_else(|err| panic!("a rendered document is not YAML: {err}\n{yaml}"))
+        })
+        .filter(|document| !document.is_null())
+        .collect()
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+fn kind(object: &Value) -> &str {
+    text(&object["kind"])
+}
+
+fn name(object: &Value) -> &str {
+    text(&object["metadata"]["name"])
+}
+
+fn of_kind<'a>(objects: &'a [Value], wanted: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| kind(o) == wanted).collect()
+}
+
+fn one<'a>(objects: &'a [Value], wanted: &str) -> &'a Value {
+    match of_kind(objects, wanted)[..] {
+        [object] => object,
+        ref found => panic!("expected one {wanted}, found {}", found.len()),
+    }
+}
+
+/// A string map (labels, selectors) as a BTreeMap.
+fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_mapping()
+        .map(|map| {
+            map.iter()
+                .map(|(k, v)| (text(k).to_owned(), text(v).to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_subset(small: &BTreeMap<String, String>, big: &BTreeMap<String, String>) -> bool {
+    !small.is_empty() && small.iter().all(|(k, v)| big.get(k) == Some(v))
+}
+
+fn container(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+/// The container's environment: name to value, or to `fieldRef:<path>`.
+fn env(objects: &[Value]) -> BTreeMap<String, String> {
+    container(objects)["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .map(|var| {
+            let value = match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some(path) => format!("fieldRef:{path}"),
+                None => text(&var["value"]).to_owned(),
+            };
+            (text(&var["name"]).to_owned(), value)
+        })
+        .collect()
+}
+
+/// Rules as (apiGroup, resource, verb) triples, one per permission.
+fn permissions(role: &Value) -> BTreeSet<(String, String, String)> {
+    let mut all = BTreeSet::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        assert!(
+            rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none(),
+            "plain rules only: {rule:?}"
+        );
+        for group in rule["apiGroups"].as_sequence().expect("apiGroups") {
+            for resource in rule["resources"].as_sequence().expect("resources") {
+                for verb in rule["verbs"].as_sequence().expect("verbs") {
+                    all.insert((
+                        text(group).to_owned(),
+                        text(resource).to_owned(),
+                        text(verb).to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    all
+}
+
+fn triples(rules: &[(&str, &[&str], &[&str])]) -> BTreeSet<(String, String, String)> {
+    let mut all = BTreeSet::new();
+    for (group, resources, verbs) in rules {
+        for resource in *resources {
+            for verb in *verbs {
+                all.insert((
+                    (*group).to_owned(),
+                    (*resource).to_owned(),
+                    (*verb).to_owned(),
+                ));
+            }
+        }
+    }
+    all
+}
+
+/// What the operator may do where it watches: the whole grant, so that any
+/// widening is a deliberate change here too.
+fn watch_permissions() -> BTreeSet<(String, String, String)> {
+    const READ_APPLY: &[&str] = &["get", "list", "watch", "patch"];
+    triples(&[
+        (
+            "capture.dev",
+            &["capturedeployments", "capturequotas"],
+            READ_APPLY,
+        ),
+        (
+            "capture.dev",
+            &["capturedeployments/status", "capturequotas/status"],
+            &["patch"],
+        ),
+        (
+            "capture.dev",
+            &["capturedeployments/finalizers"],
+            &["update"],
+        ),
+        (
+            "",
+            &["serviceaccounts", "services", "configmaps"],
+            READ_APPLY,
+        ),
+        ("apps", &["deployments"], READ_APPLY),
+        ("policy", &["poddisruptionbudgets"], READ_APPLY),
+        (
+            "autoscaling",
+            &["horizontalpodautoscalers"],
+            &["get", "list", "watch", "patch", "delete"],
+        ),
+        ("", &["secrets"], &["get", "list", "watch"]),
+        ("events.k8s.io", &["events"], &["create", "patch"]),
+    ])
+}
+
+fn lease_permissions() -> BTreeSet<(String, String, String)> {
+    triples(&[(
+        "coordination.k8s.io",
+        &["leases"],
+        &["get", "create", "patch"],
+    )])
+}
+
+/// The ServiceAccount the binding grants to.
+fn assert_binds_the_operator(binding: &Value, role_kind: &str, role_name: &str, account: &str) {
+    assert_eq!(text(&binding["roleRef"]["kind"]), role_kind);
+    assert_eq!(text(&binding["roleRef"]["name"]), role_name);
+    let subjects = binding["subjects"].as_sequence().expect("subjects");
+    assert_eq!(subjects.len(), 1, "{binding:?}");
+    assert_eq!(
+        (
+            text(&subjects[0]["kind"]),
+            text(&subjects[0]["name"]),
+            text(&subjects[0]["namespace"]),
+        ),
+        ("ServiceAccount", account, NAMESPACE)
+    );
+}
+
+#[test]
+fn lint_passes_strictly_with_defaults_and_with_every_feature() {
+    let chart = chart();
+    let all = all_values();
+    for extra in [&[][..], &["-f", all.as_str()][..]] {
+        let mut args = vec!["lint", "--strict", &chart];
+        args.extend_from_slice(extra);
+        let run = helm(&args);
+        assert!(
+            run.ok && run.stdout.contains("0 chart(s) failed"),
+            "helm lint {extra:?} failed:\n{}{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}
+
+/// `kubernetes-validate` from the test venv (beside `CAPTURE_TEST_PYTHON`),
+/// or `$KUBERNETES_VALIDATE`, as in `manifest.rs`.
+fn kubernetes_validate() -> PathBuf {
+    if let Some(path) = std::env::var_os("KUBERNETES_VALIDATE") {
+        return path.into();
+    }
+    let python = std::env::var_os("CAPTURE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .expect("set CAPTURE_TEST_PYTHON (run `. .ci/setup`) or KUBERNETES_VALIDATE");
+    python.with_file_name("kubernetes-validate")
+}
+
+#[test]
+fn rendered_objects_pass_the_kubernetes_schemas_strictly() {
+    let all = all_values();
+    let renders: [(&str, Vec<&str>); 3] = [
+        ("defaults", vec!["--include-crds"]),
+        ("all", vec!["--include-crds", "-f", &all]),
+        (
+            "one-namespace",
+            vec![
+                "--set",
+                "watchNamespace=team-a",
+                "--set",
+                "leaderElection.enabled=false",
+            ],
+        ),
+    ];
+    let dir = TempDir::new("chart-render");
+    let mut files = Vec::new();
+    let mut kinds = BTreeMap::new();
+    for (label, args) in renders {
+        let objects = render(&args);
+        let mut rendered = BTreeSet::new();
+        for (i, object) in objects.iter().enumerate() {
+            assert!(
+                !text(&object["apiVersion"]).is_empty() && !kind(object).is_empty(),
+                "{label}: object {i} has no apiVersion or kind: {object:?}"
+            );
+            assert!(!name(object).is_empty(), "{label}: object {i} has no name");
+            rendered.insert(kind(object).to_owned());
+            // kubernetes-validate knows only Kubernetes' own kinds (and CRDs).
+            if text(&object["apiVersion"]).starts_with("monitoring.coreos.com/") {
+                continue;
+            }
+            let path = dir.0.join(format!("{label}-{i}.yaml"));
+            let yaml = serde_yaml::to_string(object).expect("serializes");
+            std::fs::write(&path, yaml).expect("write");
+            files.push(path);
+        }
+        kinds.insert(label, rendered);
+    }
+    let names = |list: &[&str]| {
+        list.iter()
+            .map(|k| (*k).to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    let base = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "CustomResourceDefinition",
+    ];
+    assert_eq!(kinds["defaults"], names(&base));
+    let mut everything = base.to_vec();
+    everything.extend([
+        "ServiceMonitor",
+        "PodMonitor",
+        "ConfigMap",
+        "PrometheusRule",
+    ]);
+    assert_eq!(kinds["all"], names(&everything));
+
+    let output = Command::new(kubernetes_validate())
+        .args(["-k", "1.33.0", "--strict", "--quiet"])
+        .args(&files)
+        .output()
+        .expect("run kubernetes-validate");
+    assert!(
+        output.status.success(),
+        "kubernetes-validate refused:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn unknown_or_invalid_values_are_refused_by_name() {
+    for (args, words) in [
+        (&["--set", "bogus=1"][..], &["bogus", "not allowed"][..]),
+        (
+            &["--set", "image.tag2=x"],
+            &["image", "tag2", "not allowed"],
+        ),
+        (
+            &["--set", "serviceMonitor.intervall=1m"],
+            &["serviceMonitor", "intervall", "not allowed"],
+        ),
+        (&["--set", "logFormat=xml"], &["logFormat", "json", "text"]),
+        (&["--set-string", "kafkaTimeout=10"], &["kafkaTimeout"]),
+    ] {
+        let err = refused(args);
+        let lower = err.to_lowercase();
+        for word in words {
+            assert!(
+                lower.contains(&word.to_lowercase()),
+                "helm template {args:?}: the error does not name {word:?}:\n{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn several_replicas_need_leader_election() {
+    let err = refused(&[
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    assert!(
+        err.contains("more than one operator replica needs leader election"),
+        "{err}"
+    );
+    let objects = render(&["--set", "replicaCount=3"]);
+    assert_eq!(
+        one(&objects, "Deployment")["spec"]["replicas"].as_i64(),
+        Some(3)
+    );
+}
+
+#[test]
+fn by_default_it_watches_every_namespace_with_a_cluster_role() {
+    let objects = render(&[]);
+    let account = name(one(&objects, "ServiceAccount"));
+    let role = one(&objects, "ClusterRole");
+    assert_eq!(permissions(role), watch_permissions());
+    assert_binds_the_operator(
+        one(&objects, "ClusterRoleBinding"),
+        "ClusterRole",
+        name(role),
+        account,
+    );
+    assert_eq!(
+        one(&objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"].as_str(),
+        Some(account)
+    );
+
+    // The Lease: its own Role in the release namespace.
+    let lease_role = one(&objects, "Role");
+    assert_eq!(text(&lease_role["metadata"]["namespace"]), NAMESPACE);
+    assert_eq!(permissions(lease_role), lease_permissions());
+    let binding = one(&objects, "RoleBinding");
+    assert_eq!(text(&binding["metadata"]["namespace"]), NAMESPACE);
+    assert_binds_the_operator(binding, "Role", name(lease_role), account);
+
+    let env = env(&objects);
+    assert!(!env.contains_key("OPERATOR_NAMESPACE"), "{env:?}");
+    assert_eq!(env["OPERATOR_LEADER_ELECTION"], "true");
+    assert_eq!(env["OPERATOR_LEASE_NAME"], "capture-operator");
+    assert_eq!(
+        env["OPERATOR_LEASE_NAMESPACE"],
+        "fieldRef:metadata.namespace"
+    );
+    assert_eq!(env["OPERATOR_IDENTITY"], "fieldRef:metadata.name");
+
+    // Without leader election: no Lease access, and no overlap on rollout.
+    let objects = render(&["--set", "leaderElection.enabled=false"]);
+    assert!(of_kind(&objects, "Role").is_empty());
+    assert!(of_kind(&objects, "RoleBinding").is_empty());
+    let env = self::env(&objects);
+    assert_eq!(env["OPERATOR_LEADER_ELECTION"], "false");
+    assert!(
+        !env.keys().any(|k| k.starts_with("OPERATOR_LEASE_")),
+        "{env:?}"
+    );
+    assert_eq!(
+        one(&objects, "Deployment")["spec"]["strategy"]["type"].as_str(),
+        Some("Recreate")
+    );
+}
+
+#[test]
+fn watching_one_namespace_grants_a_role_there_only() {
+    let objects = render(&["--set", "watchNamespace=team-a"]);
+    assert!(of_kind(&objects, "ClusterRole").is_empty());
+    assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
+    let account = name(one(&objects, "ServiceAccount"));
+    let in_namespace = |kind_wanted: &str, namespace: &str| -> Vec<&Value> {
+        of_kind(&objects, kind_wanted)
+            .into_iter()
+            .filter(|o| text(&o["metadata"]["namespace"]) == namespace)
+            .collect()
+    };
+
+    let roles = in_namespace("Role", "team-a");
+    assert_eq!(roles.len(), 1, "one Role in team-a");
+    assert_eq!(permissions(roles[0]), watch_permissions());
+    let bindings = in_namespace("RoleBinding", "team-a");
+    assert_eq!(bindings.len(), 1, "one RoleBinding in team-a");
+    assert_binds_the_operator(bindings[0], "Role", name(roles[0]), account);
+
+    // The Lease stays in the release namespace.
+    let lease_roles = in_namespace("Role", NAMESPACE);
+    assert_eq!(lease_roles.len(), 1);
+    assert_eq!(permissions(lease_roles[0]), lease_permissions());
+    assert_eq!(of_kind(&objects, "Role").len(), 2);
+
+    assert_eq!(env(&objects)["OPERATOR_NAMESPACE"], "team-a");
+
+    // The namespace is a Kubernetes name.
+    let err = refused(&["--set", "watchNamespace=Team_A"]);
+    assert!(err.contains("watchNamespace"), "{err}");
+}
+
+#[test]
+fn the_operator_pod_is_locked_down_probed_and_configured() {
+    let chart_yaml: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{}/Chart.yaml", chart())).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml parses");
+    let app_version = text(&chart_yaml["appVersion"]);
+    assert!(!app_version.is_empty());
+
+    let objects = render(&[]);
+    let deployment = one(&objects, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(1));
+    let pod = &deployment["spec"]["template"];
+    let container = container(&objects);
+    assert_eq!(
+        text(&container["image"]),
+        format!("ghcr.io/example/capture-operator:{app_version}")
+    );
+    for security in [
+        &pod["spec"]["securityContext"],
+        &container["securityContext"],
+    ] {
+        assert_eq!(security["runAsNonRoot"].as_bool(), Some(true));
+        assert_eq!(security["runAsUser"].as_i64(), Some(65532));
+        assert_eq!(text(&security["seccompProfile"]["type"]), "RuntimeDefault");
+    }
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(
+        security["capabilities"]["drop"],
+        serde_yaml::from_str::<Value>("[ALL]").expect("yaml")
+    );
+
+    let port = &container["ports"][0];
+    assert_eq!(
+        (text(&port["name"]), port["containerPort"].as_i64()),
+        ("metrics", Some(8080))
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!((text(&get["path"]), text(&get["port"])), (path, "metrics"));
+    }
+
+    // The selector picks the pods; the Service picks them and names the port.
+    let pod_labels = string_map(&pod["metadata"]["labels"]);
+    assert!(is_subset(
+        &string_map(&deployment["spec"]["selector"]["matchLabels"]),
+        &pod_labels
+    ));
+    let service = one(&objects, "Service");
+    assert!(is_subset(
+        &string_map(&service["spec"]["selector"]),
+        &pod_labels
+    ));
+    let service_port = &service["spec"]["ports"][0];
+    assert_eq!(
+        (
+            text(&service_port["name"]),
+            service_port["port"].as_i64(),
+            text(&service_port["targetPort"])
+        ),
+        ("metrics", Some(8080), "metrics")
+    );
+
+    let env = env(&objects);
+    assert_eq!(env["OPERATOR_METRICS_ADDRESS"], "0.0.0.0:8080");
+    assert_eq!(env["OPERATOR_KAFKA_TIMEOUT"], "10s");
+    assert_eq!(env["OPERATOR_REDIS_TIMEOUT"], "5s");
+    assert_eq!(env["OPERATOR_LOG_FORMAT"], "json");
+    assert_eq!(env["OPERATOR_LOG_LEVEL"], "info");
+
+    // Every variable the chart sets is one the binary reads.
+    let help = Command::new(env!("CARGO_BIN_EXE_operator"))
+        .arg("--help")
+        .output()
+        .expect("run operator --help");
+    // Joined into one line: clap wraps long help lines.
+    let help = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let all = all_values();
+    let with_everything = render(&["-f", &all, "--set", "watchNamespace=team-a"]);
+    for variable in env.keys().chain(self::env(&with_everything).keys()) {
+        assert!(
+            help.contains(&format!("[env: {variable}=")),
+            "the chart sets {variable}, which `operator --help` does not list:\n{help}"
+        );
+    }
+
+    // Values reach the pod.
+    let objects = render(&["-f", &all]);
+    let env = self::env(&objects);
+    assert_eq!(env["OPERATOR_LOG_FORMAT"], "text");
+    assert_eq!(env["OPERATOR_LOG_LEVEL"], "operator=debug,info");
+    assert_eq!(env["OPERATOR_KAFKA_TIMEOUT"], "30s");
+    assert_eq!(env["OPERATOR_REDIS_TIMEOUT"], "1500ms");
+    assert_eq!(env["OPERATOR_LEASE_NAME"], "capture-operator-all");
+    let deployment = one(&objects, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(2));
+    assert_eq!(
+        text(&self::container(&objects)["image"]),
+        "registry.example.com/capture-operator:0.1.0-rc.1"
+    );
+    let pod_labels = string_map(&pod["metadata"]["labels"]);
+    assert_eq!(pod_labels["example.com/tier"], "platform");
+    assert!(is_subset(
+        &string_map(&deployment["spec"]["selector"]["matchLabels"]),
+        &pod_labels
+    ));
+    assert_eq!(
+        string_map(&pod["metadata"]["annotations"])["example.com/team"],
+        "analytics"
+    );
+    let spec = &pod["spec"];
+    assert_eq!(text(&spec["serviceAccountName"]), "capture-operator-sa");
+    assert_eq!(text(&spec["priorityClassName"]), "system-cluster-critical");
+    assert_eq!(text(&spec["imagePullSecrets"][0]["name"]), "regcred");
+    assert_eq!(
+        string_map(&spec["nodeSelector"])["kubernetes.io/os"],
+        "linux"
+    );
+    assert_eq!(text(&spec["tolerations"][0]["key"]), "dedicated");
+    assert!(spec["affinity"]["podAntiAffinity"].is_mapping());
+    let account = one(&objects, "ServiceAccount");
+    assert_eq!(name(account), "capture-operator-sa");
+    assert!(
+        string_map(&account["metadata"]["annotations"]).contains_key("eks.amazonaws.com/role-arn")
+    );
+}
+
+#[test]
+fn the_charts_crds_are_the_generated_ones() {
+    let yaml_files = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+            .map(|entry| {
+                entry
+                    .expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|file| file.ends_with(".yaml"))
+            .collect()
+    };
+    let generated = repo().join("crds");
+    let in_chart = PathBuf::from(chart()).join("crds");
+    let files = yaml_files(&generated);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(yaml_files(&in_chart), files);
+    for file in &files {
+        let read = |dir: &Path| std::fs::read(dir.join(file)).expect("read CRD");
+        assert!(
+            read(&generated) == read(&in_chart),
+            "charts/capture-operator/crds/{file} differs from crds/{file}: it must be the \
+             symbolic link ../../../crds/{file}"
+        );
+    }
+
+    // What helm itself reads from the chart.
+    let run = helm(&["show", "crds", &chart()]);
+    assert!(run.ok, "helm show crds failed:\n{}", run.stderr);
+    let shown: BTreeMap<String, Value> = parse_documents(&run.stdout)
+        .into_iter()
+        .map(|crd| (name(&crd).to_owned(), crd))
+        .collect();
+    let expected: BTreeMap<String, Value> = files
+        .iter()
+        .map(|file| {
+            let crd: Value = serde_yaml::from_str(
+                &std::fs::read_to_string(generated.join(file)).expect("read CRD"),
+            )
+            .expect("CRD parses");
+            (name(&crd).to_owned(), crd)
+        })
+        .collect();
+    assert_eq!(shown, expected);
+}
+
+/// Metric names the code defines: string literals starting with `capture_`
+/// or `operator_` in the sources of both crates.
+fn exported_metrics() -> BTreeSet<String> {
+    fn walk(dir: &Path, names: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                walk(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let source = std::fs::read_to_string(&path).expect("read source");
+                // Between quotes: the pieces that are whole metric names.
+                names.extend(
+                    source
+                        .split('"')
+                        .filter(|piece| {
+                            (piece.starts_with("capture_") || piece.starts_with("operator_"))
+                                && piece.chars().all(|c| {
+                                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+                                })
+                        })
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    walk(&repo().join("capture/src"), &mut names);
+    walk(&repo().join("operator/src"), &mut names);
+    names
+}
+
+/// The `capture_*` and `operator_*` series a PromQL expression reads, as
+/// metric names (a histogram's `_bucket`, `_sum` and `_count` series, and a
+/// summary's, belong to the metric without the suffix).
+fn queried_metrics(expr: &str, exported: &BTreeSet<String>) -> Result<BTreeSet<String>, String> {
+    let mut found = BTreeSet::new();
+    for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+        if !(word.starts_with("capture_") || word.starts_with("operator_")) {
+            continue;
+        }
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| word.strip_suffix(suffix))
+            .filter(|base| exported.contains(*base));
+        match base {
+            Some(base) => found.insert(base.to_owned()),
+            None if exported.contains(word) => found.insert(word.to_owned()),
+            None => {
+                return Err(format!(
+                    "{word} (in `{expr}`) is not a metric the code defines"
+                ));
+            }
+        };
+    }
+    Ok(found)
+}
+
+/// Every string under an `expr` or `query` key, at any depth.
+fn queries(json: &serde_json::Value, out: &mut Vec<String>) {
+    match json {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(q)) => {
+                        out.push(q.clone());
+                    }
+                    _ => queries(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| queries(item, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_code_exports() {
+    let exported = exported_metrics();
+    assert!(
+        exported.contains("capture_http_requests_total"),
+        "{exported:?}"
+    );
+    assert!(
+        exported.contains("operator_reconciles_total"),
+        "{exported:?}"
+    );
+
+    let objects = render(&["--set", "dashboard.enabled=true"]);
+    let config_map = one(&objects, "ConfigMap");
+    assert_eq!(
+        string_map(&config_map["metadata"]["labels"])["grafana_dashboard"],
+        "1"
+    );
+    let json = text(&config_map["data"]["capture.json"]);
+    let dashboard: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|err| panic!("dashboard JSON: {err}"));
+    assert_eq!(dashboard["uid"], "capture-overview");
+
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let ids: BTreeSet<_> = panels
+        .iter()
+        .map(|p| p["id"].as_u64().expect("panel id"))
+        .collect();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        assert!(
+            panel["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "{} has no query",
+            panel["title"]
+        );
+    }
+
+    let mut exprs = Vec::new();
+    queries(&dashboard, &mut exprs);
+    let mut used = BTreeSet::new();
+    for expr in &exprs {
+        used.extend(
+            queried_metrics(expr, &exported).unwrap_or_else(|err| panic!("dashboard: {err}")),
+        );
+    }
+    for wanted in [
+        "capture_http_requests_total",
+        "capture_http_request_duration_seconds",
+        "capture_events_produced_total",
+        "capture_events_dropped_total",
+        "capture_sink_errors_total",
+        "capture_sink_ack_duration_seconds",
+        "capture_events_quota_limited_total",
+        "capture_events_rate_limited_total",
+        "capture_events_duplicate_total",
+        "capture_redis_up",
+        "capture_redis_errors_total",
+        "operator_reconciles_total",
+        "operator_reconcile_duration_seconds",
+    ] {
+        assert!(
+            used.contains(wanted),
+            "the dashboard does not show {wanted}"
+        );
+    }
+
+    // The ConfigMap carries the chart's file as it is, under the chosen label.
+    let file = std::fs::read_to_string(format!("{}/dashboards/capture.json", chart()))
+        .expect("dashboard file");
+    assert_eq!(json.trim_end(), file.trim_end());
+    let all = all_values();
+    let objects = render(&["-f", &all]);
+    let config_map = one(&objects, "ConfigMap");
+    assert_eq!(text(&config_map["metadata"]["namespace"]), "monitoring");
+    assert_eq!(
+        string_map(&config_map["metadata"]["labels"])["grafana.example.com/dashboard"],
+        "capture"
+    );
+}
+
+#[test]
+fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
+    let exported = exported_metrics();
+    let all = all_values();
+    let objects = render(&["-f", &all]);
+    let rule = one(&objects, "PrometheusRule");
+    assert_eq!(
+        string_map(&rule["metadata"]["labels"])["release"],
+        "prometheus"
+    );
+    let mut alerts = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_sequence().expect("groups") {
+        for alert in group["rules"].as_sequence().expect("rules") {
+            let alert_name = text(&alert["alert"]);
+            assert!(alerts.insert(alert_name.to_owned()), "{alert_name} twice");
+            let expr = text(&alert["expr"]);
+            assert!(!expr.is_empty(), "{alert_name} has no expr");
+            used.extend(
+                queried_metrics(expr, &exported)
+                    .unwrap_or_else(|err| panic!("{alert_name}: {err}")),
+            );
+            assert!(
+                ["critical", "warning", "info"].contains(&text(&alert["labels"]["severity"])),
+                "{alert_name} has no severity"
+            );
+            for annotation in ["summary", "description"] {
+                assert!(
+                    !text(&alert["annotations"][annotation]).is_empty(),
+                    "{alert_name} has no {annotation}"
+                );
+            }
+        }
+    }
+    for wanted in [
+        "CaptureServerErrorsHigh",
+        "CaptureNotReady",
+        "CaptureSinkErrors",
+        "CaptureRedisDown",
+        "CaptureOperatorReconcileErrors",
+        "CaptureOperatorNoLeader",
+        "CaptureOperatorDown",
+    ] {
+        assert!(alerts.contains(wanted), "no {wanted} alert in {alerts:?}");
+    }
+    for wanted in [
+        "capture_ready",
+        "capture_redis_up",
+        "operator_reconciles_total",
+    ] {
+        assert!(used.contains(wanted), "no alert reads {wanted}");
+    }
+}
+
+#[test]
+fn the_monitors_select_what_they_scrape() {
+    let all = all_values();
+    let objects = render(&["-f", &all]);
+
+    // The operator's metrics: ServiceMonitor -> Service -> pod port.
+    let service = one(&objects, "Service");
+    let monitor = one(&objects, "ServiceMonitor");
+    assert!(is_subset(
+        &string_map(&monitor["spec"]["selector"]["matchLabels"]),
+        &string_map(&service["metadata"]["labels"])
+    ));
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(
+        text(&endpoint["port"]),
+        text(&service["spec"]["ports"][0]["name"])
+    );
+    assert_eq!(text(&endpoint["path"]), "/metrics");
+    assert_eq!(text(&endpoint["interval"]), "15s");
+
+    // Capture's metrics: the PodMonitor matches the pods the operator renders
+    // and their named port (capture serves /metrics on its main listener).
+    let example =
+        std::fs::read_to_string(repo().join("examples/capturedeployment.yaml")).expect("example");
+    let cd: operator::crd::CaptureDeployment = serde_yaml::from_str(&example).expect("parses");
+    let capture = operator::manifest::deployment(&cd, &BTreeMap::new());
+    let template = capture.spec.expect("spec").template;
+    let capture_labels = template
+        .metadata
+        .and_then(|m| m.labels)
+        .expect("pod labels");
+    let capture_ports: Vec<String> = template.spec.expect("pod spec").containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    let pods = one(&objects, "PodMonitor");
+    assert!(is_subset(
+        &string_map(&pods["spec"]["selector"]["matchLabels"]),
+        &capture_labels
+    ));
+    let endpoint = &pods["spec"]["podMetricsEndpoints"][0];
+    assert!(
+        capture_ports.iter().any(|p| p == text(&endpoint["port"])),
+        "capture's pod has no port {:?}: {capture_ports:?}",
+        endpoint["port"]
+    );
+    assert_eq!(text(&endpoint["path"]), "/metrics");
+    assert_eq!(
+        pods["spec"]["namespaceSelector"]["any"].as_bool(),
+        Some(true)
+    );
+
+    let objects = render(&["--set", "podMonitor.enabled=true,watchNamespace=team-a"]);
+    let pods = one(&objects, "PodMonitor");
+    assert_eq!(
+        pods["spec"]["namespaceSelector"]["matchNames"],
+        serde_yaml::from_str::<Value>("[team-a]").expect("yaml")
+    );
+}
+
+// --- kubectl against a stand-in for the API server's discovery -------------
+
+/// A request the stand-in saw: method, path and Accept header.
+type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// The discovery documents: API group versions and their resources, the
+/// built-in ones kubectl needs plus those of the repository's CRDs.
+struct Discovery {
+    /// Group name to its versions (the first is preferred).
+    groups: BTreeMap<String, Vec<String>>,
+    /// `group/version` (or `v1` for core) to its resource list.
+    resources: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+impl Discovery {
+    fn from_crds(crds: &[Value]) -> Self {
+        let mut groups = BTreeMap::new();
+        let mut resources: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        resources.insert(
+            "v1".into(),
+            vec![serde_json::json!({
+                "name": "namespaces", "singularName": "namespace", "namespaced": false,
+                "kind": "Namespace", "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            })],
+        );
+        groups.insert("apiextensions.k8s.io".to_owned(), vec!["v1".to_owned()]);
+        resources.insert(
+            "apiextensions.k8s.io/v1".into(),
+            vec![serde_json::json!({
+                "name": "customresourcedefinitions", "singularName": "customresourcedefinition",
+                "namespaced": false, "kind": "CustomResourceDefinition", "shortNames": ["crd", "crds"],
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            })],
+        );
+        for crd in crds {
+            let spec = &crd["spec"];
+            let group = text(&spec["group"]).to_owned();
+            let names = &spec["names"];
+            for version in spec["versions"].as_sequence().expect("versions") {
+                if version["served"].as_bool() != Some(true) {
+                    continue;
+                }
+                let version = text(&version["name"]).to_owned();
+                let versions: &mut Vec<String> = groups.entry(group.clone()).or_default();
+                if !versions.contains(&version) {
+                    versions.push(version.clone());
+                }
+                let list = |key: &str| -> Vec<String> {
+                    names[key]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| text(v).to_owned())
+                        .collect()
+                };
+                resources
+                    .entry(format!("{group}/{version}"))
+                    .or_default()
+                    .push(serde_json::json!({
+                        "name": text(&names["plural"]),
+                        "singularName": text(&names["singular"]),
+                        "namespaced": text(&spec["scope"]) == "Namespaced",
+                        "kind": text(&names["kind"]),
+                        "shortNames": list("shortNames"),
+                        "categories": list("categories"),
+                        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                    }));
+            }
+        }
+        Self { groups, resources }
+    }
+
+    /// The legacy (unaggregated) discovery document at `path`, if any.
+    fn document(&self, path: &str) -> Option<serde_json::Value> {
+        let group_version = |group: &str, version: &str| serde_json::json!({"groupVersion": format!("{group}/{version}"), "version": version});
+        let resource_list = |group_version: &str| {
+            self.resources.get(group_version).map(|resources| {
+                serde_json::json!({
+                    "kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": group_version, "resources": resources,
+                })
+            })
+        };
+        match path {
+            "/api" => Some(serde_json::json!({
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+            })),
+            "/api/v1" => resource_list("v1"),
+            "/apis" => Some(serde_json::json!({
+                "kind": "APIGroupList", "apiVersion": "v1",
+                "groups": self.groups.iter().map(|(group, versions)| serde_json::json!({
+                    "name": group,
+                    "versions": versions.iter().map(|v| group_version(group, v)).collect::<Vec<_>>(),
+                    "preferredVersion": group_version(group, &versions[0]),
+                })).collect::<Vec<_>>(),
+            })),
+            _ => resource_list(path.strip_prefix("/apis/")?),
+        }
+    }
+}
+
+/// Serves discovery as plain `application/json` (so kubectl falls back from
+/// aggregated discovery), and 404 for everything else, so that kubectl plans
+/// to create every object. Records every request.
+async fn stand_in(
+    discovery: Arc<Discovery>,
+    seen: Seen,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+        let discovery = Arc::clone(&discovery);
+        let seen = Arc::clone(&seen);
+        async move {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            seen.lock()
+                .expect("log")
+                .push((method.to_string(), uri.path().to_owned(), accept));
+            let (status, body) = match (method == Method::GET)
+                .then(|| discovery.document(uri.path()))
+                .flatten()
+            {
+                Some(document) => (StatusCode::OK, document),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": format!("{} not found", uri.path()),
+                    }),
+                ),
+            };
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the stand-in");
+    let address = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (address, server)
+}
+
+fn read_documents(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| parse_documents(&std::fs::read_to_string(path).expect("read")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_the_crds_and_examples_in_a_client_dry_run() {
+    let kubectl = tool("CAPTURE_TEST_KUBECTL");
+    let crds = read_documents(&repo().join("crds"));
+    let examples = read_documents(&repo().join("examples"));
+    assert!(!examples.is_empty());
+
+    let seen = Seen::default();
+    let (address, server) =
+        stand_in(Arc::new(Discovery::from_crds(&crds)), Arc::clone(&seen)).await;
+    let dir = TempDir::new("kubectl");
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: stand-in, cluster: {{server: 'http://{address}'}}}}]\n\
+             users: [{{name: nobody, user: {{}}}}]\n\
+             contexts: [{{name: stand-in, context: {{cluster: stand-in, user: nobody}}}}]\n\
+             current-context: stand-in\n"
+        ),
+    )
+    .expect("kubeconfig");
+
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(&kubectl)
+            .current_dir(repo())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.0.join("cache"))
+            .args([
+                "--request-timeout=10s",
+                "apply",
+                "--dry-run=client",
+                "--validate=false",
+                "-f",
+                "crds/",
+                "-f",
+                "examples/",
+                "-o",
+                "name",
+            ])
+            .env_remove("KUBECONFIG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("kubectl finished within a minute")
+    .expect("run kubectl");
+    server.abort();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let seen = seen.lock().expect("log").clone();
+    assert!(
+        output.status.success(),
+        "kubectl apply --dry-run=client failed:\n{stdout}{stderr}\nrequests: {seen:#?}"
+    );
+
+    // `-o name` lists every object as <kind>.<group>/<name>.
+    let listed: BTreeSet<&str> = stdout.lines().collect();
+    let mut expected = BTreeSet::new();
+    for object in crds.iter().chain(&examples) {
+        let api_version = text(&object["apiVersion"]);
+        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+        expected.insert(format!(
+            "{}.{group}/{}",
+            kind(object).to_lowercase(),
+            name(object)
+        ));
+    }
+    assert_eq!(
+        listed,
+        expected.iter().map(String::as_str).collect(),
+        "stderr:\n{stderr}"
+    );
+
+    // A client dry run only reads; it looked each object up to plan a create.
+    assert!(
+        seen.iter().all(|(method, _, _)| method == "GET"),
+        "kubectl wrote: {seen:#?}"
+    );
+    let plurals: BTreeMap<&str, &str> = crds
+        .iter()
+        .map(|crd| {
+            let names = &crd["spec"]["names"];
+            (text(&names["kind"]), text(&names["plural"]))
+        })
+        .collect();
+    for object in &examples {
+        let path = format!(
+            "/apis/{}/namespaces/{}/{}/{}",
+            text(&object["apiVersion"]),
+            text(&object["metadata"]["namespace"]),
+            plurals[kind(object)],
+            name(object)
+        );
+        assert!(
+            seen.iter().any(|(_, p, _)| *p == path),
+            "kubectl did not look up {path}: {seen:#?}"
+        );
+    }
+    // kubectl asked for aggregated discovery, took the plain answer, and read
+    // each group version's resources the legacy way.
+    assert!(
+        seen.iter()
+            .any(|(_, path, accept)| path == "/apis" && accept.contains("apidiscovery.k8s.io")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(_, path, _)| path == "/apis/capture.dev/v1alpha1"),
+        "{seen:#?}"
+    );
+}
