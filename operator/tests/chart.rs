@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 use serde_yaml::Value;
 
+mod common;
+
 const RELEASE: &str = "capture-operator";
 const NAMESPACE: &str = "capture-system";
 
@@ -222,13 +224,14 @@ fn triples(rules: &[(&str, &[&str], &[&str])]) -> BTreeSet<(String, String, Stri
 /// What the operator may do where it watches: the whole grant, so that any
 /// widening is a deliberate change here too.
 fn watch_permissions() -> BTreeSet<(String, String, String)> {
-    const READ_APPLY: &[&str] = &["get", "list", "watch", "patch"];
+    const WATCH_APPLY: &[&str] = &["list", "watch", "patch"];
     triples(&[
         (
             "capture.dev",
-            &["capturedeployments", "capturequotas"],
-            READ_APPLY,
+            &["capturedeployments"],
+            &["get", "list", "watch", "patch"],
         ),
+        ("capture.dev", &["capturequotas"], WATCH_APPLY),
         (
             "capture.dev",
             &["capturedeployments/status", "capturequotas/status"],
@@ -242,10 +245,10 @@ fn watch_permissions() -> BTreeSet<(String, String, String)> {
         (
             "",
             &["serviceaccounts", "services", "configmaps"],
-            READ_APPLY,
+            WATCH_APPLY,
         ),
-        ("apps", &["deployments"], READ_APPLY),
-        ("policy", &["poddisruptionbudgets"], READ_APPLY),
+        ("apps", &["deployments"], WATCH_APPLY),
+        ("policy", &["poddisruptionbudgets"], WATCH_APPLY),
         (
             "autoscaling",
             &["horizontalpodautoscalers"],
@@ -1254,5 +1257,243 @@ async fn kubectl_applies_the_crds_and_examples_in_a_client_dry_run() {
         seen.iter()
             .any(|(_, path, _)| path == "/apis/capture.dev/v1alpha1"),
         "{seen:#?}"
+    );
+}
+
+/// What a recorded request asks RBAC for: (apiGroup, resource, verb) and
+/// its namespace.
+fn requested(
+    request: &common::memory::Recorded,
+) -> Option<((String, String, String), Option<String>)> {
+    let parts = common::memory::parts(&request.path)?;
+    let verb = match (request.method.as_str(), &parts.name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if request.query.split('&').any(|kv| kv == "watch=true") => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", Some(_)) => "delete",
+        ("DELETE", None) => "deletecollection",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    let resource = match &parts.subresource {
+        Some(sub) => format!("{}/{sub}", parts.resource),
+        None => parts.resource.clone(),
+    };
+    Some(((parts.group, resource, verb.to_owned()), parts.namespace))
+}
+
+/// Runs the real operator (leader election, both controllers) against the
+/// in-memory API until it has reconciled a CaptureDeployment and a
+/// CaptureQuota, then takes both through deletion, and checks every call it
+/// made against the chart's rendered RBAC: each is granted, and each grant
+/// was used (least privilege), but for the one a call does not show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
+    use common::memory::MemoryApi;
+    use operator::crd::CaptureQuota;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let objects = render(&[]);
+    let cluster = permissions(one(&objects, "ClusterRole"));
+    let lease_role = of_kind(&objects, "Role")
+        .into_iter()
+        .find(|role| name(role) == format!("{RELEASE}-leader-election"))
+        .expect("the leader-election Role");
+    let lease = permissions(lease_role);
+
+    let redis = common::redis::RedisServer::start();
+    let broker = common::broker::broker();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let api = MemoryApi::default();
+    let ns = "/namespaces/default";
+    let deployment_path = format!("/apis/capture.dev/v1alpha1{ns}/capturedeployments/capture");
+    let quota_path = format!("/apis/capture.dev/v1alpha1{ns}/capturequotas/q");
+    let topic = |kind: &str| json!({"name": format!("{kind}-{id}"), "partitions": 1, "replicationFactor": 1});
+    api.insert(
+        &deployment_path,
+        json!({
+            "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureDeployment",
+            "metadata": {"name": "capture", "namespace": "default", "uid": "00000000-0000-4000-8000-0000000000cd", "generation": 1},
+            "spec": {
+                "image": "capture:dev",
+                "kafka": {"brokers": [broker.address.clone()], "topics": {
+                    "events": topic("events"), "recordings": topic("recordings"),
+                    "historical": topic("historical"), "clientWarnings": topic("warnings"),
+                    "exceptions": topic("exceptions"), "overflow": topic("overflow"),
+                }},
+                "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            },
+        }),
+    );
+    // A second one, autoscaled: its HPA is applied.
+    let scaled_path = format!("/apis/capture.dev/v1alpha1{ns}/capturedeployments/scaled");
+    let scaled_topic = |kind: &str| json!({"name": format!("{kind}-scaled-{id}"), "partitions": 1, "replicationFactor": 1});
+    api.insert(
+        &scaled_path,
+        json!({
+            "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureDeployment",
+            "metadata": {"name": "scaled", "namespace": "default", "uid": "00000000-0000-4000-8000-0000000000ce", "generation": 1},
+            "spec": {
+                "image": "capture:dev",
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+                "kafka": {"brokers": [broker.address.clone()], "topics": {
+                    "events": scaled_topic("events"), "recordings": scaled_topic("recordings"),
+                    "historical": scaled_topic("historical"), "clientWarnings": scaled_topic("warnings"),
+                    "exceptions": scaled_topic("exceptions"), "overflow": scaled_topic("overflow"),
+                }},
+            },
+        }),
+    );
+    api.insert(
+        &format!("/api/v1{ns}/secrets/redis"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": "default"},
+               "data": {"url": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, redis.url())}}),
+    );
+    // Left from autoscaling that the spec no longer asks for: deleted.
+    api.insert(
+        &format!("/apis/autoscaling/v2{ns}/horizontalpodautoscalers/capture"),
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "capture", "namespace": "default"},
+               "spec": {"maxReplicas": 3, "scaleTargetRef": {"kind": "Deployment", "name": "capture"}}}),
+    );
+    api.insert(
+        &quota_path,
+        json!({
+            "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureQuota",
+            "metadata": {"name": "q", "namespace": "default", "uid": "00000000-0000-4000-8000-00000000000a", "generation": 1,
+                         "annotations": {"capture.dev/reset-usage": "now"}},
+            "spec": {"deployment": "capture", "token": format!("phc_{id}"),
+                     "limits": [{"eventType": "events", "limit": 10, "window": "1h"}]},
+        }),
+    );
+
+    let client = api.client();
+    let settings = operator::runtime::Settings {
+        namespace: None,
+        kafka_timeout: Duration::from_secs(10),
+        redis_timeout: Duration::from_secs(5),
+    };
+    let election = operator::leader::Election {
+        lease_name: "capture-operator".into(),
+        namespace: NAMESPACE.into(),
+        identity: "operator-0".into(),
+        duration: Duration::from_secs(15),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            operator::leader::lead(client.clone(), &election, ready, shutdown, |stop| {
+                operator::runtime::run_controllers(client.clone(), &settings, stop)
+            })
+            .await;
+        })
+    };
+    let reason = |path: &str| {
+        api.get(path).and_then(|object| {
+            object["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while reason(&quota_path).as_deref() != Some("Synced")
+        || reason(&deployment_path).is_none()
+        || reason(&scaled_path).is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reconciled: quota {:?}, deployment {:?}; calls:\n{}",
+            reason(&quota_path),
+            reason(&deployment_path),
+            api.requests()
+                .iter()
+                .skip(25)
+                .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deletion: the watch brings it, the finalizers clean up, the objects go.
+    for path in [&quota_path, &deployment_path] {
+        api.update(path, |object| {
+            object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        });
+    }
+    while api.get(&quota_path).is_some() || api.get(&deployment_path).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "finalizers still on: quota {:?}, deployment {:?}",
+            api.get(&quota_path)
+                .map(|o| o["metadata"]["finalizers"].clone()),
+            api.get(&deployment_path)
+                .map(|o| o["metadata"]["finalizers"].clone()),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).expect("operator running");
+    tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("operator stopped")
+        .expect("operator task");
+    let events = operator::events::Events::new(client.clone());
+    let quota: CaptureQuota = serde_json::from_value(json!({
+        "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureQuota",
+        "metadata": {"name": "q", "namespace": "default", "uid": "00000000-0000-4000-8000-00000000000a"},
+        "spec": {"deployment": "capture", "token": "phc_x", "limits": []},
+    }))
+    .expect("quota");
+    // The same Event twice: the recorder patches the first into a series.
+    for _ in 0..2 {
+        events
+            .normal(&quota, "Repeated", "Check", "the same note".into())
+            .await;
+    }
+
+    let mut denied = Vec::new();
+    let mut used = BTreeSet::new();
+    for request in api.requests() {
+        let Some((permission, namespace)) = requested(&request) else {
+            continue;
+        };
+        let granted = cluster.contains(&permission)
+            || (lease.contains(&permission) && namespace.as_deref() == Some(NAMESPACE));
+        if !granted {
+            denied.push(format!(
+                "{} {}?{} needs {permission:?}",
+                request.method, request.path, request.query
+            ));
+        }
+        used.insert(permission);
+    }
+    assert!(
+        denied.is_empty(),
+        "calls the chart's RBAC does not allow:\n{}",
+        denied.join("\n")
+    );
+    // Checked by the API server on owner references with blockOwnerDeletion,
+    // not a call of its own.
+    let implied = (
+        "capture.dev".to_owned(),
+        "capturedeployments/finalizers".to_owned(),
+        "update".to_owned(),
+    );
+    let unused: Vec<_> = cluster
+        .iter()
+        .chain(&lease)
+        .filter(|permission| !used.contains(*permission) && **permission != implied)
+        .collect();
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
+    assert!(
+        used.len() > 20,
+        "the operator made too few calls to prove anything: {used:?}"
     );
 }
