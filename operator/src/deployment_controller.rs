@@ -48,6 +48,25 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
+impl crate::runtime::ErrorReason for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Kafka(_) => "kafka",
+            // Every reconcile runs inside the finalizer helper: report the
+            // cause, not the wrapper.
+            Error::Finalizer(err) => match err.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                kube::runtime::finalizer::Error::AddFinalizer(_)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kubernetes",
+                kube::runtime::finalizer::Error::UnnamedObject
+                | kube::runtime::finalizer::Error::InvalidFinalizer => "finalizer",
+            },
+        }
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     /// The API client.
@@ -294,6 +313,27 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     {
         ctx.events.warning(cd, &reason, "Reconcile", message).await;
     }
+    // Changes the pods see, said once: a roll, or a reload.
+    if let (Some(before), Some(now)) = (&previous.settings_hash, &status.settings_hash)
+        && before != now
+    {
+        let note = format!(
+            "static settings or a referenced Secret changed (settings hash {before} -> {now}); rolling the pods"
+        );
+        ctx.events
+            .normal(cd, "RollingPods", "UpdateDeployment", note)
+            .await;
+    }
+    if let (Some(before), Some(now)) = (&previous.config_hash, &status.config_hash)
+        && before != now
+    {
+        let note = format!(
+            "runtime config {before} -> {now} written to the ConfigMap; the pods reload it without a restart"
+        );
+        ctx.events
+            .normal(cd, "RuntimeConfigUpdated", "UpdateConfigMap", note)
+            .await;
+    }
     if status != previous {
         let api: Api<CaptureDeployment> = Api::namespaced(client.clone(), &namespace);
         api.patch_status(
@@ -440,6 +480,12 @@ pub fn observed_status(
         RuntimeConfigOutcome::Applied(hash) => Some(hash.clone()),
         RuntimeConfigOutcome::Invalid(_) => previous.config_hash.clone(),
     };
+    let settings_hash = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(manifest::SETTINGS_HASH_ANNOTATION).cloned());
     CaptureDeploymentStatus {
         observed_generation: generation,
         conditions,
@@ -448,6 +494,7 @@ pub fn observed_status(
         topics_summary: Some(format!("{topics_ready}/{}", topics.len())),
         topics,
         config_hash,
+        settings_hash,
     }
 }
 

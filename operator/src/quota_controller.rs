@@ -52,6 +52,25 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
+impl crate::runtime::ErrorReason for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Redis(_) => "redis",
+            // Every reconcile runs inside the finalizer helper: report the
+            // cause, not the wrapper.
+            Error::Finalizer(err) => match err.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                kube::runtime::finalizer::Error::AddFinalizer(_)
+                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kubernetes",
+                kube::runtime::finalizer::Error::UnnamedObject
+                | kube::runtime::finalizer::Error::InvalidFinalizer => "finalizer",
+            },
+        }
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     /// The API client.

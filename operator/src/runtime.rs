@@ -28,6 +28,15 @@ use crate::{deployment_controller, manifest, quota_controller};
 pub const RECONCILES: &str = "operator_reconciles_total";
 /// Reconcile time by `kind`.
 pub const RECONCILE_SECONDS: &str = "operator_reconcile_duration_seconds";
+/// Failed reconciles by `kind` and `reason` (`kubernetes`, `kafka`,
+/// `redis`, `finalizer`).
+pub const RECONCILE_ERRORS: &str = "operator_reconcile_errors_total";
+
+/// A reconcile error's bounded label for [`RECONCILE_ERRORS`].
+pub trait ErrorReason {
+    /// One of a few fixed words.
+    fn reason(&self) -> &'static str;
+}
 
 /// How long running reconciles may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -58,12 +67,16 @@ where
 async fn measured<F, E>(kind: &'static str, reconcile: F) -> Result<Action, E>
 where
     F: Future<Output = Result<Action, E>>,
+    E: ErrorReason,
 {
     let started = Instant::now();
     let result = reconcile.await;
     metrics::histogram!(RECONCILE_SECONDS, "kind" => kind).record(started.elapsed().as_secs_f64());
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!(RECONCILES, "kind" => kind, "result" => label).increment(1);
+    if let Err(err) = &result {
+        metrics::counter!(RECONCILE_ERRORS, "kind" => kind, "reason" => err.reason()).increment(1);
+    }
     result
 }
 

@@ -909,7 +909,7 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
     for wanted in [
         "capture_ready",
         "capture_redis_up",
-        "operator_reconciles_total",
+        "operator_reconcile_errors_total",
     ] {
         assert!(used.contains(wanted), "no alert reads {wanted}");
     }
@@ -1370,80 +1370,50 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
     );
 
     let client = api.client();
-    let settings = operator::runtime::Settings {
-        namespace: None,
-        kafka_timeout: Duration::from_secs(10),
-        redis_timeout: Duration::from_secs(5),
-    };
-    let election = operator::leader::Election {
-        lease_name: "capture-operator".into(),
-        namespace: NAMESPACE.into(),
-        identity: "operator-0".into(),
-        duration: Duration::from_secs(15),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            operator::leader::lead(client.clone(), &election, ready, shutdown, |stop| {
-                operator::runtime::run_controllers(client.clone(), &settings, stop)
-            })
-            .await;
-        })
-    };
-    let reason = |path: &str| {
-        api.get(path).and_then(|object| {
-            object["status"]["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while reason(&quota_path).as_deref() != Some("Synced")
-        || reason(&deployment_path).is_none()
-        || reason(&scaled_path).is_none()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not reconciled: quota {:?}, deployment {:?}; calls:\n{}",
+    let running = common::running::start(client.clone());
+    let reason = |path: &str| common::running::ready_reason(api.get(path));
+    let state = || {
+        format!(
+            "quota {:?}, deployments {:?} {:?}",
             reason(&quota_path),
             reason(&deployment_path),
-            api.requests()
-                .iter()
-                .skip(25)
-                .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            reason(&scaled_path)
+        )
+    };
+    common::running::wait_until(
+        "both kinds reconciled",
+        Duration::from_secs(60),
+        || {
+            reason(&quota_path).as_deref() == Some("Synced")
+                && reason(&deployment_path).is_some()
+                && reason(&scaled_path).is_some()
+        },
+        state,
+    )
+    .await;
+
     // Deletion: the watch brings it, the finalizers clean up, the objects go.
     for path in [&quota_path, &deployment_path] {
         api.update(path, |object| {
             object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         });
     }
-    while api.get(&quota_path).is_some() || api.get(&deployment_path).is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "finalizers still on: quota {:?}, deployment {:?}",
-            api.get(&quota_path)
-                .map(|o| o["metadata"]["finalizers"].clone()),
-            api.get(&deployment_path)
-                .map(|o| o["metadata"]["finalizers"].clone()),
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.send(()).expect("operator running");
-    tokio::time::timeout(Duration::from_secs(20), running)
-        .await
-        .expect("operator stopped")
-        .expect("operator task");
+    common::running::wait_until(
+        "the finalizers to let go",
+        Duration::from_secs(60),
+        || api.get(&quota_path).is_none() && api.get(&deployment_path).is_none(),
+        || {
+            format!(
+                "finalizers: quota {:?}, deployment {:?}",
+                api.get(&quota_path)
+                    .map(|o| o["metadata"]["finalizers"].clone()),
+                api.get(&deployment_path)
+                    .map(|o| o["metadata"]["finalizers"].clone()),
+            )
+        },
+    )
+    .await;
+    running.stop().await;
     let events = operator::events::Events::new(client.clone());
     let quota: CaptureQuota = serde_json::from_value(json!({
         "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureQuota",

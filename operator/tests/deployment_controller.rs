@@ -253,6 +253,12 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
         Some("3600000")
     );
 
+    // A resync with nothing changed: the same applies, no Event, no status
+    // write.
+    let synced = cd(spec(&id), false, Some(status.clone()));
+    let (result, _) = run(synced, apply_calls(false, true)).await;
+    result.expect("resynced");
+
     // Deleting removes only the topic marked deleteOnRemoval.
     let deleting = cd(spec(&id), true, None);
     let (result, deletion) = run(
@@ -413,10 +419,8 @@ async fn api_errors_are_returned_for_backoff() {
         )],
     )
     .await;
-    assert!(
-        result
-            .expect_err("an API error")
-            .to_string()
-            .contains("etcd is sad")
-    );
+    let err = result.expect_err("an API error");
+    assert!(err.to_string().contains("etcd is sad"));
+    use operator::runtime::ErrorReason as _;
+    assert_eq!(err.reason(), "kubernetes", "counted by its cause");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use operator::leader::{Election, lead};
-use operator::runtime::{Settings, health_router, run_controllers};
+use operator::runtime::{RECONCILE_SECONDS, Settings, health_router, run_controllers};
 use tracing_subscriber::EnvFilter;
 
 /// Runs the CaptureDeployment and CaptureQuota controllers.
@@ -114,7 +114,16 @@ fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = capture::server::shutdown_signal();
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    // Buckets make the reconcile time a histogram (quantiles across pods and
+    // over any range in PromQL) rather than a per-process summary.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(RECONCILE_SECONDS.to_owned()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )?
+        .install_recorder()?;
     let client = kube::Client::try_default().await.map_err(|err| {
         anyhow::anyhow!("no Kubernetes API to talk to (in-cluster config or KUBECONFIG): {err}")
     })?;

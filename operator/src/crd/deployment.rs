@@ -376,6 +376,10 @@ pub struct CaptureDeploymentStatus {
     /// Hash of the runtime config given to the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// Hash of the pods' static settings and referenced Secrets (the
+    /// pod-template annotation); a change rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_hash: Option<String>,
 }
 
 /// One topic as last seen.

@@ -207,6 +207,30 @@ impl MemoryApi {
         self.inner.lock().expect("api").objects.get(path).cloned()
     }
 
+    /// Every object stored under `prefix` (a collection path).
+    pub fn under(&self, prefix: &str) -> Vec<Value> {
+        let inner = self.inner.lock().expect("api");
+        let mut found: Vec<(&String, &Value)> = inner
+            .objects
+            .iter()
+            .filter(|(path, _)| path.starts_with(prefix))
+            .collect();
+        found.sort_by_key(|(path, _)| path.as_str());
+        found
+            .into_iter()
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
+    /// Deletes the object at `path` (as `kubectl delete` would, without
+    /// finalizers), telling watchers.
+    pub fn delete(&self, path: &str) {
+        let mut inner = self.inner.lock().expect("api");
+        if let Some(object) = inner.objects.remove(path) {
+            let _ = self.changes.send((path.to_owned(), "DELETED", object));
+        }
+    }
+
     /// Calls so far by `(method, resource)`.
     pub fn calls(&self) -> BTreeMap<(String, String), u64> {
         self.inner.lock().expect("api").calls.clone()

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod memory;
+pub mod running;
 
 #[path = "../../../capture/tests/common/redis.rs"]
 pub mod redis;
