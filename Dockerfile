@@ -14,12 +14,12 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS source
 # rdkafka builds librdkafka with its own configure script and make; zstd and
-# zlib are compiled with cc. The rust image has all of it (gcc, g++, make,
-# perl, pkg-config). zlib is linked statically because the runtime image
-# has no libz.
+# zlib are compiled with cc, and TLS/SASL link OpenSSL. The rust image has
+# all of it (gcc, g++, make, perl, pkg-config, libssl-dev). zlib is linked
+# statically because the runtime image has no libz; libssl3 it has.
 ENV LIBZ_SYS_STATIC=1
 # Libraries the binary may link dynamically: those of the runtime image.
-ENV RUNTIME_LIBS='linux-vdso|ld-linux|libc\.so|libm\.so|libgcc_s\.so|libstdc\+\+\.so|libdl\.so|libpthread\.so|librt\.so'
+ENV RUNTIME_LIBS='linux-vdso|ld-linux|libc\.so|libm\.so|libgcc_s\.so|libstdc\+\+\.so|libdl\.so|libpthread\.so|librt\.so|libssl\.so\.3|libcrypto\.so\.3'
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY capture capture

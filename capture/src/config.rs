@@ -909,6 +909,12 @@ mod tests {
         assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(client.get("sasl.username"), Some("capture"));
+        // librdkafka was built with TLS and SCRAM: the producer can be made
+        // (it connects lazily, so no broker is needed).
+        let producer: Result<rdkafka::producer::FutureProducer, _> = client.create();
+        if let Err(err) = producer {
+            panic!("a SASL_SSL producer cannot be created: {err}");
+        }
     }
 
     #[test]
