@@ -17,3 +17,28 @@ fn committed_crds_match_the_types() {
         );
     }
 }
+
+#[test]
+fn the_committed_crd_reference_matches_the_schemas() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/crd-reference.md");
+    let crds: Vec<_> = operator::crd::all()
+        .into_iter()
+        .map(|(_, crd)| crd)
+        .collect();
+    let generated = operator::crd::reference::markdown(&crds);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/crd-reference.md is stale; run `cargo run -p operator --bin crdgen` and commit the result"
+    );
+    for field in [
+        "spec.kafka.topics.events.partitions",
+        "spec.runtimeConfig.plugins[].redact.keys",
+        "spec.limits[].window",
+    ] {
+        assert!(
+            generated.contains(&format!("`{field}`")),
+            "{field} missing from the reference"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! `crdgen [DIR]`: writes the CRDs' YAML into DIR (default `crds/`), one
-//! file per resource. CI fails when the committed files differ.
+//! file per resource, and their reference page to `docs/crd-reference.md`
+//! (beside DIR). CI fails when the committed files differ.
 
 use std::path::PathBuf;
 
@@ -8,10 +9,19 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .map_or_else(|| PathBuf::from("crds"), PathBuf::from);
     std::fs::create_dir_all(&dir)?;
-    for (file, crd) in operator::crd::all() {
+    let crds = operator::crd::all();
+    for (file, crd) in &crds {
         let path = dir.join(file);
-        std::fs::write(&path, operator::crd::to_yaml(&crd)?)?;
+        std::fs::write(&path, operator::crd::to_yaml(crd)?)?;
         println!("wrote {}", path.display());
     }
+    let docs = dir
+        .parent()
+        .map_or_else(|| PathBuf::from("docs"), |root| root.join("docs"));
+    std::fs::create_dir_all(&docs)?;
+    let reference = docs.join("crd-reference.md");
+    let crds: Vec<_> = crds.into_iter().map(|(_, crd)| crd).collect();
+    std::fs::write(&reference, operator::crd::reference::markdown(&crds))?;
+    println!("wrote {}", reference.display());
     Ok(())
 }

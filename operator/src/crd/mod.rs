@@ -4,6 +4,7 @@
 pub mod condition;
 pub mod deployment;
 pub mod quota;
+pub mod reference;
 
 use kube::CustomResourceExt;
 
