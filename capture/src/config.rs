@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "CAPTURE_RUNTIME_CONFIG", value_name = "PATH")]
     pub runtime_config: Option<PathBuf>,
 
+    /// How often the runtime config file is checked for changes (SIGHUP
+    /// checks at once).
+    #[arg(long, env = "CAPTURE_RUNTIME_CONFIG_POLL", default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub runtime_config_poll: Duration,
+
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]

@@ -18,7 +18,8 @@
 //! - [`policy`]: quotas, deduplication, rate limits and overflow (Redis and
 //!   local state), and the quota admin library.
 //! - [`runtime_config`]: the document the operator renders and capture
-//!   reloads (token policies, restrictions, plugins, limits, routing).
+//!   reloads (token policies, restrictions, plugins, limits, routing);
+//!   [`live`] keeps the one in force and reloads it.
 //! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks.
 //! - [`server`]: accept loop, start-up and graceful shutdown.
 //! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod live;
 pub mod lzstring;
 pub mod metrics;
 pub mod parse;

@@ -57,6 +57,10 @@ pub const REDIS_UP: &str = "capture_redis_up";
 pub const POLICY_FALLBACK: &str = "capture_policy_fallback_total";
 /// 1 while the server is ready for traffic.
 pub const READY: &str = "capture_ready";
+/// Runtime config reloads by `result` (`applied`, `invalid`, `unreadable`).
+pub const RUNTIME_CONFIG_RELOADS: &str = "capture_runtime_config_reloads_total";
+/// `1` for the runtime config `hash` in force, `0` for the one it replaced.
+pub const RUNTIME_CONFIG_INFO: &str = "capture_runtime_config_info";
 
 /// Installs the global recorder. Call once per process; later calls return
 /// a handle to a fresh, uninstalled recorder so tests can build many apps.

@@ -67,6 +67,8 @@ pub struct RequestContext<'a> {
     /// Whether to record each event's client id for deduplication (only
     /// when dedup is on: it costs a string per event).
     pub dedup_ids: bool,
+    /// The runtime config in force for this request.
+    pub runtime: &'a crate::live::Applied,
 }
 
 /// A request's messages, with what deduplication keys each one on.
@@ -87,6 +89,7 @@ pub fn analytics_messages(
     ctx: &RequestContext<'_>,
 ) -> Result<Prepared, CaptureError> {
     let token = request_token(&payload)?;
+    ctx.runtime.check_token(&token)?;
     let sent_at = payload.sent_at.or(ctx.query_sent_at);
     let now_text = timestamp::format(ctx.now);
     let sent_at_text = sent_at.map(timestamp::format);
@@ -244,6 +247,7 @@ mod tests {
             topics,
             max_message_bytes: 1 << 20,
             dedup_ids: true,
+            runtime: crate::live::Applied::empty(),
         }
     }
 

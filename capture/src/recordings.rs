@@ -48,6 +48,7 @@ pub fn recording_message(
     ctx: &RequestContext<'_>,
 ) -> Result<Message, CaptureError> {
     let token = request_token(&payload)?;
+    ctx.runtime.check_token(&token)?;
     let first = payload
         .events
         .first()
@@ -174,6 +175,7 @@ mod tests {
             topics: &topics,
             max_message_bytes,
             dedup_ids: false,
+            runtime: crate::live::Applied::empty(),
         };
         recording_message(parse(body.to_string().as_bytes())?, &ctx)
     }

@@ -114,11 +114,11 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     sink: Arc<dyn Sink>,
     clock: Arc<dyn Clock>,
-    topics: Topics,
     limits: Limits,
     shutting_down: AtomicBool,
     metrics: Option<PrometheusHandle>,
     policy: Arc<Policy>,
+    live: Arc<crate::live::Live>,
 }
 
 impl AppState {
@@ -127,12 +127,20 @@ impl AppState {
         AppState(Arc::new(Inner {
             sink,
             clock,
-            topics,
             limits,
             shutting_down: AtomicBool::new(false),
             metrics: None,
             policy: Arc::new(Policy::disabled()),
+            live: Arc::new(crate::live::Live::new(crate::live::Applied::empty_over(
+                &topics,
+            ))),
         }))
+    }
+
+    /// Takes the runtime config from `live` (one version per request). Call
+    /// before cloning the state.
+    pub fn with_live(self, live: Arc<crate::live::Live>) -> Self {
+        self.edit(|inner| inner.live = live)
     }
 
     /// Serves `/metrics` from `handle`. Call before cloning the state.
@@ -301,6 +309,8 @@ async fn handle(
 
     let events = payload.events.len();
     metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => endpoint.label()).increment(events as u64);
+    // One runtime config for the whole request, whatever reloads meanwhile.
+    let runtime = inner.live.current();
     let ctx = RequestContext {
         endpoint,
         now,
@@ -309,9 +319,10 @@ async fn handle(
             parts.extensions.get::<ConnectInfo<SocketAddr>>(),
         ),
         query_sent_at: query.sent_at,
-        topics: &inner.topics,
+        topics: &runtime.topics,
         max_message_bytes: inner.limits.max_message_bytes,
         dedup_ids: inner.policy.dedups(),
+        runtime: &runtime,
     };
     let produced = async {
         let Prepared {
@@ -326,7 +337,7 @@ async fn handle(
         };
         let outcome = inner
             .policy
-            .apply(&mut messages, &dedup_ids, &inner.topics, now)
+            .apply(&mut messages, &dedup_ids, &runtime.topics, now)
             .await?;
         if messages.is_empty() {
             return Ok(outcome);
@@ -473,7 +484,13 @@ fn health(state: &AppState) -> Health {
 
 async fn readiness(State(state): State<AppState>) -> Response {
     match health(&state) {
-        Health::Ready => (StatusCode::OK, "ready").into_response(),
+        // The hash lets the operator (and tests) see which runtime config
+        // each pod has in force.
+        Health::Ready => (
+            StatusCode::OK,
+            format!("ready\nruntime-config {}\n", state.0.live.current().hash),
+        )
+            .into_response(),
         Health::NotReady(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {reason}"),

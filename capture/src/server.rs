@@ -71,18 +71,6 @@ pub struct ServeSettings {
     pub drain_timeout: Duration,
 }
 
-/// Reads and validates the runtime config document at `path`.
-pub fn load_runtime_config(
-    path: &std::path::Path,
-) -> Result<crate::runtime_config::RuntimeConfig, StartError> {
-    let error = |reason: String| StartError::RuntimeConfig {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
-    crate::runtime_config::parse(&text).map_err(|err| error(err.to_string()))
-}
-
 /// Builds the sink the configuration asks for.
 pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, StartError> {
     let kind = config.sink_kind();
@@ -125,10 +113,29 @@ pub async fn run(
 ) -> Result<(), StartError> {
     // The recorder first, so the sink's start-up errors and stats count.
     let metrics = crate::metrics::install();
-    if let Some(path) = &config.runtime_config {
-        let runtime = load_runtime_config(path)?;
-        tracing::info!(path = %path.display(), hash = %runtime.hash(), "runtime config loaded");
-    }
+    let live = match &config.runtime_config {
+        Some(path) => {
+            let (applied, follower) = crate::live::Follower::start(path.clone(), config.topics())
+                .map_err(|err| StartError::RuntimeConfig {
+                path: path.display().to_string(),
+                reason: match err {
+                    crate::live::ReloadError::Unreadable { reason, .. }
+                    | crate::live::ReloadError::Invalid { reason, .. } => reason,
+                },
+            })?;
+            tracing::info!(path = %path.display(), hash = %applied.hash, "runtime config loaded");
+            let live = Arc::new(crate::live::Live::new(applied));
+            tokio::spawn(crate::live::watch(
+                Arc::clone(&live),
+                follower,
+                config.runtime_config_poll,
+            ));
+            live
+        }
+        None => Arc::new(crate::live::Live::new(crate::live::Applied::empty_over(
+            &config.topics(),
+        ))),
+    };
     let sink = build_sink(config).await?;
     let policy = Arc::new(Policy::new(&config.policy()).map_err(StartError::Policy)?);
     policy.spawn_background();
@@ -146,7 +153,8 @@ pub async fn run(
         limits,
     )
     .with_metrics(metrics)
-    .with_policy(Arc::clone(&policy));
+    .with_policy(Arc::clone(&policy))
+    .with_live(live);
     if let Some(redis) = config.policy().redis {
         tracing::info!(
             nodes = redis.store.urls.len(),

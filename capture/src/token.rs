@@ -34,6 +34,12 @@ pub enum TokenError {
     /// Events in one request carry different tokens.
     #[error("events in one request carry different project tokens")]
     Mixed,
+    /// The runtime config's `tokens.deny` lists the token.
+    #[error("this project token may not send events here (runtime config tokens.deny)")]
+    Denied,
+    /// The runtime config's `tokens.allow` is set and does not list it.
+    #[error("this project token may not send events here (not in runtime config tokens.allow)")]
+    NotAllowed,
 }
 
 /// Checks one token against the rules above.

@@ -1,0 +1,264 @@
+//! The runtime config reloads while capture serves: through a ConfigMap-like
+//! volume (the `..data` symlink swap kubelet does) and on SIGHUP; a broken
+//! document changes nothing and is reported; and under concurrent requests
+//! while the config flips, every request is processed wholly under one
+//! version.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Capture;
+use serde_json::{Value, json};
+
+/// A directory laid out as kubelet mounts a ConfigMap: `runtime.yaml` ->
+/// `..data/runtime.yaml`, `..data` -> a timestamped directory, swapped by
+/// renaming a new link over `..data`.
+struct ConfigMapVolume {
+    dir: tempfile::TempDir,
+    generation: u32,
+}
+
+impl ConfigMapVolume {
+    fn new(document: &str) -> ConfigMapVolume {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("..data/runtime.yaml", dir.path().join("runtime.yaml"))
+            .expect("file link");
+        let mut volume = ConfigMapVolume { dir, generation: 0 };
+        volume.update(document);
+        volume
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("runtime.yaml")
+    }
+
+    /// Writes a new timestamped directory and swaps `..data` to it
+    /// atomically, then removes the old one, as kubelet does.
+    fn update(&mut self, document: &str) {
+        self.generation += 1;
+        let root = self.dir.path();
+        let name = format!(
+            "..2026_11_26_00_00_{:02}.{}",
+            self.generation, self.generation
+        );
+        std::fs::create_dir(root.join(&name)).expect("data dir");
+        std::fs::write(root.join(&name).join("runtime.yaml"), document).expect("write");
+        let tmp = root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&name, &tmp).expect("new link");
+        let old = std::fs::read_link(root.join("..data")).ok();
+        std::fs::rename(&tmp, root.join("..data")).expect("swap");
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(root.join(old));
+        }
+    }
+}
+
+async fn readiness(capture: &Capture) -> (u16, String) {
+    let response = reqwest::get(capture.url("/_readiness")).await.expect("get");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("body"),
+    )
+}
+
+/// The runtime config hash a pod reports in its readiness body.
+async fn hash(capture: &Capture) -> String {
+    let (status, body) = readiness(capture).await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix("runtime-config "))
+        .unwrap_or_else(|| panic!("no hash in {body:?}"))
+        .to_owned()
+}
+
+fn expected_hash(document: &str) -> String {
+    capture::runtime_config::parse(document)
+        .expect("valid")
+        .hash()
+}
+
+async fn wait_for_hash(capture: &Capture, wanted: &str) -> Duration {
+    let started = Instant::now();
+    while hash(capture).await != wanted {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "config {wanted} not applied; logs:\n{}",
+            capture.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+async fn send(capture: &Capture, token: &str) -> u16 {
+    reqwest::Client::new()
+        .post(capture.url("/e"))
+        .body(json!({"event": "e", "distinct_id": "d", "token": token}).to_string())
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
+async fn metric(capture: &Capture, needle: &str) -> Option<f64> {
+    let text = reqwest::get(capture.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .find(|line| line.starts_with(needle))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn start(path: &Path, poll: &str, out: &Path) -> Capture {
+    Capture::start(&[
+        "--sink",
+        "file",
+        "--sink-file",
+        out.to_str().expect("utf-8"),
+        "--runtime-config",
+        path.to_str().expect("utf-8"),
+        "--runtime-config-poll",
+        poll,
+    ])
+}
+
+#[tokio::test]
+async fn a_config_map_swap_applies_without_a_restart_and_a_broken_one_changes_nothing() {
+    let out = tempfile::NamedTempFile::new().expect("out");
+    let open = "version: 1\n";
+    let mut volume = ConfigMapVolume::new(open);
+    let capture = start(&volume.path(), "100ms", out.path());
+    assert_eq!(hash(&capture).await, expected_hash(open));
+    assert_eq!(send(&capture, "phc_retired").await, 200);
+
+    let deny = "version: 1\ntokens: {deny: [phc_retired]}\n";
+    volume.update(deny);
+    let took = wait_for_hash(&capture, &expected_hash(deny)).await;
+    eprintln!("applied {took:?} after the swap");
+    assert_eq!(send(&capture, "phc_retired").await, 401);
+    assert_eq!(send(&capture, "phc_current").await, 200);
+    let info = format!(
+        "capture_runtime_config_info{{hash=\"{}\"}}",
+        expected_hash(deny)
+    );
+    assert_eq!(metric(&capture, &info).await, Some(1.0));
+
+    // A broken document: the last good one stays, the pod stays ready, the
+    // error names the field and is counted.
+    volume.update("version: 1\ntokens: {deny: [phc_retired]}\nplugins: [{sample: {rate: 7}}]\n");
+    capture.wait_for_log("plugins[0].sample.rate");
+    assert_eq!(hash(&capture).await, expected_hash(deny));
+    assert_eq!(send(&capture, "phc_retired").await, 401);
+    assert_eq!(
+        metric(
+            &capture,
+            "capture_runtime_config_reloads_total{result=\"invalid\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // Fixed again: applied.
+    volume.update(open);
+    wait_for_hash(&capture, &expected_hash(open)).await;
+    assert_eq!(send(&capture, "phc_retired").await, 200);
+}
+
+#[tokio::test]
+async fn sighup_reloads_at_once() {
+    let out = tempfile::NamedTempFile::new().expect("out");
+    let first = "version: 1\n";
+    let mut volume = ConfigMapVolume::new(first);
+    // Polling effectively off: only the signal can reload.
+    let capture = start(&volume.path(), "1h", out.path());
+    let second = "version: 1\nrouting: {events: from-sighup}\n";
+    volume.update(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hash(&capture).await, expected_hash(first), "no poll yet");
+    let status = Command::new("kill")
+        .args(["-HUP", &capture.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_for_hash(&capture, &expected_hash(second)).await;
+}
+
+#[tokio::test]
+async fn each_request_is_processed_under_one_version_while_the_config_flips() {
+    let out = tempfile::NamedTempFile::new().expect("out");
+    let doc = |topic: &str| format!("version: 1\nrouting: {{events: {topic}}}\n");
+    let mut volume = ConfigMapVolume::new(&doc("flip-a"));
+    let capture = start(&volume.path(), "10ms", out.path());
+    let url = capture.url("/batch");
+
+    let clients = 8;
+    let batches_each = 40;
+    let senders: Vec<_> = (0..clients)
+        .map(|client| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for batch in 0..batches_each {
+                    let id = format!("{client}-{batch}");
+                    let events: Vec<Value> = (0..25)
+                        .map(|i| json!({"event": "e", "distinct_id": format!("{id}-{i}"), "properties": {"batch": id}}))
+                        .collect();
+                    let body = json!({"api_key": "phc_flip", "batch": events}).to_string();
+                    let status = http.post(&url).body(body).send().await.expect("post").status();
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    // Flip the routing back and forth while the batches go.
+    let flipper = tokio::spawn(async move {
+        for i in 0..60 {
+            volume.update(&doc(if i % 2 == 0 { "flip-b" } else { "flip-a" }));
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        volume
+    });
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let _volume = flipper.await.expect("flipper");
+
+    // Every batch's 25 events went to one topic, and both topics were used.
+    let text = std::fs::read_to_string(out.path()).expect("output");
+    let mut topics_by_batch: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeSet<String>,
+    > = Default::default();
+    let mut lines = 0;
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).expect("json line");
+        let data: Value =
+            serde_json::from_str(record["value"]["data"].as_str().expect("data")).expect("event");
+        let batch = data["properties"]["batch"]
+            .as_str()
+            .expect("batch")
+            .to_owned();
+        topics_by_batch
+            .entry(batch)
+            .or_default()
+            .insert(record["topic"].as_str().expect("topic").to_owned());
+        lines += 1;
+    }
+    assert_eq!(lines, clients * batches_each * 25);
+    let mixed: Vec<_> = topics_by_batch
+        .iter()
+        .filter(|(_, t)| t.len() > 1)
+        .collect();
+    assert!(mixed.is_empty(), "batches split across versions: {mixed:?}");
+    let used: std::collections::BTreeSet<_> = topics_by_batch.values().flatten().collect();
+    assert_eq!(used.len(), 2, "the flips were seen: {used:?}");
+}
