@@ -34,6 +34,7 @@ pub mod live;
 pub mod lzstring;
 pub mod metrics;
 pub mod parse;
+pub mod plugins;
 pub mod policy;
 pub mod process;
 pub mod recordings;

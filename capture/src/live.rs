@@ -31,6 +31,10 @@ pub struct Applied {
     pub hash: String,
     /// Topics by data type: the static ones with `routing` over them.
     pub topics: Topics,
+    /// Restrictions and plugins.
+    pub pipeline: crate::plugins::Pipeline,
+    /// Rate limit and dedup settings over the static ones.
+    pub overrides: crate::policy::Overrides,
     allow: HashSet<String>,
     deny: HashSet<String>,
 }
@@ -54,6 +58,8 @@ impl Applied {
         };
         Applied {
             hash: config.hash(),
+            pipeline: crate::plugins::Pipeline::new(&config),
+            overrides: crate::policy::Overrides::new(&config),
             topics,
             allow: config.tokens.allow.iter().cloned().collect(),
             deny: config.tokens.deny.iter().cloned().collect(),

@@ -57,6 +57,10 @@ pub const REDIS_UP: &str = "capture_redis_up";
 pub const POLICY_FALLBACK: &str = "capture_policy_fallback_total";
 /// 1 while the server is ready for traffic.
 pub const READY: &str = "capture_ready";
+/// Events the runtime config's restrictions and plugins dropped or moved,
+/// by `by` (`restriction` or the plugin's name) and `verdict` (`drop`,
+/// `overflow`, `redirect`).
+pub const EVENTS_FILTERED: &str = "capture_events_filtered_total";
 /// Runtime config reloads by `result` (`applied`, `invalid`, `unreadable`).
 pub const RUNTIME_CONFIG_RELOADS: &str = "capture_runtime_config_reloads_total";
 /// `1` for the runtime config `hash` in force, `0` for the one it replaced.

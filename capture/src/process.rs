@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::error::CaptureError;
 use crate::event::CapturedEvent;
 use crate::parse::{EventFields, Payload, as_bool, as_i64, as_str, present, request_token};
+use crate::plugins::{Event, Verdict};
 use crate::route::{DataType, Topics};
 use crate::sink::Message;
 use crate::timestamp::{self, ClientTime};
@@ -114,7 +115,40 @@ pub fn analytics_messages(
         let uuid = event_uuid(fields).map_err(invalid)?;
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
         let ts = event_time(fields, sent_at, flag(properties.ignore_sent_at), ctx.now);
-        let kind = DataType::for_event(&name, payload.historical_migration);
+        let mut kind = DataType::for_event(&name, payload.historical_migration);
+        let mut topic = Arc::clone(ctx.topics.topic(kind));
+        let mut keyed = true;
+        let mut ip = ctx.ip.clone();
+        let data = if ctx.runtime.pipeline.is_empty() {
+            data
+        } else {
+            let mut event = Event::new(&token, &name, &distinct_id, &mut ip, data);
+            let (verdict, by) = ctx.runtime.pipeline.run(&mut event);
+            let data = event.into_body();
+            let dropped = verdict == Verdict::Drop;
+            let label = match verdict {
+                Verdict::Keep => None,
+                Verdict::Drop => Some("drop"),
+                Verdict::Overflow => {
+                    kind = DataType::Overflow;
+                    topic = Arc::clone(&ctx.topics.overflow);
+                    keyed = false;
+                    Some("overflow")
+                }
+                Verdict::Topic(to) => {
+                    topic = to;
+                    Some("redirect")
+                }
+            };
+            if let Some(label) = label {
+                metrics::counter!(crate::metrics::EVENTS_FILTERED, "by" => by, "verdict" => label)
+                    .increment(1);
+            }
+            if dropped {
+                continue;
+            }
+            data
+        };
         if ctx.dedup_ids {
             dedup_ids.push(if present(fields.uuid).is_some() {
                 Some(uuid.to_string())
@@ -125,7 +159,7 @@ pub fn analytics_messages(
         let captured = CapturedEvent {
             uuid,
             distinct_id,
-            ip: ctx.ip.clone(),
+            ip,
             data,
             now: now_text.clone(),
             sent_at: sent_at_text.clone(),
@@ -134,8 +168,8 @@ pub fn analytics_messages(
             timestamp: timestamp::format(ts),
             is_cookieless_mode: flag(properties.cookieless_mode),
         };
-        let key = captured.key();
-        let message = captured.into_message(kind, Arc::clone(ctx.topics.topic(kind)), Some(key));
+        let key = keyed.then(|| captured.key());
+        let message = captured.into_message(kind, topic, key);
         check_size(&message, ctx.max_message_bytes)?;
         messages.push(message);
     }

@@ -321,7 +321,7 @@ async fn handle(
         query_sent_at: query.sent_at,
         topics: &runtime.topics,
         max_message_bytes: inner.limits.max_message_bytes,
-        dedup_ids: inner.policy.dedups(),
+        dedup_ids: inner.policy.dedups(&runtime.overrides),
         runtime: &runtime,
     };
     let produced = async {
@@ -337,7 +337,13 @@ async fn handle(
         };
         let outcome = inner
             .policy
-            .apply(&mut messages, &dedup_ids, &runtime.topics, now)
+            .apply(
+                &mut messages,
+                &dedup_ids,
+                &runtime.topics,
+                now,
+                &runtime.overrides,
+            )
             .await?;
         if messages.is_empty() {
             return Ok(outcome);

@@ -752,3 +752,45 @@ fn bad_quota_flags_name_the_flag() {
         "{stderr}"
     );
 }
+
+/// The runtime config's `dedup` and `rateLimit` override the static
+/// settings while capture runs: turned on here by a reload, with no flags.
+#[tokio::test]
+async fn runtime_config_turns_dedup_and_a_rate_limit_on_without_a_restart() {
+    let redis = shared();
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = dir.path().join("runtime.yaml");
+    std::fs::write(&runtime, "version: 1\n").expect("write");
+    let runtime_arg = runtime.display().to_string();
+    let node = Node::start(
+        &redis.url(),
+        &prefix,
+        &[
+            "--runtime-config",
+            &runtime_arg,
+            "--runtime-config-poll",
+            "50ms",
+        ],
+    );
+    let batch = events(3, "e", "u");
+    node.batch(&token, batch.clone()).await;
+    node.batch(&token, batch.clone()).await;
+    assert_eq!(node.lines().len(), 6, "no dedup yet");
+
+    std::fs::write(
+        &runtime,
+        "version: 1\ndedup: {ttl: 1m}\nrateLimit: {perSecond: 1, burst: 8, action: reject}\n",
+    )
+    .expect("write");
+    node.capture.wait_for_log("runtime config applied");
+    let fresh = events(3, "e", "v");
+    assert_eq!(node.batch(&token, fresh.clone()).await.status, 200);
+    assert_eq!(node.batch(&token, fresh).await.status, 200);
+    assert_eq!(node.lines().len(), 9, "the resend was a duplicate");
+    // Burst 8, 3 used: a request of 6 more is over the limit and refused.
+    let reply = node.batch(&token, events(6, "e", "w")).await;
+    assert_eq!(reply.status, 429, "{:?}", reply.body);
+    assert!(reply.retry_after.is_some());
+    assert_eq!(node.lines().len(), 9);
+}

@@ -262,3 +262,60 @@ async fn each_request_is_processed_under_one_version_while_the_config_flips() {
     let used: std::collections::BTreeSet<_> = topics_by_batch.values().flatten().collect();
     assert_eq!(used.len(), 2, "the flips were seen: {used:?}");
 }
+
+#[tokio::test]
+async fn restrictions_and_plugins_shape_what_is_produced() {
+    let out = tempfile::NamedTempFile::new().expect("out");
+    let document = "version: 1
+restrictions:
+  - {action: redirect, events: [export_row], topic: exports}
+  - {action: forceOverflow, distinctIds: [hot-user]}
+plugins:
+  - redact: {keys: [email]}
+  - drop: {events: [$feature_flag_called]}
+  - anonymizeIp: {}
+";
+    let volume = ConfigMapVolume::new(document);
+    let capture = start(&volume.path(), "1h", out.path());
+    let events = json!([
+        {"event": "signup", "distinct_id": "u1", "properties": {"email": "a@b.c", "plan": "pro", "$ip": "198.51.100.7"}},
+        {"event": "$feature_flag_called", "distinct_id": "u1"},
+        {"event": "export_row", "distinct_id": "u1"},
+        {"event": "click", "distinct_id": "hot-user"},
+    ]);
+    let status = reqwest::Client::new()
+        .post(capture.url("/batch"))
+        .header("X-Forwarded-For", "203.0.113.99")
+        .body(json!({"api_key": "phc_shape", "batch": events}).to_string())
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(status, 200);
+    let text = std::fs::read_to_string(out.path()).expect("output");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("json"))
+        .collect();
+    assert_eq!(records.len(), 3, "the flag event was dropped: {text}");
+    let data = |record: &Value| -> Value {
+        serde_json::from_str(record["value"]["data"].as_str().expect("data")).expect("event")
+    };
+    let signup = &records[0];
+    assert_eq!(signup["topic"], "clickhouse_events");
+    assert_eq!(data(signup)["properties"]["email"], "[redacted]");
+    assert_eq!(data(signup)["properties"]["plan"], "pro");
+    assert_eq!(data(signup)["properties"]["$ip"], "198.51.100.0");
+    assert_eq!(signup["value"]["ip"], "203.0.113.0");
+    assert!(!text.contains("a@b.c"), "the email left: {text}");
+    assert_eq!(records[1]["topic"], "exports");
+    assert_eq!(records[1]["key"], "phc_shape:u1");
+    assert_eq!(records[2]["topic"], "events_plugin_ingestion_overflow");
+    assert_eq!(records[2]["key"], Value::Null, "overflow spreads load");
+    let filtered = metric(
+        &capture,
+        "capture_events_filtered_total{by=\"drop\",verdict=\"drop\"}",
+    )
+    .await;
+    assert_eq!(filtered, Some(1.0));
+}

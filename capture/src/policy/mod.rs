@@ -175,6 +175,45 @@ fn header_value<'a>(message: &'a Message, name: &str) -> &'a str {
         .map_or("", |(_, value)| value.as_str())
 }
 
+/// The runtime config's changes to the static policy settings; `None`
+/// keeps the static value. They take effect only where Redis policies are
+/// on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// Rate per second and burst.
+    pub rate: Option<(f64, u64)>,
+    /// Over the rate limit: overflow or reject.
+    pub rate_action: Option<RateAction>,
+    /// Dedup TTL; `Some(None)` turns dedup off.
+    pub dedup_ttl: Option<Option<Duration>>,
+}
+
+impl Overrides {
+    /// From a validated runtime config.
+    pub fn new(config: &crate::runtime_config::RuntimeConfig) -> Self {
+        use crate::runtime_config::RateLimitAction;
+        Overrides {
+            rate: config.rate_limit.as_ref().map(|rate| {
+                let per_second = u64::from(rate.per_second);
+                (per_second as f64, rate.burst.map_or(per_second, u64::from))
+            }),
+            rate_action: config
+                .rate_limit
+                .as_ref()
+                .and_then(|rate| rate.action)
+                .map(|action| match action {
+                    RateLimitAction::Overflow => RateAction::Overflow,
+                    RateLimitAction::Reject => RateAction::Reject,
+                }),
+            dedup_ttl: config.dedup.as_ref().map(|dedup| {
+                crate::runtime_config::dedup_ttl(&dedup.ttl)
+                    .ok()
+                    .filter(|ttl| !ttl.is_zero())
+            }),
+        }
+    }
+}
+
 impl Policy {
     /// A policy layer that does nothing.
     pub fn disabled() -> Self {
@@ -239,11 +278,15 @@ impl Policy {
         }
     }
 
-    /// Whether events are deduplicated (so requests must carry client ids).
-    pub fn dedups(&self) -> bool {
-        self.redis
-            .as_ref()
-            .is_some_and(|r| r.settings.dedup_ttl.is_some())
+    /// Whether events are deduplicated (so requests must carry client ids),
+    /// with the runtime config's `overrides`.
+    pub fn dedups(&self, overrides: &Overrides) -> bool {
+        self.redis.as_ref().is_some_and(|r| {
+            overrides
+                .dedup_ttl
+                .unwrap_or(r.settings.dedup_ttl)
+                .is_some()
+        })
     }
 
     /// Whether any policy is on; when not, [`Policy::apply`] is free.
@@ -261,23 +304,23 @@ impl Policy {
         dedup_ids: &[Option<String>],
         topics: &Topics,
         now: DateTime<Utc>,
+        overrides: &Overrides,
     ) -> Result<Outcome, CaptureError> {
         if !self.is_active() || messages.is_empty() {
             return Ok(Outcome::default());
         }
         let token = header_value(&messages[0], header::TOKEN).to_owned();
         let mut decisions = vec![Decision::Accept; messages.len()];
-        self.local_overflow(&token, messages, &mut decisions)?;
+        let rate_action = overrides.rate_action.unwrap_or(self.rate_action);
+        self.local_overflow(&token, messages, &mut decisions, rate_action)?;
         if let Some(redis) = &self.redis {
+            // The rate action resolved here, so the check needs no default.
+            let overrides = Overrides {
+                rate_action: Some(rate_action),
+                ..overrides.clone()
+            };
             redis
-                .check(
-                    &token,
-                    messages,
-                    dedup_ids,
-                    &mut decisions,
-                    now,
-                    self.rate_action,
-                )
+                .check(&token, messages, dedup_ids, &mut decisions, now, &overrides)
                 .await?;
         }
         Ok(finish(messages, decisions, topics))
@@ -289,6 +332,7 @@ impl Policy {
         token: &str,
         messages: &[Message],
         decisions: &mut [Decision],
+        rate_action: RateAction,
     ) -> Result<(), CaptureError> {
         if self.hot_keys.is_none() && self.force_overflow.is_empty() {
             return Ok(());
@@ -314,7 +358,7 @@ impl Policy {
             if !over {
                 continue;
             }
-            if self.rate_action == RateAction::Reject && cause == "hot_key" {
+            if rate_action == RateAction::Reject && cause == "hot_key" {
                 metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => quota_type(message.kind).as_str(), "action" => "reject")
                     .increment(messages.len() as u64);
                 return Err(CaptureError::RateLimited {
@@ -336,9 +380,14 @@ impl RedisPolicy {
         dedup_ids: &[Option<String>],
         decisions: &mut [Decision],
         now: DateTime<Utc>,
-        rate_action: RateAction,
+        overrides: &Overrides,
     ) -> Result<(), CaptureError> {
         let settings = &self.settings;
+        let rate_action = overrides.rate_action.unwrap_or(RateAction::Overflow);
+        let (rate_limit, rate_burst) = overrides
+            .rate
+            .unwrap_or((settings.rate_limit, settings.rate_burst));
+        let dedup_ttl = overrides.dedup_ttl.unwrap_or(settings.dedup_ttl);
         // Limits known without asking Redis: billing and exhausted windows.
         let mut local_limited: Vec<(QuotaType, QuotaAction)> = Vec::new();
         if settings.quotas {
@@ -396,13 +445,13 @@ impl RedisPolicy {
                     types.push(TypeCheck {
                         kind,
                         quota: settings.quotas,
-                        rate: if analytics { settings.rate_limit } else { 0.0 },
-                        burst: settings.rate_burst,
+                        rate: if analytics { rate_limit } else { 0.0 },
+                        burst: rate_burst,
                     });
                     types.len() - 1
                 }
             };
-            if settings.dedup_ttl.is_some()
+            if dedup_ttl.is_some()
                 && message.kind != DataType::Recordings
                 && let Some(id) = dedup_ids.get(i).and_then(Option::as_deref)
             {
@@ -437,7 +486,7 @@ impl RedisPolicy {
             now_ms: now.timestamp_millis(),
             types: &types,
             events: &events,
-            dedup_ttl: settings.dedup_ttl.unwrap_or(Duration::from_secs(1)),
+            dedup_ttl: dedup_ttl.unwrap_or(Duration::from_secs(1)),
             quota_action: settings.quota_action,
             rate_action,
         };
@@ -655,7 +704,13 @@ mod tests {
             .map(|d| message(DataType::Events, d))
             .collect();
         let outcome = policy
-            .apply(&mut messages, &[], &Topics::default(), Utc::now())
+            .apply(
+                &mut messages,
+                &[],
+                &Topics::default(),
+                Utc::now(),
+                &Overrides::default(),
+            )
             .await
             .expect("applied");
         assert!(outcome.quota_limited.is_empty());

@@ -1,0 +1,117 @@
+//! Event restrictions, as PostHog has them: events of the listed tokens,
+//! event names and distinct ids (an empty list matches any) are dropped,
+//! sent to overflow, marked to skip person processing, or redirected to a
+//! topic. They run before the plugins; the first matching restriction
+//! decides.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::drop::listed;
+use super::{Event, Verdict};
+use crate::runtime_config::{Restriction, RestrictionAction};
+
+#[derive(Debug)]
+struct Compiled {
+    action: RestrictionAction,
+    tokens: HashSet<String>,
+    events: HashSet<String>,
+    distinct_ids: HashSet<String>,
+    topic: Option<Arc<str>>,
+}
+
+/// The restrictions of one runtime config version.
+#[derive(Debug, Default)]
+pub struct Restrictions(Vec<Compiled>);
+
+impl Restrictions {
+    /// From the runtime config's list (validated).
+    pub fn new(list: &[Restriction]) -> Self {
+        Restrictions(
+            list.iter()
+                .map(|r| Compiled {
+                    action: r.action,
+                    tokens: r.tokens.iter().cloned().collect(),
+                    events: r.events.iter().cloned().collect(),
+                    distinct_ids: r.distinct_ids.iter().cloned().collect(),
+                    topic: r.topic.as_deref().map(Arc::from),
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The verdict of the first restriction matching `event`.
+    pub fn apply(&self, event: &mut Event<'_, '_>) -> Verdict {
+        let Some(hit) = self.0.iter().find(|r| {
+            listed(&r.tokens, event.token)
+                && listed(&r.events, event.name)
+                && listed(&r.distinct_ids, event.distinct_id)
+        }) else {
+            return Verdict::Keep;
+        };
+        match hit.action {
+            RestrictionAction::Drop => Verdict::Drop,
+            RestrictionAction::ForceOverflow => Verdict::Overflow,
+            RestrictionAction::Redirect => match &hit.topic {
+                Some(topic) => Verdict::Topic(Arc::clone(topic)),
+                None => Verdict::Keep,
+            },
+            RestrictionAction::SkipPersonProcessing => {
+                if let Some(properties) = event.properties_mut() {
+                    properties.insert("$process_person_profile".into(), Value::Bool(false));
+                }
+                Verdict::Keep
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::plugins::Verdict;
+    use crate::plugins::testing::{pipeline, run};
+
+    #[test]
+    fn each_action_and_the_first_match_wins() {
+        let p = pipeline(
+            "version: 1
+restrictions:
+  - {action: drop, tokens: [phc_a], events: [spam]}
+  - {action: forceOverflow, tokens: [phc_a]}
+  - {action: redirect, events: [export], topic: exports}
+  - {action: skipPersonProcessing, distinctIds: [anon]}
+",
+        );
+        assert_eq!(run(&p, "phc_a", "spam", "d", json!({})).0, Verdict::Drop);
+        assert_eq!(
+            run(&p, "phc_a", "click", "d", json!({})).0,
+            Verdict::Overflow
+        );
+        assert_eq!(
+            run(&p, "phc_b", "export", "d", json!({})).0,
+            Verdict::Topic("exports".into())
+        );
+        let (verdict, body, _) = run(
+            &p,
+            "phc_b",
+            "click",
+            "anon",
+            json!({"properties": {"x": 1}}),
+        );
+        assert_eq!(verdict, Verdict::Keep);
+        assert_eq!(
+            body["properties"],
+            json!({"x": 1, "$process_person_profile": false})
+        );
+        assert_eq!(run(&p, "phc_b", "click", "d", json!({})).0, Verdict::Keep);
+    }
+}
