@@ -33,6 +33,8 @@ pub const FIELD_MANAGER: &str = "capture-operator";
 pub const FINALIZER: &str = "capture.dev/topic-cleanup";
 /// Periodic resync.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How soon the pods are asked again while a new runtime config spreads.
+pub const CONFIG_RECHECK: Duration = Duration::from_secs(5);
 
 /// What a reconcile can fail with; the controller retries these.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +302,19 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     }
 
     let topics = reconcile_topics(cd, &secrets, ctx).await?;
-    let status = observed_status(cd, &deployment, topics, &missing_secrets, &config);
+    // Which config the ready pods run: the one just written, else the last
+    // good one.
+    let desired = match &config {
+        RuntimeConfigOutcome::Applied(hash) => Some(hash.clone()),
+        RuntimeConfigOutcome::Invalid(_) => cd.status.as_ref().and_then(|s| s.config_hash.clone()),
+    };
+    let rollout = match &desired {
+        Some(hash) => {
+            Some(crate::rollout::observe(client, &namespace, &cd.name_any(), hash).await?)
+        }
+        None => None,
+    };
+    let status = observed_status(cd, &deployment, topics, &missing_secrets, &config, rollout);
     let previous = cd.status.clone().unwrap_or_default();
     let degraded = |s: &CaptureDeploymentStatus| {
         s.conditions
@@ -343,7 +357,13 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         )
         .await?;
     }
-    Ok(Action::requeue(RESYNC))
+    // While ready pods still run an older config, look again soon.
+    match rollout {
+        Some(rollout) if rollout.ready > 0 && !rollout.complete() => {
+            Ok(Action::requeue(CONFIG_RECHECK))
+        }
+        _ => Ok(Action::requeue(RESYNC)),
+    }
 }
 
 /// What became of the spec's runtime config.
@@ -363,6 +383,7 @@ pub fn observed_status(
     topics: Vec<TopicStatus>,
     missing_secrets: &[String],
     config: &RuntimeConfigOutcome,
+    rollout: Option<crate::rollout::ConfigRollout>,
 ) -> CaptureDeploymentStatus {
     let previous = cd.status.clone().unwrap_or_default();
     let generation = cd.metadata.generation;
@@ -432,7 +453,7 @@ pub fn observed_status(
     let degraded = !missing_secrets.is_empty()
         || topic_problem.is_some()
         || matches!(config, RuntimeConfigOutcome::Invalid(_));
-    let conditions = vec![
+    let mut conditions = vec![
         condition("Ready", ready, ready_reason, ready_message.clone()),
         condition(
             "Progressing",
@@ -476,6 +497,24 @@ pub fn observed_status(
             format!("{topics_ready} of {} topics in sync", topics.len()),
         ),
     ];
+    if let Some(rollout) = rollout {
+        let reason = if rollout.complete() {
+            "AllPods"
+        } else if rollout.ready == 0 {
+            "NoReadyPods"
+        } else {
+            "Propagating"
+        };
+        conditions.push(condition(
+            "RuntimeConfigApplied",
+            rollout.complete(),
+            reason,
+            format!(
+                "{} of {} ready pods run the runtime config",
+                rollout.current, rollout.ready
+            ),
+        ));
+    }
     let config_hash = match config {
         RuntimeConfigOutcome::Applied(hash) => Some(hash.clone()),
         RuntimeConfigOutcome::Invalid(_) => previous.config_hash.clone(),
@@ -495,6 +534,7 @@ pub fn observed_status(
         topics,
         config_hash,
         settings_hash,
+        config_pods: rollout.map(|r| r.current),
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`quota_controller`]: the `CaptureQuota` reconciler.
 //! - [`runtime`]: both controllers, their watches, metrics and health.
 //! - [`leader`]: leader election on a Lease, so one replica reconciles.
+//! - [`rollout`]: which runtime config the pods report in force.
 //! - [`backoff`]: per-object retry delays; [`events`]: Kubernetes Events.
 
 pub mod backoff;
@@ -21,5 +22,6 @@ pub mod leader;
 pub mod manifest;
 pub mod quota;
 pub mod quota_controller;
+pub mod rollout;
 pub mod runtime;
 pub mod topic;

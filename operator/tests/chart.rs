@@ -255,6 +255,7 @@ fn watch_permissions() -> BTreeSet<(String, String, String)> {
             &["get", "list", "watch", "patch", "delete"],
         ),
         ("", &["secrets"], &["get", "list", "watch"]),
+        ("", &["pods"], &["list"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
     ])
 }

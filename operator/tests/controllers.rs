@@ -64,6 +64,34 @@ fn event_reasons(api: &MemoryApi) -> Vec<String> {
         .collect()
 }
 
+/// A pod's readiness endpoint: answers `runtime-config <hash>` with the
+/// hash it is given; returns its port and the hash to change.
+async fn readiness_stand_in(hash: &str) -> (u16, std::sync::Arc<std::sync::Mutex<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let in_force = std::sync::Arc::new(std::sync::Mutex::new(hash.to_owned()));
+    let shared = std::sync::Arc::clone(&in_force);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let hash = shared.lock().expect("hash").clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let body = format!("ready\nruntime-config {hash}\n");
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, in_force)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_come_back_secrets_roll_pods_and_config_only_reloads() {
     let api = MemoryApi::default();
@@ -95,9 +123,23 @@ async fn children_come_back_secrets_roll_pods_and_config_only_reloads() {
     )
     .await;
 
+    // A ready pod, served by a stand-in that answers readiness with the
+    // runtime config hash it has in force (the old one, for now).
+    let config = annotation(api.get(&config_map), CONFIG_HASH).expect("config hash");
+    let (port, in_force) = readiness_stand_in(&config).await;
+    api.insert(
+        &path("v1", "pods", "capture-0"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "capture-0", "namespace": "default",
+                         "labels": {"app.kubernetes.io/name": "capture", "app.kubernetes.io/instance": "capture"}},
+            "spec": {"containers": [{"name": "capture", "ports": [{"name": "http", "containerPort": port}]}]},
+            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        }),
+    );
+
     // A runtime config change rewrites the ConfigMap and leaves the pods.
     let settings = annotation(api.get(&deployment), SETTINGS_HASH).expect("settings hash");
-    let config = annotation(api.get(&config_map), CONFIG_HASH).expect("config hash");
     api.update(&cd, |object| {
         object["spec"]["runtimeConfig"] = json!({"dedup": {"ttl": "2m"}});
         object["metadata"]["generation"] = json!(2);
@@ -130,6 +172,34 @@ async fn children_come_back_secrets_roll_pods_and_config_only_reloads() {
                 api.get(&cd).map(|o| o["status"]["configHash"].clone())
             )
         },
+    )
+    .await;
+    // The pod still runs the old config: 0 of 1 until it reloads.
+    let applied = |api: &MemoryApi| {
+        let status = api.get(&cd).expect("cd")["status"].clone();
+        let condition = status["conditions"].as_array().and_then(|c| {
+            c.iter()
+                .find(|c| c["type"] == "RuntimeConfigApplied")
+                .cloned()
+        });
+        (
+            status["configPods"].as_i64(),
+            condition.map(|c| c["reason"].clone()),
+        )
+    };
+    wait_until(
+        "the status to count the pod still on the old config",
+        long,
+        || applied(&api) == (Some(0), Some(json!("Propagating"))),
+        || format!("{:?}", applied(&api)),
+    )
+    .await;
+    *in_force.lock().expect("hash") = new_config.clone();
+    wait_until(
+        "the status to see the pod reload",
+        long,
+        || applied(&api) == (Some(1), Some(json!("AllPods"))),
+        || format!("{:?}", applied(&api)),
     )
     .await;
 

@@ -84,6 +84,17 @@ fn secret() -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": "default", "resourceVersion": "42"}, "data": {"url": "cmVkaXM6Ly9yZWRpczo2Mzc5"}})
 }
 
+/// The listing of the deployment's pods (none here: nothing runs them), to
+/// see which runtime config they have in force.
+fn pods() -> Call {
+    call(
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        200,
+        Reply::Json(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})),
+    )
+}
+
 /// The status write that ends an apply pass.
 fn status_write(object: &Value) -> Call {
     call(
@@ -170,9 +181,10 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(true, true);
     calls.push(event());
+    calls.push(pods());
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
-    let topics_event = &bodies[bodies.len() - 2];
+    let topics_event = &bodies[bodies.len() - 3];
     assert_eq!(topics_event["reason"], "TopicsReconciled");
     assert!(
         topics_event["note"]
@@ -256,7 +268,9 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     // A resync with nothing changed: the same applies, no Event, no status
     // write.
     let synced = cd(spec(&id), false, Some(status.clone()));
-    let (result, _) = run(synced, apply_calls(false, true)).await;
+    let mut calls = apply_calls(false, true);
+    calls.push(pods());
+    let (result, _) = run(synced, calls).await;
     result.expect("resynced");
 
     // Deleting removes only the topic marked deleteOnRemoval.
@@ -308,6 +322,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(false, true);
     calls.push(event());
+    calls.push(pods());
     calls.push(status_write(&value));
     run(object, calls).await.0.expect("reconciled");
 
@@ -321,6 +336,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
         Reply::Json(status(404, "NotFound", "not found")),
     )];
     calls.extend(apply_calls(false, true).into_iter().skip(1));
+    calls.push(pods());
     calls.push(event());
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;
@@ -370,6 +386,7 @@ async fn an_invalid_runtime_config_keeps_the_last_good_config_map() {
     let value = serde_json::to_value(&object).expect("json");
     let mut calls = apply_calls(false, false);
     calls.push(event()); // topics created
+    calls.push(pods()); // which config they run: the last good one
     calls.push(event()); // the warning
     calls.push(status_write(&value));
     let (result, bodies) = run(object, calls).await;

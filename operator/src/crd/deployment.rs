@@ -380,6 +380,10 @@ pub struct CaptureDeploymentStatus {
     /// pod-template annotation); a change rolls the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings_hash: Option<String>,
+    /// Ready pods that report `configHash` in force (from their readiness
+    /// endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_pods: Option<i32>,
 }
 
 /// One topic as last seen.
