@@ -61,6 +61,10 @@ pub enum CaptureError {
         /// When the quota window ends (or is checked again).
         retry_after: std::time::Duration,
     },
+    /// The token requires signed requests and the signature is missing or
+    /// wrong.
+    #[error("{0}")]
+    Signature(#[from] crate::signing::SignatureError),
     /// Redis did not answer and policies fail closed.
     #[error("quota and rate limit checks are unavailable")]
     PolicyUnavailable,
@@ -102,7 +106,7 @@ impl CaptureError {
             | CaptureError::Recording(_)
             | CaptureError::BodyRead(_) => StatusCode::BAD_REQUEST,
             CaptureError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            CaptureError::Token(_) => StatusCode::UNAUTHORIZED,
+            CaptureError::Token(_) | CaptureError::Signature(_) => StatusCode::UNAUTHORIZED,
             CaptureError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CaptureError::Sink(_) | CaptureError::PolicyUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -121,6 +125,7 @@ impl CaptureError {
             CaptureError::Payload(_) => "invalid_payload",
             CaptureError::InvalidEvent { .. } => "invalid_event",
             CaptureError::Token(_) => "invalid_token",
+            CaptureError::Signature(_) => "invalid_signature",
             CaptureError::Recording(_) => "invalid_recording",
             CaptureError::TooLarge(_) => "payload_too_large",
             CaptureError::Sink(_) => "sink_unavailable",

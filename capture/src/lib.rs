@@ -42,6 +42,7 @@ pub mod route;
 pub mod router;
 pub mod runtime_config;
 pub mod server;
+pub mod signing;
 pub mod sink;
 pub mod timestamp;
 pub mod token;

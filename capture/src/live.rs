@@ -35,6 +35,8 @@ pub struct Applied {
     pub pipeline: crate::plugins::Pipeline,
     /// Rate limit and dedup settings over the static ones.
     pub overrides: crate::policy::Overrides,
+    /// Request signatures, when the config asks for them.
+    pub signing: Option<crate::signing::Signing>,
     allow: HashSet<String>,
     deny: HashSet<String>,
 }
@@ -60,6 +62,7 @@ impl Applied {
             hash: config.hash(),
             pipeline: crate::plugins::Pipeline::new(&config),
             overrides: crate::policy::Overrides::new(&config),
+            signing: None,
             topics,
             allow: config.tokens.allow.iter().cloned().collect(),
             deny: config.tokens.deny.iter().cloned().collect(),
@@ -173,7 +176,7 @@ impl ReloadError {
 /// `base`.
 pub fn load(path: &Path, base: &Topics) -> Result<Applied, ReloadError> {
     let bytes = read(path)?;
-    parse(path, &bytes, base)
+    parse(path, &bytes, base).1
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ReloadError> {
@@ -183,14 +186,37 @@ fn read(path: &Path) -> Result<Vec<u8>, ReloadError> {
     })
 }
 
-fn parse(path: &Path, bytes: &[u8], base: &Topics) -> Result<Applied, ReloadError> {
+/// The document in `bytes`, with the secrets its signatures name: the
+/// applied config and a fingerprint of everything it was read from (so a
+/// rotated secrets file counts as a change too).
+fn parse(path: &Path, bytes: &[u8], base: &Topics) -> (u64, Result<Applied, ReloadError>) {
     let invalid = |reason: String| ReloadError::Invalid {
         path: path.display().to_string(),
         reason,
     };
-    let text = std::str::from_utf8(bytes).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
-    let config = crate::runtime_config::parse(text).map_err(|err| invalid(err.to_string()))?;
-    Ok(Applied::new(config, base))
+    let mut seen = fingerprint(bytes);
+    let result = (|| {
+        let text =
+            std::str::from_utf8(bytes).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
+        let config = crate::runtime_config::parse(text).map_err(|err| invalid(err.to_string()))?;
+        let signing = match &config.signatures {
+            None => None,
+            Some(signatures) => {
+                let secrets = std::fs::read_to_string(&signatures.secrets_file).map_err(|err| {
+                    invalid(format!(
+                        "signatures.secretsFile {}: {err}",
+                        signatures.secrets_file
+                    ))
+                })?;
+                seen ^= fingerprint(secrets.as_bytes()).rotate_left(1);
+                Some(crate::signing::Signing::new(signatures, &secrets).map_err(invalid)?)
+            }
+        };
+        let mut applied = Applied::new(config, base);
+        applied.signing = signing;
+        Ok(applied)
+    })();
+    (seen, result)
 }
 
 /// What one look at the file did.
@@ -221,13 +247,13 @@ impl Follower {
     /// change between them goes unseen.
     pub fn start(path: PathBuf, base: Topics) -> Result<(Applied, Follower), ReloadError> {
         let bytes = read(&path)?;
-        let applied = parse(&path, &bytes, &base)?;
+        let (seen, applied) = parse(&path, &bytes, &base);
         let follower = Follower {
-            seen: Some(fingerprint(&bytes)),
+            seen: Some(seen),
             path,
             base,
         };
-        Ok((applied, follower))
+        Ok((applied?, follower))
     }
 
     /// Looks at the file now and applies what changed.
@@ -248,13 +274,20 @@ impl Follower {
                 });
             }
         };
-        let seen = fingerprint(&bytes);
+        let (seen, parsed) = parse(&self.path, &bytes, &self.base);
         if self.seen == Some(seen) {
             return Reload::Unchanged;
         }
         self.seen = Some(seen);
-        match parse(&self.path, &bytes, &self.base) {
-            Ok(applied) if applied.hash == live.current().hash => Reload::Same,
+        match parsed {
+            Ok(applied) if applied.hash == live.current().hash => {
+                // Same document; but its secrets file may have rotated.
+                if applied.signing.is_some() {
+                    live.swap(applied);
+                    tracing::info!(path = %self.path.display(), "signing secrets reloaded");
+                }
+                Reload::Same
+            }
             Ok(applied) => {
                 let hash = applied.hash.clone();
                 live.swap(applied);

@@ -306,11 +306,21 @@ async fn handle(
     };
     let decoded = decode(encoded, inner.limits.decode)?;
     let payload = parse(&decoded)?;
+    // One runtime config for the whole request, whatever reloads meanwhile.
+    let runtime = inner.live.current();
+    if let Some(signing) = &runtime.signing {
+        let token = crate::parse::request_token(&payload)?;
+        if signing.requires(&token) {
+            let header = parts
+                .headers
+                .get(crate::signing::HEADER)
+                .and_then(|v| v.to_str().ok());
+            signing.verify(&token, header, &body, now.timestamp())?;
+        }
+    }
 
     let events = payload.events.len();
     metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => endpoint.label()).increment(events as u64);
-    // One runtime config for the whole request, whatever reloads meanwhile.
-    let runtime = inner.live.current();
     let ctx = RequestContext {
         endpoint,
         now,

@@ -44,6 +44,9 @@ pub struct RuntimeConfig {
     /// Which project tokens may send at all.
     #[serde(default, skip_serializing_if = "TokenPolicy::is_empty")]
     pub tokens: TokenPolicy,
+    /// Tokens whose requests must be signed (HMAC-SHA256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<Signatures>,
     /// Event restrictions by token, event name and distinct id, applied
     /// before the plugins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -80,6 +83,29 @@ impl TokenPolicy {
     fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
     }
+}
+
+/// Request signatures: requests of the listed tokens must carry
+/// `X-Capture-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
+/// `<t>.<body as sent>`, with the token's secret, within `window` of now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Signatures {
+    /// Tokens whose requests must be signed.
+    #[schemars(length(min = 1))]
+    pub tokens: Vec<String>,
+    /// File holding each token's secret, a YAML map `token: secret`
+    /// (mount it from a Kubernetes Secret; secrets never go in the CRD).
+    #[schemars(length(min = 1))]
+    pub secrets_file: String,
+    /// Largest difference between the signature's time and now (`5m`).
+    #[serde(default = "default_window")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub window: String,
+}
+
+fn default_window() -> String {
+    "5m".into()
 }
 
 /// What a restriction does to the events it matches.
@@ -431,6 +457,33 @@ impl RuntimeConfig {
         }
         check_tokens("tokens.allow", &self.tokens.allow)?;
         check_tokens("tokens.deny", &self.tokens.deny)?;
+        if let Some(signatures) = &self.signatures {
+            if signatures.tokens.is_empty() {
+                return Err(invalid(
+                    "signatures.tokens",
+                    "list the tokens whose requests must be signed",
+                ));
+            }
+            check_tokens("signatures.tokens", &signatures.tokens)?;
+            if !signatures.secrets_file.starts_with('/') {
+                return Err(invalid(
+                    "signatures.secretsFile",
+                    "an absolute path, like /etc/capture/signing/secrets.yaml",
+                ));
+            }
+            let window = humantime::parse_duration(&signatures.window).map_err(|err| {
+                invalid(
+                    "signatures.window",
+                    format!("{:?} is not a duration like 5m: {err}", signatures.window),
+                )
+            })?;
+            if window < Duration::from_secs(1) || window > Duration::from_secs(3600) {
+                return Err(invalid(
+                    "signatures.window",
+                    "between 1s and 1h (replays inside it are possible)",
+                ));
+            }
+        }
         for (i, restriction) in self.restrictions.iter().enumerate() {
             let field = format!("restrictions[{i}]");
             check_tokens(&format!("{field}.tokens"), &restriction.tokens)?;
@@ -730,6 +783,18 @@ routing: {events: events_main, overflow: events_overflow}
             (
                 "version: 1\nrateLimit: {perSecond: 0}",
                 "rateLimit.perSecond: must be at least 1",
+            ),
+            (
+                "version: 1\nsignatures: {tokens: [], secretsFile: /s}",
+                "signatures.tokens: list the tokens",
+            ),
+            (
+                "version: 1\nsignatures: {tokens: [phc_a], secretsFile: s.yaml}",
+                "signatures.secretsFile: an absolute path",
+            ),
+            (
+                "version: 1\nsignatures: {tokens: [phc_a], secretsFile: /s, window: 2h}",
+                "signatures.window: between 1s and 1h",
             ),
             (
                 "version: 1\ndedup: {ttl: soon}",

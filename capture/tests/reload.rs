@@ -319,3 +319,100 @@ plugins:
     .await;
     assert_eq!(filtered, Some(1.0));
 }
+
+#[tokio::test]
+async fn signed_tokens_need_a_valid_fresh_signature_and_rotated_secrets_apply() {
+    let out = tempfile::NamedTempFile::new().expect("out");
+    let secrets_dir = tempfile::tempdir().expect("secrets");
+    let secrets = secrets_dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, "phc_signed: first-secret\n").expect("write");
+    let document = format!(
+        "version: 1\nsignatures: {{tokens: [phc_signed], secretsFile: {}, window: 1m}}\n",
+        secrets.display()
+    );
+    let volume = ConfigMapVolume::new(&document);
+    let capture = start(&volume.path(), "50ms", out.path());
+    let body = json!({"event": "e", "distinct_id": "d", "token": "phc_signed"}).to_string();
+    let post = |signature: Option<String>, body: String| {
+        let url = capture.url("/e");
+        async move {
+            let mut request = reqwest::Client::new().post(url).body(body);
+            if let Some(signature) = signature {
+                request = request.header("X-Capture-Signature", signature);
+            }
+            let response = request.send().await.expect("post");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let signed = |secret: &[u8], time: i64, body: &str| {
+        format!(
+            "t={time},v1={}",
+            capture::signing::sign(secret, time, body.as_bytes())
+        )
+    };
+
+    let (status, reply) = post(None, body.clone()).await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+    assert!(
+        reply["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("requires signed requests")
+    );
+    assert_eq!(
+        post(Some(signed(b"first-secret", now, &body)), body.clone())
+            .await
+            .0,
+        200
+    );
+    let stale = signed(b"first-secret", now - 120, &body);
+    let (status, reply) = post(Some(stale), body.clone()).await;
+    assert_eq!(status, 401);
+    assert!(
+        reply["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("more than 60s")
+    );
+    let tampered = body.replace("\"e\"", "\"f\"");
+    assert_eq!(
+        post(Some(signed(b"first-secret", now, &body)), tampered)
+            .await
+            .0,
+        401
+    );
+    // Other tokens need no signature.
+    let other = json!({"event": "e", "distinct_id": "d", "token": "phc_free"}).to_string();
+    assert_eq!(post(None, other).await.0, 200);
+
+    // The secret rotates in its file: applied without a restart.
+    std::fs::write(&secrets, "phc_signed: second-secret\n").expect("rotate");
+    capture.wait_for_log("signing secrets reloaded");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post(Some(signed(b"second-secret", now, &body)), body.clone())
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "rotated secret not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        post(Some(signed(b"first-secret", now, &body)), body.clone())
+            .await
+            .0,
+        401
+    );
+    // No secret or signature ever reaches the logs.
+    let logs = capture.logs().join("\n");
+    assert!(
+        !logs.contains("first-secret") && !logs.contains("second-secret"),
+        "{logs}"
+    );
+}
