@@ -55,16 +55,7 @@ impl crate::runtime::ErrorReason for Error {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Kafka(_) => "kafka",
-            // Every reconcile runs inside the finalizer helper: report the
-            // cause, not the wrapper.
-            Error::Finalizer(err) => match err.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
-                kube::runtime::finalizer::Error::AddFinalizer(_)
-                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kubernetes",
-                kube::runtime::finalizer::Error::UnnamedObject
-                | kube::runtime::finalizer::Error::InvalidFinalizer => "finalizer",
-            },
+            Error::Finalizer(err) => crate::runtime::finalizer_reason(err),
         }
     }
 }
@@ -328,21 +319,21 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         ctx.events.warning(cd, &reason, "Reconcile", message).await;
     }
     // Changes the pods see, said once: a roll, or a reload.
-    if let (Some(before), Some(now)) = (&previous.settings_hash, &status.settings_hash)
-        && before != now
-    {
+    let changed = |before: &Option<String>, now: &Option<String>| match (before, now) {
+        (Some(before), Some(now)) if before != now => Some(format!("{before} -> {now}")),
+        _ => None,
+    };
+    if let Some(change) = changed(&previous.settings_hash, &status.settings_hash) {
         let note = format!(
-            "static settings or a referenced Secret changed (settings hash {before} -> {now}); rolling the pods"
+            "static settings or a referenced Secret changed (settings hash {change}); rolling the pods"
         );
         ctx.events
             .normal(cd, "RollingPods", "UpdateDeployment", note)
             .await;
     }
-    if let (Some(before), Some(now)) = (&previous.config_hash, &status.config_hash)
-        && before != now
-    {
+    if let Some(change) = changed(&previous.config_hash, &status.config_hash) {
         let note = format!(
-            "runtime config {before} -> {now} written to the ConfigMap; the pods reload it without a restart"
+            "runtime config {change} written to the ConfigMap; the pods reload it without a restart"
         );
         ctx.events
             .normal(cd, "RuntimeConfigUpdated", "UpdateConfigMap", note)

@@ -57,16 +57,7 @@ impl crate::runtime::ErrorReason for Error {
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Redis(_) => "redis",
-            // Every reconcile runs inside the finalizer helper: report the
-            // cause, not the wrapper.
-            Error::Finalizer(err) => match err.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
-                kube::runtime::finalizer::Error::AddFinalizer(_)
-                | kube::runtime::finalizer::Error::RemoveFinalizer(_) => "kubernetes",
-                kube::runtime::finalizer::Error::UnnamedObject
-                | kube::runtime::finalizer::Error::InvalidFinalizer => "finalizer",
-            },
+            Error::Finalizer(err) => crate::runtime::finalizer_reason(err),
         }
     }
 }

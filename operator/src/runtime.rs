@@ -38,6 +38,19 @@ pub trait ErrorReason {
     fn reason(&self) -> &'static str;
 }
 
+/// The label of an error from the finalizer helper, which every reconcile
+/// runs inside: the cause, not the wrapper.
+pub fn finalizer_reason<E: ErrorReason + std::error::Error + 'static>(
+    err: &kube::runtime::finalizer::Error<E>,
+) -> &'static str {
+    use kube::runtime::finalizer::Error;
+    match err {
+        Error::ApplyFailed(inner) | Error::CleanupFailed(inner) => inner.reason(),
+        Error::AddFinalizer(_) | Error::RemoveFinalizer(_) => "kubernetes",
+        Error::UnnamedObject | Error::InvalidFinalizer => "finalizer",
+    }
+}
+
 /// How long running reconciles may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
