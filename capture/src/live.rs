@@ -172,13 +172,6 @@ impl ReloadError {
     }
 }
 
-/// Reads and validates the document at `path`, over the static topics
-/// `base`.
-pub fn load(path: &Path, base: &Topics) -> Result<Applied, ReloadError> {
-    let bytes = read(path)?;
-    parse(path, &bytes, base).1
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, ReloadError> {
     std::fs::read(path).map_err(|err| ReloadError::Unreadable {
         path: path.display().to_string(),

@@ -8,19 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::memory::MemoryApi;
+use common::path;
 use common::running::{start, wait_until};
 use serde_json::{Value, json};
 
 const NS: &str = "/namespaces/default";
-
-fn path(group_version: &str, plural: &str, name: &str) -> String {
-    let prefix = if group_version == "v1" {
-        "/api/v1".to_owned()
-    } else {
-        format!("/apis/{group_version}")
-    };
-    format!("{prefix}{NS}/{plural}/{name}")
-}
 
 /// A CaptureDeployment on the shared broker, with its own topics.
 fn seed(api: &MemoryApi, runtime: Value) -> String {

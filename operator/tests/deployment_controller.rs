@@ -8,21 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::api::{Call, Reply, call, event, serve, status};
+use common::{condition, path};
 use kube::runtime::controller::Action;
 use operator::crd::CaptureDeployment;
 use operator::deployment_controller::{self, Context, Error};
 use serde_json::{Value, json};
-
-const NS: &str = "/namespaces/default";
-
-fn path(group_version: &str, plural: &str, name: &str) -> String {
-    let prefix = if group_version == "v1" {
-        "/api/v1".to_owned()
-    } else {
-        format!("/apis/{group_version}")
-    };
-    format!("{prefix}{NS}/{plural}/{name}")
-}
 
 async fn run(cd: CaptureDeployment, calls: Vec<Call>) -> (Result<Action, Error>, Vec<Value>) {
     let (client, server) = serve(calls);
@@ -227,15 +217,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     assert_eq!(status["observedGeneration"], 3);
     assert_eq!(status["topicsSummary"], "6/6");
     assert_eq!(status["configHash"], hash);
-    let condition = |kind: &str| {
-        status["conditions"]
-            .as_array()
-            .expect("conditions")
-            .iter()
-            .find(|c| c["type"] == kind)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {kind} condition"))
-    };
+    let condition = |kind: &str| condition(status, kind);
     assert_eq!(
         (
             condition("Ready")["status"].as_str(),
@@ -347,13 +329,7 @@ async fn a_shrunk_topic_and_a_missing_secret_are_conditions_not_errors() {
     );
     result.expect("no error loop");
     let status = &bodies.last().expect("status patch")["status"];
-    let ready = status["conditions"]
-        .as_array()
-        .expect("conditions")
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .expect("Ready")
-        .clone();
+    let ready = condition(status, "Ready");
     assert_eq!(
         (ready["status"].as_str(), ready["reason"].as_str()),
         (Some("False"), Some("SecretNotFound"))
@@ -401,15 +377,7 @@ async fn an_invalid_runtime_config_keeps_the_last_good_config_map() {
         status["configHash"], "0123456789abcdef",
         "the last good one"
     );
-    let condition = |kind: &str| {
-        status["conditions"]
-            .as_array()
-            .expect("conditions")
-            .iter()
-            .find(|c| c["type"] == kind)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {kind} condition"))
-    };
+    let condition = |kind: &str| condition(status, kind);
     assert_eq!(condition("Ready")["reason"], "InvalidRuntimeConfig");
     assert_eq!(condition("Degraded")["status"], "True");
     let valid = condition("RuntimeConfigValid");

@@ -9,6 +9,28 @@ pub mod running;
 #[path = "../../../capture/tests/common/redis.rs"]
 pub mod redis;
 
+/// The API path of the object `name` in namespace `default`, for a group
+/// version like `v1` or `apps/v1`.
+pub fn path(group_version: &str, plural: &str, name: &str) -> String {
+    let prefix = if group_version == "v1" {
+        "/api/v1".to_owned()
+    } else {
+        format!("/apis/{group_version}")
+    };
+    format!("{prefix}/namespaces/default/{plural}/{name}")
+}
+
+/// The condition `kind` of a status, failing the test when absent.
+pub fn condition(status: &serde_json::Value, kind: &str) -> serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} condition in {status}"))
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
