@@ -120,6 +120,27 @@ pub struct HttpConfig {
     /// flushing the producer.
     #[arg(long, env = "CAPTURE_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// PEM certificate chain for HTTPS (leaf first; `tls.crt` of a Kubernetes
+    /// TLS Secret). With `--tls-key`, the listener speaks only TLS, offering
+    /// HTTP/2 and HTTP/1.1.
+    #[arg(long, env = "CAPTURE_TLS_CERT", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (`tls.key`).
+    #[arg(long, env = "CAPTURE_TLS_KEY", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a rotation.
+    #[arg(long, env = "CAPTURE_TLS_POLL", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub tls_poll: Duration,
+}
+
+impl HttpConfig {
+    /// The certificate and key files, when TLS is on.
+    pub fn tls(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 /// Which sink receives events.
@@ -608,6 +629,14 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
         self.validate_policy()?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return invalid(
+                "`--tls-cert` and `--tls-key` (CAPTURE_TLS_CERT, CAPTURE_TLS_KEY) go together; set both or neither",
+            );
+        }
+        if self.http.tls_poll.is_zero() {
+            return invalid("`--tls-poll` must be longer than 0s");
+        }
         match self.sink_kind() {
             SinkKind::Kafka if self.kafka.brokers.iter().all(|b| b.trim().is_empty()) => {
                 return invalid("`--sink kafka` needs `--kafka-brokers` (CAPTURE_KAFKA_BROKERS)");

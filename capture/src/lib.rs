@@ -21,7 +21,8 @@
 //!   reloads (token policies, restrictions, plugins, limits, routing);
 //!   [`live`] keeps the one in force and reloads it.
 //! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks.
-//! - [`server`]: accept loop, start-up and graceful shutdown.
+//! - [`server`]: accept loop, start-up and graceful shutdown; [`tls`] is
+//!   its optional HTTPS with certificate rotation.
 //! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
 //!   shared pieces.
 
@@ -45,6 +46,7 @@ pub mod server;
 pub mod signing;
 pub mod sink;
 pub mod timestamp;
+pub mod tls;
 pub mod token;
 
 pub use config::Config;

@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::clock::SystemClock;
@@ -51,6 +52,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// The TLS certificate or key is unusable.
+    #[error("cannot start TLS: {0}")]
+    Tls(#[source] crate::tls::TlsError),
     /// The listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -139,6 +143,14 @@ pub async fn run(
     let sink = build_sink(config).await?;
     let policy = Arc::new(Policy::new(&config.policy()).map_err(StartError::Policy)?);
     policy.spawn_background();
+    let tls = match config.http.tls() {
+        Some(files) => {
+            let tls = crate::tls::Tls::start(files.clone()).map_err(StartError::Tls)?;
+            tracing::info!(cert = %files.cert.display(), "TLS on; the certificate files are followed");
+            Some(tls.follow(config.http.tls_poll))
+        }
+        None => None,
+    };
     // Bound only once the sink is up: until then connections are refused
     // rather than left hanging.
     let address = config.http.address;
@@ -169,6 +181,7 @@ pub async fn run(
     tracing::info!(
         address = %listener.local_addr().unwrap_or(address),
         sink = sink.name(),
+        tls = tls.is_some(),
         "capture listening"
     );
     let settings = ServeSettings {
@@ -179,7 +192,7 @@ pub async fn run(
     let delay = config.http.shutdown_delay;
     let drain_started = Arc::new(std::sync::OnceLock::new());
     let started = Arc::clone(&drain_started);
-    serve(listener, app(state), settings, async move {
+    serve(listener, app(state), settings, tls, async move {
         shutdown.await;
         draining.begin_shutdown();
         tracing::info!(delay = ?delay, "shutdown requested; readiness now fails");
@@ -199,10 +212,14 @@ pub async fn run(
 
 /// Accepts connections on `listener` until `shutdown` resolves, then waits
 /// (up to the drain timeout) for open connections to finish their requests.
+/// With `tls`, every connection is TLS first (its handshake bounded by the
+/// header read timeout); HTTP/2 is served to clients that negotiate it,
+/// with or without TLS.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     settings: ServeSettings,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -210,6 +227,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -225,17 +243,47 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = app.clone().map_request(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            req
-        });
-        let connection = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service),
-        );
-        let connection = graceful.watch(connection.into_owned());
+        let service =
+            TowerToHyperService::new(app.clone().map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                req
+            }));
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let served = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            metrics::counter!("capture_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(error = %err, %remote, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("capture_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(err) = served {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         });

@@ -11,49 +11,23 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Capture;
+use common::volume::Volume;
 use serde_json::{Value, json};
 
-/// A directory laid out as kubelet mounts a ConfigMap: `runtime.yaml` ->
-/// `..data/runtime.yaml`, `..data` -> a timestamped directory, swapped by
-/// renaming a new link over `..data`.
-struct ConfigMapVolume {
-    dir: tempfile::TempDir,
-    generation: u32,
-}
+/// The runtime config's ConfigMap volume, holding `runtime.yaml`.
+struct ConfigMapVolume(Volume);
 
 impl ConfigMapVolume {
     fn new(document: &str) -> ConfigMapVolume {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::os::unix::fs::symlink("..data/runtime.yaml", dir.path().join("runtime.yaml"))
-            .expect("file link");
-        let mut volume = ConfigMapVolume { dir, generation: 0 };
-        volume.update(document);
-        volume
+        ConfigMapVolume(Volume::new(&[("runtime.yaml", document)]))
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.path().join("runtime.yaml")
+        self.0.path("runtime.yaml")
     }
 
-    /// Writes a new timestamped directory and swaps `..data` to it
-    /// atomically, then removes the old one, as kubelet does.
     fn update(&mut self, document: &str) {
-        self.generation += 1;
-        let root = self.dir.path();
-        let name = format!(
-            "..2026_11_26_00_00_{:02}.{}",
-            self.generation, self.generation
-        );
-        std::fs::create_dir(root.join(&name)).expect("data dir");
-        std::fs::write(root.join(&name).join("runtime.yaml"), document).expect("write");
-        let tmp = root.join("..data_tmp");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&name, &tmp).expect("new link");
-        let old = std::fs::read_link(root.join("..data")).ok();
-        std::fs::rename(&tmp, root.join("..data")).expect("swap");
-        if let Some(old) = old {
-            let _ = std::fs::remove_dir_all(root.join(old));
-        }
+        self.0.update(&[("runtime.yaml", document)]);
     }
 }
 

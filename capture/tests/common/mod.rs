@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod redis;
+pub mod volume;
 
 pub use broker::broker;
 
