@@ -119,6 +119,7 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     policy: Arc<Policy>,
     live: Arc<crate::live::Live>,
+    replays: crate::signing::Replays,
 }
 
 impl AppState {
@@ -134,6 +135,7 @@ impl AppState {
             live: Arc::new(crate::live::Live::new(crate::live::Applied::empty_over(
                 &topics,
             ))),
+            replays: crate::signing::Replays::default(),
         }))
     }
 
@@ -308,6 +310,7 @@ async fn handle(
     let payload = parse(&decoded)?;
     // One runtime config for the whole request, whatever reloads meanwhile.
     let runtime = inner.live.current();
+    let mut signed = None;
     if let Some(signing) = &runtime.signing {
         let token = crate::parse::request_token(&payload)?;
         if signing.requires(&token) {
@@ -315,7 +318,9 @@ async fn handle(
                 .headers
                 .get(crate::signing::HEADER)
                 .and_then(|v| v.to_str().ok());
-            signing.verify(&token, header, &body, now.timestamp())?;
+            let verified = signing.verify(&token, header, &body, now.timestamp())?;
+            inner.replays.admit(verified, now.timestamp())?;
+            signed = Some(verified);
         }
     }
 
@@ -385,6 +390,9 @@ async fn handle(
     };
     produced.await.inspect_err(|err: &CaptureError| {
         metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(events as u64);
+        if let Some(verified) = &signed {
+            inner.replays.forget(verified);
+        }
     })
 }
 

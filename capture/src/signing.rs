@@ -3,8 +3,14 @@
 //! v1=<hex>`, where `v1` is the HMAC-SHA256 of `<t>.<body as sent>` under
 //! the token's secret, and `t` is within the window of now. Secrets come
 //! from a file (a mounted Kubernetes Secret), never from the config.
+//!
+//! A signature is good once: [`Replays`] remembers each accepted one until
+//! its time leaves the window, and refuses it if it comes again. A request
+//! that then fails is forgotten, so the client's retry of the same bytes
+//! goes through.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -32,6 +38,98 @@ pub enum SignatureError {
     /// The HMAC does not match.
     #[error("the signature does not match the body for this project token")]
     Mismatch,
+    /// This exact signature was already accepted within the window.
+    #[error(
+        "this signature was already used; sign each request afresh (a retry after an error may reuse it)"
+    )]
+    Replayed,
+    /// Too many signatures to remember within the window.
+    #[error("too many signed requests in the replay window on this server; retry shortly")]
+    Overloaded,
+}
+
+/// A signature that passed [`Signing::verify`]: its HMAC and when it
+/// leaves the window (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    mac: [u8; 32],
+    expires: i64,
+}
+
+/// Most signatures remembered at once (about 64 MB at the cap).
+const REPLAY_CAPACITY: usize = 1_000_000;
+
+/// Signatures accepted within their window, shared by every request and
+/// kept across runtime config reloads.
+#[derive(Debug, Default)]
+pub struct Replays {
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    expiries: HashMap<[u8; 32], i64>,
+    /// When expired entries are next swept out (unix seconds).
+    next_sweep: i64,
+}
+
+/// Seconds between sweeps of expired signatures.
+const SWEEP_EVERY: i64 = 60;
+
+impl Replays {
+    /// Records `verified`, or refuses it if it was seen and is still in its
+    /// window.
+    pub fn admit(&self, verified: Verified, now: i64) -> Result<(), SignatureError> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen
+            .expiries
+            .get(&verified.mac)
+            .is_some_and(|&expires| expires >= now)
+        {
+            return Err(SignatureError::Replayed);
+        }
+        if now >= seen.next_sweep || seen.expiries.len() >= REPLAY_CAPACITY {
+            seen.expiries.retain(|_, expires| *expires >= now);
+            seen.next_sweep = now + SWEEP_EVERY;
+            if seen.expiries.len() >= REPLAY_CAPACITY {
+                return Err(SignatureError::Overloaded);
+            }
+        }
+        seen.expiries.insert(verified.mac, verified.expires);
+        Ok(())
+    }
+
+    /// Forgets `verified`, after its request failed.
+    pub fn forget(&self, verified: &Verified) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.expiries.remove(&verified.mac);
+    }
+
+    /// Drops signatures whose window has passed ([`Replays::admit`] does
+    /// this every minute by itself).
+    pub fn prune(&self, now: i64) {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.expiries.retain(|_, expires| *expires >= now);
+    }
+
+    /// Signatures remembered.
+    pub fn len(&self) -> usize {
+        self.seen.lock().map_or(0, |seen| seen.expiries.len())
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The signing rules of one runtime config version.
@@ -80,7 +178,7 @@ impl Signing {
         header: Option<&str>,
         body: &[u8],
         now: i64,
-    ) -> Result<(), SignatureError> {
+    ) -> Result<Verified, SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
         let (mut time, mut signature) = (None, None);
         for part in header.split(',') {
@@ -104,7 +202,13 @@ impl Signing {
         mac.update(body);
         // Constant-time comparison.
         mac.verify_slice(&signature)
-            .map_err(|_| SignatureError::Mismatch)
+            .map_err(|_| SignatureError::Mismatch)?;
+        let mut fixed = [0u8; 32];
+        fixed.copy_from_slice(&signature);
+        Ok(Verified {
+            mac: fixed,
+            expires: time.saturating_add(self.window.as_secs() as i64),
+        })
     }
 }
 
@@ -152,9 +256,10 @@ mod tests {
         let now = 1_800_000_000;
         let good = format!("t={now},v1={}", sign(b"s3cret", now, body));
         assert!(signing.requires("phc_signed") && !signing.requires("phc_other"));
-        assert_eq!(
-            signing.verify("phc_signed", Some(&good), body, now + 10),
-            Ok(())
+        assert!(
+            signing
+                .verify("phc_signed", Some(&good), body, now + 10)
+                .is_ok()
         );
         assert_eq!(
             signing.verify("phc_signed", None, body, now),
@@ -176,6 +281,47 @@ mod tests {
         assert_eq!(
             signing.verify("phc_signed", Some(&wrong_key), body, now),
             Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn a_signature_is_good_once_within_its_window_unless_its_request_failed() {
+        let signing = signing();
+        let replays = Replays::default();
+        let body = br#"{"event":"e"}"#;
+        let now = 1_800_000_000;
+        let header = format!("t={now},v1={}", sign(b"s3cret", now, body));
+        let verified = signing
+            .verify("phc_signed", Some(&header), body, now)
+            .expect("good");
+        assert_eq!(replays.admit(verified, now), Ok(()));
+        assert_eq!(
+            replays.admit(verified, now + 299),
+            Err(SignatureError::Replayed)
+        );
+        replays.forget(&verified);
+        assert_eq!(
+            replays.admit(verified, now + 1),
+            Ok(()),
+            "a retry after a failure"
+        );
+        assert_eq!(
+            replays.admit(verified, now + 2),
+            Err(SignatureError::Replayed)
+        );
+        replays.prune(now + 300);
+        assert_eq!(replays.len(), 1, "still within its window at t+300");
+        replays.prune(now + 301);
+        assert!(replays.is_empty(), "pruned once out of the window");
+
+        let later = format!("t={},v1={}", now + 1, sign(b"s3cret", now + 1, body));
+        let other = signing
+            .verify("phc_signed", Some(&later), body, now + 1)
+            .expect("good");
+        assert_eq!(
+            replays.admit(other, now + 1),
+            Ok(()),
+            "a fresh signature of the same body"
         );
     }
 

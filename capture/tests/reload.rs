@@ -295,7 +295,7 @@ plugins:
 }
 
 #[tokio::test]
-async fn signed_tokens_need_a_valid_fresh_signature_and_rotated_secrets_apply() {
+async fn signed_tokens_need_a_valid_fresh_unused_signature_and_rotated_secrets_apply() {
     let out = tempfile::NamedTempFile::new().expect("out");
     let secrets_dir = tempfile::tempdir().expect("secrets");
     let secrets = secrets_dir.path().join("secrets.yaml");
@@ -345,6 +345,27 @@ async fn signed_tokens_need_a_valid_fresh_signature_and_rotated_secrets_apply() 
             .0,
         200
     );
+    // The same signed request again is a replay.
+    let (status, reply) = post(Some(signed(b"first-secret", now, &body)), body.clone()).await;
+    assert_eq!(status, 401);
+    assert!(
+        reply["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("already used"),
+        "{reply}"
+    );
+    // A signed request that fails (no event name: 400) is forgotten, so its
+    // retry is answered on its merits, not refused as a replay.
+    let nameless = json!({"distinct_id": "d", "token": "phc_signed"}).to_string();
+    for _ in 0..2 {
+        let (status, reply) = post(
+            Some(signed(b"first-secret", now, &nameless)),
+            nameless.clone(),
+        )
+        .await;
+        assert_eq!(status, 400, "{reply}");
+    }
     let stale = signed(b"first-secret", now - 120, &body);
     let (status, reply) = post(Some(stale), body.clone()).await;
     assert_eq!(status, 401);
