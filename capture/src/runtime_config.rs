@@ -95,7 +95,10 @@ pub struct Signatures {
     #[schemars(length(min = 1))]
     pub tokens: Vec<String>,
     /// File holding each token's secret, a YAML map `token: secret`
-    /// (mount it from a Kubernetes Secret; secrets never go in the CRD).
+    /// (mount it from a Kubernetes Secret; secrets never go in the CRD). In
+    /// a CaptureDeployment leave it out: `spec.signing` mounts the Secret
+    /// and the operator points this at it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(min = 1))]
     pub secrets_file: String,
     /// Largest difference between the signature's time and now (`5m`).
@@ -465,6 +468,13 @@ impl RuntimeConfig {
                 ));
             }
             check_tokens("signatures.tokens", &signatures.tokens)?;
+            if signatures.secrets_file.is_empty() {
+                return Err(invalid(
+                    "signatures.secretsFile",
+                    "required: the file of the mounted Secret of token: secret lines \
+                     (a CaptureDeployment sets it from spec.signing.secretName)",
+                ));
+            }
             if !signatures.secrets_file.starts_with('/') {
                 return Err(invalid(
                     "signatures.secretsFile",
@@ -787,6 +797,10 @@ routing: {events: events_main, overflow: events_overflow}
             (
                 "version: 1\nsignatures: {tokens: [], secretsFile: /s}",
                 "signatures.tokens: list the tokens",
+            ),
+            (
+                "version: 1\nsignatures: {tokens: [phc_a]}",
+                "signatures.secretsFile: required",
             ),
             (
                 "version: 1\nsignatures: {tokens: [phc_a], secretsFile: s.yaml}",

@@ -300,9 +300,16 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         RuntimeConfigOutcome::Invalid(_) => cd.status.as_ref().and_then(|s| s.config_hash.clone()),
     };
     let rollout = match &desired {
-        Some(hash) => {
-            Some(crate::rollout::observe(client, &namespace, &cd.name_any(), hash).await?)
-        }
+        Some(hash) => Some(
+            crate::rollout::observe(
+                client,
+                &namespace,
+                &cd.name_any(),
+                hash,
+                cd.spec.tls.is_some(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let status = observed_status(cd, &deployment, topics, &missing_secrets, &config, rollout);

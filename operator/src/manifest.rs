@@ -22,8 +22,8 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -44,6 +44,10 @@ pub const CONFIG_HASH_ANNOTATION: &str = "capture.dev/config-hash";
 pub const RUNTIME_CONFIG_DIR: &str = "/etc/capture/runtime";
 /// The ConfigMap key (and file name) of the runtime config document.
 pub const RUNTIME_CONFIG_FILE: &str = "runtime.yaml";
+/// Directory the TLS Secret is mounted at in the pods.
+pub const TLS_DIR: &str = "/etc/capture/tls";
+/// Directory the signing Secret is mounted at in the pods.
+pub const SIGNING_DIR: &str = "/etc/capture/signing";
 /// The port capture listens on inside the pod.
 pub const CONTAINER_PORT: i32 = 3000;
 /// Pods when neither `replicas` nor `autoscaling` is given.
@@ -176,6 +180,10 @@ pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
     for (kind, name, _) in topic_names(spec) {
         env.push(value(&format!("CAPTURE_{kind}_TOPIC"), name));
     }
+    if spec.tls.is_some() {
+        env.push(value("CAPTURE_TLS_CERT", format!("{TLS_DIR}/tls.crt")));
+        env.push(value("CAPTURE_TLS_KEY", format!("{TLS_DIR}/tls.key")));
+    }
     if let Some(sasl) = &spec.kafka.sasl {
         env.push(value("CAPTURE_KAFKA_SECURITY_PROTOCOL", "sasl-ssl"));
         env.push(value(
@@ -276,11 +284,12 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+fn http_probe(path: &str, period: i32, failures: i32, tls: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String("http".into()),
+            scheme: tls.then(|| "HTTPS".to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -295,6 +304,9 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 pub fn runtime_config(spec: &CaptureDeploymentSpec) -> RuntimeConfig {
     let mut config = spec.runtime_config.clone().unwrap_or_default();
     config.version = capture::runtime_config::VERSION;
+    if let (Some(signatures), Some(signing)) = (&mut config.signatures, &spec.signing) {
+        signatures.secrets_file = format!("{SIGNING_DIR}/{}", signing.key);
+    }
     config
 }
 
@@ -316,6 +328,40 @@ pub fn config_map(cd: &CaptureDeployment, config: &RuntimeConfig) -> ConfigMap {
     }
 }
 
+/// The pods' volumes and where each is mounted: the runtime config
+/// ConfigMap, and the TLS and signing Secrets when asked for. Kubelet
+/// updates these files in place, and capture follows them, so their
+/// changes need no roll.
+fn volumes(name: &str, spec: &CaptureDeploymentSpec) -> Vec<(Volume, &'static str)> {
+    let secret = |volume: &str, secret: &str| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mut volumes = vec![(
+        Volume {
+            name: "runtime-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.to_owned(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        RUNTIME_CONFIG_DIR,
+    )];
+    if let Some(tls) = &spec.tls {
+        volumes.push((secret("tls", &tls.secret_name), TLS_DIR));
+    }
+    if let Some(signing) = &spec.signing {
+        volumes.push((secret("signing", &signing.secret_name), SIGNING_DIR));
+    }
+    volumes
+}
+
 /// The capture Deployment. `secret_versions` maps each referenced Secret to
 /// its current `resourceVersion`, so a changed Secret rolls the pods.
 pub fn deployment(
@@ -326,6 +372,8 @@ pub fn deployment(
     let spec = &cd.spec;
     let env = env(spec);
     let hash = settings_hash(spec, &env, secret_versions);
+    let tls = spec.tls.is_some();
+    let volumes = volumes(&name, spec);
     let container = Container {
         name: "capture".into(),
         image: Some(spec.image.clone()),
@@ -337,14 +385,19 @@ pub fn deployment(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "runtime-config".into(),
-            mount_path: RUNTIME_CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        readiness_probe: Some(http_probe("/_readiness", 5, 2)),
-        liveness_probe: Some(http_probe("/_liveness", 10, 3)),
+        volume_mounts: Some(
+            volumes
+                .iter()
+                .map(|(volume, dir)| VolumeMount {
+                    name: volume.name.clone(),
+                    mount_path: (*dir).into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                })
+                .collect(),
+        ),
+        readiness_probe: Some(http_probe("/_readiness", 5, 2, tls)),
+        liveness_probe: Some(http_probe("/_liveness", 10, 3, tls)),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -399,14 +452,7 @@ pub fn deployment(
                     // Shutdown delay + timeout, plus a margin.
                     termination_grace_period_seconds: Some(35),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "runtime-config".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: name.clone(),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes.into_iter().map(|(volume, _)| volume).collect()),
                     ..PodSpec::default()
                 }),
             },

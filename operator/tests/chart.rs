@@ -970,12 +970,20 @@ fn the_monitors_select_what_they_scrape() {
         Some(true)
     );
 
+    assert_eq!(text(&endpoint["scheme"]), "http");
+
     let objects = render(&["--set", "podMonitor.enabled=true,watchNamespace=team-a"]);
     let pods = one(&objects, "PodMonitor");
     assert_eq!(
         pods["spec"]["namespaceSelector"]["matchNames"],
         serde_yaml::from_str::<Value>("[team-a]").expect("yaml")
     );
+
+    // Pods with spec.tls are scraped over HTTPS, their certificate unchecked.
+    let objects = render(&["--set", "podMonitor.enabled=true,podMonitor.scheme=https"]);
+    let endpoint = &one(&objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(text(&endpoint["scheme"]), "https");
+    assert_eq!(endpoint["tlsConfig"]["insecureSkipVerify"].as_bool(), Some(true));
 }
 
 // --- kubectl against a stand-in for the API server's discovery -------------

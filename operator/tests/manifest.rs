@@ -37,8 +37,11 @@ fn realistic() -> serde_json::Value {
         "logging": {"level": "capture=debug,info", "format": "json"},
         "runtimeConfig": {
             "tokens": {"deny": ["phc_retired"]},
+            "signatures": {"tokens": ["phc_server_side"]},
             "plugins": [{"redact": {"keys": ["email"]}}, {"anonymizeIp": {}}],
         },
+        "tls": {"secretName": "capture-tls"},
+        "signing": {"secretName": "capture-signing"},
     })
 }
 
@@ -259,6 +262,83 @@ fn the_config_map_holds_the_document_capture_parses_where_the_pods_read_it() {
     // No runtimeConfig in the spec: the empty document.
     let minimal = manifest::runtime_config(&cd_minimal().spec);
     assert_eq!(minimal.to_yaml(), "version: 1\n");
+}
+
+#[test]
+fn tls_and_signing_secrets_are_mounted_where_capture_reads_them_and_followed_not_rolled() {
+    let cd = cd(realistic());
+    let deployment = manifest::deployment(&cd, &BTreeMap::new());
+    let pod = deployment.spec.expect("spec").template.spec.expect("pod");
+    let container = &pod.containers[0];
+    let mounts = container.volume_mounts.as_ref().expect("mounts");
+    let volumes = pod.volumes.as_ref().expect("volumes");
+    let mounted_secret = |secret: &str| {
+        let volume = volumes
+            .iter()
+            .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret))
+            .unwrap_or_else(|| panic!("a volume of Secret {secret}"));
+        let mount = mounts
+            .iter()
+            .find(|m| m.name == volume.name)
+            .expect("mounted");
+        assert_eq!(mount.read_only, Some(true));
+        mount.mount_path.clone()
+    };
+    let tls_dir = mounted_secret("capture-tls");
+    let signing_dir = mounted_secret("capture-signing");
+
+    // Capture reads the certificate and key inside the TLS mount.
+    let config = load_in_capture(container.env.as_ref().expect("env"));
+    let files = config.http.tls().expect("TLS on");
+    assert_eq!(files.cert, std::path::Path::new(&tls_dir).join("tls.crt"));
+    assert_eq!(files.key, std::path::Path::new(&tls_dir).join("tls.key"));
+    // So kubelet probes over HTTPS.
+    for probe in [&container.readiness_probe, &container.liveness_probe] {
+        let scheme = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.scheme.as_deref());
+        assert_eq!(scheme, Some("HTTPS"));
+    }
+
+    // The rendered document points signatures at the mounted Secret's key,
+    // and capture accepts it.
+    let document = manifest::runtime_config(&cd.spec).to_yaml();
+    let parsed = capture::runtime_config::parse(&document).expect("capture reads it");
+    assert_eq!(
+        parsed.signatures.expect("signatures").secrets_file,
+        format!("{signing_dir}/secrets.yaml")
+    );
+
+    // Capture follows both files, so their Secrets do not roll the pods.
+    let rolled_by = manifest::referenced_secrets(&cd.spec);
+    assert!(
+        !rolled_by.contains("capture-tls") && !rolled_by.contains("capture-signing"),
+        "{rolled_by:?}"
+    );
+
+    // Without tls: plain HTTP probes and no TLS settings.
+    let plain = cd_minimal();
+    let deployment = manifest::deployment(&plain, &BTreeMap::new());
+    let container = &deployment
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0];
+    assert!(
+        load_in_capture(container.env.as_ref().expect("env"))
+            .http
+            .tls()
+            .is_none()
+    );
+    let scheme = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .and_then(|h| h.scheme.clone());
+    assert_eq!(scheme, None);
 }
 
 fn hash_of(cd: &CaptureDeployment, secrets: &BTreeMap<String, String>) -> String {

@@ -43,6 +43,10 @@ use super::condition::conditions_schema;
     validation = Rule::new("has(self.redis) || !has(self.policies) || (!has(self.policies.dedupTtl) && !has(self.policies.rateLimit) && !has(self.policies.quotaAction) && !has(self.policies.redisFailureMode))")
         .message("policies.dedupTtl, rateLimit, quotaAction and redisFailureMode keep their state in Redis: set redis.urlSecretRef")
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.runtimeConfig) || !has(self.runtimeConfig.signatures) || (has(self.signing) && !has(self.runtimeConfig.signatures.secretsFile))")
+        .message("runtimeConfig.signatures needs signing.secretName (a Secret of token: secret lines) and no secretsFile: the operator mounts the Secret and points secretsFile at it")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CaptureDeploymentSpec {
     /// Container image of capture, e.g. `ghcr.io/example/capture:0.1.0`.
@@ -83,6 +87,42 @@ pub struct CaptureDeploymentSpec {
     /// docs/runtime-config.md). `version` may be left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_config: Option<capture::runtime_config::RuntimeConfig>,
+    /// HTTPS on the pods, from a `kubernetes.io/tls` Secret (`tls.crt`,
+    /// `tls.key`) mounted into them. A renewed certificate (cert-manager,
+    /// say) is served without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// The Secret holding request-signing secrets for
+    /// `runtimeConfig.signatures`, mounted into the pods and followed: a
+    /// rotated secret applies without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
+}
+
+/// HTTPS for the capture pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret of type `kubernetes.io/tls` in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Where the request-signing secrets are.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningSpec {
+    /// A Secret in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Its key holding a YAML map `token: secret`. Default `secrets.yaml`.
+    #[serde(default = "default_signing_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_signing_key() -> String {
+    "secrets.yaml".into()
 }
 
 /// HorizontalPodAutoscaler settings.
@@ -542,10 +582,24 @@ mod tests {
                 json!({"restrictions": [{"action": "drop"}]}),
                 "needs at least one of tokens, events or distinctIds",
             ),
+            (
+                json!({"signatures": {"tokens": ["phc_a"]}}),
+                "runtimeConfig.signatures needs signing.secretName",
+            ),
         ] {
             let errors = with(runtime.clone());
             assert!(errors.contains(message), "{runtime}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn signatures_take_their_secrets_from_spec_signing_only() {
+        let mut spec = good();
+        spec["runtimeConfig"] = json!({"signatures": {"tokens": ["phc_a"]}});
+        spec["signing"] = json!({"secretName": "capture-signing"});
+        assert_eq!(broken(spec.clone()), "");
+        spec["runtimeConfig"]["signatures"]["secretsFile"] = json!("/elsewhere/secrets.yaml");
+        assert!(broken(spec).contains("no secretsFile"));
     }
 
     #[test]
