@@ -182,12 +182,13 @@ fn read(path: &Path) -> Result<Vec<u8>, ReloadError> {
 /// The document in `bytes`, with the secrets its signatures name: the
 /// applied config and a fingerprint of everything it was read from (so a
 /// rotated secrets file counts as a change too).
-fn parse(path: &Path, bytes: &[u8], base: &Topics) -> (u64, Result<Applied, ReloadError>) {
+fn parse(path: &Path, bytes: &[u8], base: &Topics) -> Parsed {
     let invalid = |reason: String| ReloadError::Invalid {
         path: path.display().to_string(),
         reason,
     };
     let mut seen = fingerprint(bytes);
+    let mut secrets_file = None;
     let result = (|| {
         let text =
             std::str::from_utf8(bytes).map_err(|err| invalid(format!("not UTF-8: {err}")))?;
@@ -195,6 +196,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Topics) -> (u64, Result<Applied, Relo
         let signing = match &config.signatures {
             None => None,
             Some(signatures) => {
+                secrets_file = Some(PathBuf::from(&signatures.secrets_file));
                 let secrets = std::fs::read_to_string(&signatures.secrets_file).map_err(|err| {
                     invalid(format!(
                         "signatures.secretsFile {}: {err}",
@@ -209,7 +211,30 @@ fn parse(path: &Path, bytes: &[u8], base: &Topics) -> (u64, Result<Applied, Relo
         applied.signing = signing;
         Ok(applied)
     })();
-    (seen, result)
+    Parsed {
+        seen,
+        secrets_file,
+        result,
+    }
+}
+
+/// One reading of the document and its secrets file.
+struct Parsed {
+    /// Fingerprint of the document's bytes and its secrets file's.
+    seen: u64,
+    /// The secrets file the document names, if any.
+    secrets_file: Option<PathBuf>,
+    result: Result<Applied, ReloadError>,
+}
+
+/// The fingerprint [`parse`] gives `document` with `secrets_file`, computed
+/// without parsing, so an unchanged pair costs two reads and two hashes.
+fn fingerprint_of(document: &[u8], secrets_file: Option<&Path>) -> u64 {
+    let mut seen = fingerprint(document);
+    if let Some(secrets) = secrets_file.and_then(|path| std::fs::read(path).ok()) {
+        seen ^= fingerprint(&secrets).rotate_left(1);
+    }
+    seen
 }
 
 /// What one look at the file did.
@@ -225,13 +250,16 @@ pub enum Reload {
     Refused(ReloadError),
 }
 
-/// Follows one file: remembers the bytes it last saw, so an unchanged file
-/// costs a read and a hash, and a bad document is reported once.
+/// Follows one file: remembers the bytes it last saw (and those of the
+/// secrets file the document names), so an unchanged file costs a read and
+/// a hash, not a parse, and a bad document is reported once.
 #[derive(Debug)]
 pub struct Follower {
     path: PathBuf,
     base: Topics,
     seen: Option<u64>,
+    /// The secrets file the last document read names.
+    secrets_file: Option<PathBuf>,
 }
 
 impl Follower {
@@ -240,13 +268,14 @@ impl Follower {
     /// change between them goes unseen.
     pub fn start(path: PathBuf, base: Topics) -> Result<(Applied, Follower), ReloadError> {
         let bytes = read(&path)?;
-        let (seen, applied) = parse(&path, &bytes, &base);
+        let parsed = parse(&path, &bytes, &base);
         let follower = Follower {
-            seen: Some(seen),
+            seen: Some(parsed.seen),
+            secrets_file: parsed.secrets_file,
             path,
             base,
         };
-        Ok((applied?, follower))
+        Ok((parsed.result?, follower))
     }
 
     /// Looks at the file now and applies what changed.
@@ -267,12 +296,16 @@ impl Follower {
                 });
             }
         };
-        let (seen, parsed) = parse(&self.path, &bytes, &self.base);
-        if self.seen == Some(seen) {
+        if self.seen == Some(fingerprint_of(&bytes, self.secrets_file.as_deref())) {
             return Reload::Unchanged;
         }
-        self.seen = Some(seen);
-        match parsed {
+        let parsed = parse(&self.path, &bytes, &self.base);
+        self.secrets_file = parsed.secrets_file;
+        if self.seen == Some(parsed.seen) {
+            return Reload::Unchanged;
+        }
+        self.seen = Some(parsed.seen);
+        match parsed.result {
             Ok(applied) if applied.hash == live.current().hash => {
                 // Same document; but its secrets file may have rotated.
                 if applied.signing.is_some() {

@@ -390,6 +390,16 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RuntimeConfig
     }
 }
 
+/// The document's JSON Schema (draft 2020-12), pretty-printed with a final
+/// newline: `docs/runtime-config.schema.json`, for editors and CI checks
+/// of the files people write.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RuntimeConfig);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// Parses and validates a document (YAML or JSON).
 pub fn parse(text: &str) -> Result<RuntimeConfig, RuntimeConfigError> {
     if text.trim().is_empty() {

@@ -1,6 +1,8 @@
 //! `crdgen [DIR]`: writes the CRDs' YAML into DIR (default `crds/`), one
 //! file per resource, and their reference page to `docs/crd-reference.md`
-//! (beside DIR). CI fails when the committed files differ.
+//! (beside DIR), and the runtime config document's JSON Schema to
+//! `docs/runtime-config.schema.json`. CI fails when the committed files
+//! differ.
 
 use std::path::PathBuf;
 
@@ -23,5 +25,8 @@ fn main() -> anyhow::Result<()> {
     let crds: Vec<_> = crds.into_iter().map(|(_, crd)| crd).collect();
     std::fs::write(&reference, operator::crd::reference::markdown(&crds))?;
     println!("wrote {}", reference.display());
+    let schema = docs.join("runtime-config.schema.json");
+    std::fs::write(&schema, capture::runtime_config::json_schema())?;
+    println!("wrote {}", schema.display());
     Ok(())
 }
