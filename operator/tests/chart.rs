@@ -983,7 +983,10 @@ fn the_monitors_select_what_they_scrape() {
     let objects = render(&["--set", "podMonitor.enabled=true,podMonitor.scheme=https"]);
     let endpoint = &one(&objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0];
     assert_eq!(text(&endpoint["scheme"]), "https");
-    assert_eq!(endpoint["tlsConfig"]["insecureSkipVerify"].as_bool(), Some(true));
+    assert_eq!(
+        endpoint["tlsConfig"]["insecureSkipVerify"].as_bool(),
+        Some(true)
+    );
 }
 
 // --- kubectl against a stand-in for the API server's discovery -------------

@@ -54,7 +54,10 @@ fn the_committed_runtime_config_schema_matches_the_type() {
         "docs/runtime-config.schema.json is stale; run `cargo run -p operator --bin crdgen` and commit the result"
     );
     let schema: serde_json::Value = serde_json::from_str(&generated).expect("JSON");
-    assert_eq!(schema["additionalProperties"], false, "unknown fields refused");
+    assert_eq!(
+        schema["additionalProperties"], false,
+        "unknown fields refused"
+    );
     for field in [
         "version",
         "tokens",
