@@ -27,6 +27,7 @@
 //! | `LOAD_BENCH_E_RATE` | 0 | pace `/e` to this many requests/s in total (0: as fast as the server answers) |
 //! | `LOAD_BENCH_BATCH_RATE` | 0 | pace `/batch` likewise |
 //! | `LOAD_BENCH_POLICIES` | 0 | 1: also run capture with quotas, rate limits, hot-key buckets and dedup on (a real `redis-server`), in the same run |
+//! | `LOAD_BENCH_PLUGINS` | 0 | 1: also run capture with a realistic plugin pipeline (redact 5 keys, one drop rule, sampling), in the same run |
 //!
 //! With `LOAD_BENCH_POLICIES=1` every event carries a client `uuid`, unique
 //! per request sent (stamped into the body just before sending), so dedup
@@ -35,6 +36,14 @@
 //! and checked in Kafka, while every check runs in full. The bench reports
 //! the CPU overhead and the Redis commands per request (from `INFO
 //! commandstats`).
+//!
+//! With `LOAD_BENCH_PLUGINS=1` capture also runs under a runtime config of
+//! [`PIPELINE`]: `redact` of five keys (three present in every event, so
+//! every event is rewritten), a `drop` rule on a property value, and
+//! `sample` by distinct id. The rules are chosen so that every event is
+//! kept (the sample rate of `$pageview` is 1, but each distinct id is still
+//! hashed and compared), so the Kafka check still counts every event, and
+//! the produced values must carry the redacted markers.
 //!
 //! Run with `cargo bench -p capture --bench load`.
 
@@ -53,6 +62,13 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "phc_LoadBench0123456789abcdefghijklmnopqrstu";
+/// The plugin pipeline of `LOAD_BENCH_PLUGINS=1`.
+const PIPELINE: &str = "version: 1
+plugins:
+  - redact: {keys: [email, $ip, $raw_user_agent, $referrer, utm_campaign]}
+  - drop: {property: {key: $host, equals: internal.example.com}}
+  - sample: {rate: 0.5, events: {$pageview: 1.0}}
+";
 /// The env var that turns this binary into the bare comparison server.
 const ROLE_VAR: &str = "LOAD_BENCH_ROLE";
 
@@ -81,6 +97,7 @@ struct Settings {
     scenarios: Vec<String>,
     capture_args: Vec<String>,
     policies: bool,
+    plugins: bool,
     event_rate: f64,
     batch_rate: f64,
 }
@@ -106,6 +123,7 @@ impl Settings {
                 .map(str::to_owned)
                 .collect(),
             policies: env_or::<u8>("LOAD_BENCH_POLICIES", 0) == 1,
+            plugins: env_or::<u8>("LOAD_BENCH_PLUGINS", 0) == 1,
             event_rate: env_or("LOAD_BENCH_E_RATE", 0.0),
             batch_rate: env_or("LOAD_BENCH_BATCH_RATE", 0.0),
         }
@@ -181,6 +199,9 @@ struct KafkaCheck {
     /// Whether a second read found more than `expected` messages.
     extra: bool,
     shape_ok: bool,
+    /// Events whose `$raw_user_agent` no longer holds the sent value (the
+    /// plugin run redacts it).
+    redacted: usize,
     read_time: Duration,
 }
 
@@ -202,6 +223,7 @@ struct ScenarioResult {
     bare: Measurement,
     kafka: KafkaCheck,
     policies: Option<PolicyRun>,
+    plugins: Option<(Measurement, KafkaCheck)>,
 }
 
 /// Capture with every policy on, measured in the same run.
@@ -297,6 +319,16 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
     } else {
         None
     };
+    let plugins = if settings.plugins {
+        let document = tempfile::NamedTempFile::new().expect("runtime config file");
+        std::fs::write(document.path(), PIPELINE).expect("write the runtime config");
+        let mut extra = settings.capture_args.clone();
+        extra.push("--runtime-config".into());
+        extra.push(document.path().display().to_string());
+        Some(run_capture("plugins", settings, scenario, ticks, &extra).await)
+    } else {
+        None
+    };
 
     let bare = bare::Bare::start();
     let (_, bare_measured) = warm_and_measure(
@@ -318,6 +350,7 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         bare: bare_measured,
         kafka,
         policies,
+        plugins,
     }
 }
 
@@ -739,6 +772,14 @@ fn check_topic(topic: &str, expected: usize) -> KafkaCheck {
             && r.headers.get("token").map(String::as_str) == Some(TOKEN)
             && r.key.as_deref().is_some_and(|k| k.starts_with(TOKEN))
     });
+    let redacted = records
+        .iter()
+        .filter(|r| {
+            r.data()["properties"]["$raw_user_agent"]
+                .as_str()
+                .is_none_or(|ua| !ua.starts_with("Mozilla/5.0"))
+        })
+        .count();
     let extra = records.len() == expected
         && common::read_topic(topic, expected + 1, read_time * 2 + Duration::from_secs(2)).len()
             > expected;
@@ -748,6 +789,7 @@ fn check_topic(topic: &str, expected: usize) -> KafkaCheck {
         distinct_uuids: uuids.len(),
         extra,
         shape_ok,
+        redacted,
         read_time,
     }
 }
@@ -788,6 +830,9 @@ fn report(results: &[ScenarioResult]) {
         let mut rows = vec![("capture", &r.capture, true)];
         if let Some(p) = &r.policies {
             rows.push(("+policies", &p.capture, true));
+        }
+        if let Some((m, _)) = &r.plugins {
+            rows.push(("+plugins", m, true));
         }
         rows.push(("bare axum", &r.bare, false));
         for (server, m, is_capture) in rows {
@@ -850,6 +895,18 @@ fn report(results: &[ScenarioResult]) {
                 per(&["script|load"]),
                 p.redis_cpu_per_1000,
                 if p.kafka.ok() { "OK" } else { "MISMATCH" },
+            );
+        }
+        if let Some((m, kafka)) = &r.plugins {
+            let on = m.cpu_per_1000();
+            let overhead = (on / cpu - 1.0) * 100.0;
+            println!(
+                "{:<7} plugins on (redact 5 keys, 1 drop rule, sampling): {on:.2} ms CPU per 1k events, {overhead:+.1}% vs none (target <= +15%: {}); kafka check {}, {} of {} values redacted",
+                r.label,
+                if overhead <= 15.0 { "MET" } else { "NOT MET" },
+                if kafka.ok() { "OK" } else { "MISMATCH" },
+                kafka.redacted,
+                kafka.read_back,
             );
         }
     }

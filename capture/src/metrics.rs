@@ -65,6 +65,10 @@ pub const EVENTS_FILTERED: &str = "capture_events_filtered_total";
 pub const RUNTIME_CONFIG_RELOADS: &str = "capture_runtime_config_reloads_total";
 /// `1` for the runtime config `hash` in force, `0` for the one it replaced.
 pub const RUNTIME_CONFIG_INFO: &str = "capture_runtime_config_info";
+/// TLS certificate reloads by `result` (`applied`, `refused`).
+pub const TLS_RELOADS: &str = "capture_tls_reloads_total";
+/// TLS handshakes that failed or timed out.
+pub const TLS_HANDSHAKE_FAILURES: &str = "capture_tls_handshake_failures_total";
 
 /// Installs the global recorder. Call once per process; later calls return
 /// a handle to a fresh, uninstalled recorder so tests can build many apps.

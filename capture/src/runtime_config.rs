@@ -673,6 +673,84 @@ pub fn dedup_ttl(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    /// Dotted paths of every leaf field in the schema (`[]` for list items).
+    fn field_paths(
+        schema: &serde_json::Value,
+        defs: &serde_json::Value,
+        prefix: &str,
+        out: &mut Vec<String>,
+    ) {
+        let resolve = |node: &serde_json::Value| -> serde_json::Value {
+            let mut node = node.clone();
+            if let Some(options) = node.get("anyOf").and_then(|o| o.as_array())
+                && let Some(some) = options
+                    .iter()
+                    .find(|o| o.get("type") != Some(&serde_json::json!("null")))
+            {
+                node = some.clone();
+            }
+            if let Some(name) = node.get("$ref").and_then(|r| r.as_str()) {
+                node = defs[name.trim_start_matches("#/$defs/")].clone();
+            }
+            node
+        };
+        let node = resolve(schema);
+        if let Some(items) = node.get("items") {
+            // A list of objects has fields of its own; a list of scalars is one.
+            if resolve(items).get("properties").is_some() {
+                return field_paths(items, defs, &format!("{prefix}[]"), out);
+            }
+            out.push(prefix.to_owned());
+            return;
+        }
+        match node.get("properties").and_then(|p| p.as_object()) {
+            Some(properties) => {
+                for (name, child) in properties {
+                    let path = if prefix.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    field_paths(child, defs, &path, out);
+                }
+            }
+            None => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn configuration_md_documents_every_field_and_its_example_is_valid() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ))
+        .expect("docs/configuration.md");
+        let schema: serde_json::Value = serde_json::from_str(&json_schema()).expect("schema");
+        let mut paths = Vec::new();
+        field_paths(&schema, &schema["$defs"], "", &mut paths);
+        assert!(paths.len() > 30, "{paths:?}");
+        let missing: Vec<&String> = paths
+            .iter()
+            .filter(|p| !doc.contains(&format!("| `{p}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "fields missing from the table in docs/configuration.md: {missing:?}"
+        );
+
+        let example = doc
+            .split("### Example and rules")
+            .nth(1)
+            .and_then(|rest| rest.split("```yaml\n").nth(1))
+            .and_then(|block| block.split("```").next())
+            .expect("a yaml block after ### Example and rules");
+        let config = parse(example).unwrap_or_else(|err| panic!("the example is refused: {err}"));
+        assert!(
+            config.signatures.is_some() && config.plugins.len() == 5,
+            "{config:?}"
+        );
+    }
+
     fn error(text: &str) -> String {
         parse(text).expect_err("refused").to_string()
     }

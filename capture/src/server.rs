@@ -268,12 +268,12 @@ pub async fn serve(
                     {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(err)) => {
-                            metrics::counter!("capture_tls_handshake_failures_total").increment(1);
+                            metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
                             tracing::debug!(error = %err, %remote, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            metrics::counter!("capture_tls_handshake_failures_total").increment(1);
+                            metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES).increment(1);
                             tracing::debug!(%remote, "TLS handshake timed out");
                             return;
                         }

@@ -219,13 +219,13 @@ impl Follower {
                 self.sessions.forget_all();
                 self.loaded = fingerprint;
                 self.refused = None;
-                metrics::counter!("capture_tls_reloads_total", "result" => "applied").increment(1);
+                metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "applied").increment(1);
                 tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                 true
             }
             Err(err) => {
                 self.refused = Some(fingerprint);
-                metrics::counter!("capture_tls_reloads_total", "result" => "refused").increment(1);
+                metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "refused").increment(1);
                 tracing::error!(error = %err, "TLS certificate change refused; the previous certificate stays in service");
                 false
             }

@@ -159,6 +159,20 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     );
     assert_eq!(capture.pid(), pid, "same process");
     capture.wait_for_log("TLS certificate reloaded");
+    let metrics = trusts_second
+        .get(url(&capture, "/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    for line in [
+        r#"capture_tls_reloads_total{result="refused"} 1"#,
+        r#"capture_tls_reloads_total{result="applied"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
 
 #[test]

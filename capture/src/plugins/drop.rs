@@ -57,9 +57,8 @@ impl Plugin for DropMatching {
         }
         if let Some(wanted) = &self.property {
             let matches = event
-                .properties_mut()
-                .and_then(|properties| properties.get(&wanted.key))
-                .is_some_and(|value| as_text(value) == wanted.equals);
+                .property(&wanted.key)
+                .is_some_and(|value| as_text(&value) == wanted.equals);
             if !matches {
                 return Verdict::Keep;
             }

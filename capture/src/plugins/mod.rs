@@ -21,6 +21,7 @@
 pub mod anonymize_ip;
 pub mod drop;
 pub mod limit_properties;
+pub mod raw;
 pub mod redact;
 pub mod restrictions;
 pub mod sample;
@@ -58,6 +59,8 @@ pub struct Event<'e, 'r> {
     /// Client IP (the message's `ip`).
     pub ip: &'e mut String,
     body: Body<'r>,
+    /// Where the properties are in the unparsed text, once looked for.
+    index: Option<Option<raw::EventIndex>>,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,55 @@ impl<'e, 'r> Event<'e, 'r> {
             distinct_id,
             ip,
             body: Body::Raw(raw),
+            index: None,
+        }
+    }
+
+    /// The event's JSON text and where its properties are in it (looked
+    /// for once, shared by every plugin), unless a plugin has parsed it.
+    pub fn indexed(&mut self) -> Option<(&str, &raw::EventIndex)> {
+        let Body::Raw(text) = &self.body else {
+            return None;
+        };
+        if self.index.is_none() {
+            self.index = Some(raw::index_event(text));
+        }
+        match (&self.body, &self.index) {
+            (Body::Raw(text), Some(Some(index))) => Some((text, index)),
+            _ => None,
+        }
+    }
+
+    /// Replaces the event's JSON text (a plugin that edits the text
+    /// directly, keeping it valid JSON).
+    pub fn set_raw(&mut self, text: String) {
+        self.body = Body::Raw(Cow::Owned(text));
+        self.index = None;
+    }
+
+    /// Applies `splices` (of values of the indexed text, or ranges within
+    /// them) with `with`, keeping the index current without a new scan.
+    pub fn splice(&mut self, splices: raw::Splices, with: &str) {
+        let Some((text, _)) = self.indexed() else {
+            return;
+        };
+        let (edited, shift) = splices.apply_tracked(text, with);
+        if let Some(Some(index)) = &mut self.index {
+            index.shift(&shift);
+        }
+        self.body = Body::Raw(Cow::Owned(edited));
+    }
+
+    /// The property `key`, without parsing the rest of the event.
+    pub fn property(&mut self, key: &str) -> Option<Cow<'_, Value>> {
+        if let Some((text, index)) = self.indexed() {
+            return serde_json::from_str(index.property(text, key)?)
+                .ok()
+                .map(Cow::Owned);
+        }
+        match &self.body {
+            Body::Parsed(value) => value.get("properties")?.get(key).map(Cow::Borrowed),
+            Body::Raw(_) => None,
         }
     }
 

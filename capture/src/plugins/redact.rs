@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use super::raw::{self, Splices};
 use super::{Event, Plugin, Verdict};
 use crate::runtime_config;
 
@@ -16,6 +17,10 @@ pub struct Redact {
     anywhere: Vec<String>,
     paths: Vec<Vec<String>>,
     replacement: Value,
+    /// The replacement as JSON text, for editing the event text directly.
+    replacement_json: String,
+    /// `anywhere` as JSON strings, compared with keys as written.
+    anywhere_quoted: Vec<String>,
 }
 
 impl Redact {
@@ -24,15 +29,98 @@ impl Redact {
         let (paths, anywhere): (Vec<&String>, Vec<&String>) =
             settings.keys.iter().partition(|key| key.contains('.'));
         Redact {
-            anywhere: anywhere.into_iter().cloned().collect(),
+            anywhere: anywhere.iter().map(|key| (*key).clone()).collect(),
             paths: paths
                 .into_iter()
                 .map(|path| path.split('.').map(str::to_owned).collect())
                 .collect(),
             replacement: Value::String(settings.replacement.clone()),
+            replacement_json: Value::String(settings.replacement.clone()).to_string(),
+            anywhere_quoted: anywhere
+                .iter()
+                .map(|key| Value::String((*key).clone()).to_string())
+                .collect(),
         }
     }
 
+    /// One member of the properties.
+    /// One member of the properties, its key as written (`quoted`).
+    fn find_in_member(&self, base: &str, quoted: &str, value: &str, out: &mut Splices) {
+        // Keys as written match their JSON form, unless written with
+        // escapes of their own (rare), which are decoded first.
+        let escaped = quoted.as_bytes().contains(&b'\\');
+        let key = || raw::key_text(quoted).unwrap_or_default();
+        let masked = self.anywhere_quoted.iter().any(|k| k == quoted)
+            || (escaped && {
+                let key = key();
+                self.anywhere.iter().any(|k| *k == key)
+            });
+        if masked {
+            out.replace(base, value);
+        } else if !self.anywhere.is_empty() && raw::is_container(value) {
+            find_anywhere(base, value, &self.anywhere, out);
+        }
+        if self.paths.is_empty() {
+            return;
+        }
+        let key = key();
+        for path in &self.paths {
+            let Some((first, rest)) = path.split_first() else {
+                continue;
+            };
+            if first != "*" && *first != key {
+                continue;
+            }
+            if rest.is_empty() {
+                out.replace(base, value);
+            } else {
+                find_path(base, value, rest, out);
+            }
+        }
+    }
+}
+
+/// Values under any of `keys` at any depth of `text` (a slice of `base`).
+fn find_anywhere(base: &str, text: &str, keys: &[String], out: &mut Splices) {
+    if let Some(members) = raw::members(text) {
+        for (key, value) in members {
+            if keys.iter().any(|k| *k == key) {
+                out.replace(base, value);
+            } else if raw::is_container(value) {
+                find_anywhere(base, value, keys, out);
+            }
+        }
+    } else if let Some(items) = raw::items(text) {
+        for item in items.into_iter().filter(|item| raw::is_container(item)) {
+            find_anywhere(base, item, keys, out);
+        }
+    }
+}
+
+/// Values at `path` from `text` (a slice of `base`), looking through arrays.
+fn find_path(base: &str, text: &str, path: &[String], out: &mut Splices) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if let Some(members) = raw::members(text) {
+        for (key, value) in members {
+            if first != "*" && *first != key {
+                continue;
+            }
+            if rest.is_empty() {
+                out.replace(base, value);
+            } else {
+                find_path(base, value, rest, out);
+            }
+        }
+    } else if let Some(items) = raw::items(text) {
+        for item in items {
+            find_path(base, item, path, out);
+        }
+    }
+}
+
+impl Redact {
     /// Masks what the patterns match in `properties`.
     pub fn apply(&self, properties: &mut Map<String, Value>) {
         for path in &self.paths {
@@ -96,6 +184,21 @@ impl Plugin for Redact {
     }
 
     fn process(&self, event: &mut Event<'_, '_>) -> Verdict {
+        // Unparsed (the usual case): splice the mask over the values in
+        // the text. `$set` and `$set_once` at the top count as properties.
+        if let Some((text, index)) = event.indexed() {
+            let mut splices = Splices::default();
+            for entry in index.properties.iter().flatten().chain(&index.sets) {
+                if let (Some(quoted), Some(value)) = (entry.quoted_key(text), entry.value(text)) {
+                    self.find_in_member(text, quoted, value, &mut splices);
+                }
+            }
+            if !splices.is_empty() {
+                event.splice(splices, &self.replacement_json);
+            }
+            return Verdict::Keep;
+        }
+        // Another plugin parsed it: mask the tree.
         let Some(object) = event.object_mut() else {
             return Verdict::Keep;
         };
@@ -217,7 +320,49 @@ mod tests {
         }
     }
 
+    /// Runs `redact` on `body` through the text path or, with `parsed`,
+    /// through the tree path (as after another plugin parsed the event).
+    fn redacted(redact: &Redact, body: &Value, parsed: bool) -> Value {
+        use crate::plugins::{Event, Plugin};
+        let raw = body.to_string();
+        let mut ip = String::new();
+        let mut event = Event::new("phc_t", "e", "d", &mut ip, std::borrow::Cow::Borrowed(&raw));
+        if parsed {
+            event.object_mut();
+        }
+        redact.process(&mut event);
+        serde_json::from_str(&event.into_body()).expect("still JSON")
+    }
+
     proptest! {
+        #[test]
+        fn editing_the_text_masks_exactly_what_masking_the_tree_does(
+            properties in tree(),
+            set in tree(),
+            keys in prop::sample::subsequence(vec!["email", "phone", "a.b", "*.name", "b.*.email", "$set.a"], 0..4),
+        ) {
+            let redact = Redact::new(&runtime_config::Redact {
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                replacement: "[redacted]".into(),
+            });
+            let body = json!({"event": "e", "properties": properties, "$set": set});
+            let by_text = redacted(&redact, &body, false);
+            let by_tree = redacted(&redact, &body, true);
+            prop_assert_eq!(&by_text, &by_tree);
+
+            // Later plugins read properties through the index the splice
+            // kept current: the same values as a fresh parse.
+            use crate::plugins::{Event, Plugin};
+            let raw = body.to_string();
+            let mut ip = String::new();
+            let mut event = Event::new("phc_t", "e", "d", &mut ip, std::borrow::Cow::Borrowed(&raw));
+            redact.process(&mut event);
+            for key in ["email", "phone", "name", "a", "b"] {
+                let seen = event.property(key).map(|v| v.into_owned());
+                prop_assert_eq!(seen.as_ref(), by_tree["properties"].get(key), "{}", key);
+            }
+        }
+
         #[test]
         fn a_masked_key_never_leaks_at_any_depth(tree in tree(), secret in "[A-Z]{12}") {
             // Under a root object, with an `email` at the top as well.
