@@ -175,33 +175,28 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     }
 }
 
-#[test]
-fn half_a_tls_setting_is_refused_by_name() {
+/// Runs capture with `args`, expecting it to refuse to start; its stderr.
+fn refused(args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_capture"))
-        .args(["--sink", "noop", "--tls-cert", "/nonexistent/tls.crt"])
+        .args(["--sink", "noop", "--address", "127.0.0.1:0"])
+        .args(args)
         .env_remove("CAPTURE_CONFIG")
         .output()
         .expect("run capture");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("`--tls-cert` and `--tls-key`"), "{stderr}");
+    assert!(!output.status.success(), "capture started with {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_capture"))
-        .args([
-            "--sink",
-            "noop",
-            "--address",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "/nonexistent/tls.crt",
-            "--tls-key",
-            "/nonexistent/tls.key",
-        ])
-        .env_remove("CAPTURE_CONFIG")
-        .output()
-        .expect("run capture");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+#[test]
+fn half_a_tls_setting_or_a_missing_file_is_refused_by_name() {
+    let stderr = refused(&["--tls-cert", "/nonexistent/tls.crt"]);
+    assert!(stderr.contains("`--tls-cert` and `--tls-key`"), "{stderr}");
+    let stderr = refused(&[
+        "--tls-cert",
+        "/nonexistent/tls.crt",
+        "--tls-key",
+        "/nonexistent/tls.key",
+    ]);
     assert!(
         stderr.contains("cannot start TLS") && stderr.contains("/nonexistent/tls.crt"),
         "{stderr}"

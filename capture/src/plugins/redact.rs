@@ -65,17 +65,7 @@ impl Redact {
         }
         let key = key();
         for path in &self.paths {
-            let Some((first, rest)) = path.split_first() else {
-                continue;
-            };
-            if first != "*" && *first != key {
-                continue;
-            }
-            if rest.is_empty() {
-                out.replace(base, value);
-            } else {
-                find_path(base, value, rest, out);
-            }
+            find_path_at(base, &key, value, path, out);
         }
     }
 }
@@ -97,21 +87,27 @@ fn find_anywhere(base: &str, text: &str, keys: &[String], out: &mut Splices) {
     }
 }
 
-/// Values at `path` from `text` (a slice of `base`), looking through arrays.
-fn find_path(base: &str, text: &str, path: &[String], out: &mut Splices) {
+/// The member `key: value` against `path`: masks the value where the path
+/// ends here, else follows the rest of the path into it.
+fn find_path_at(base: &str, key: &str, value: &str, path: &[String], out: &mut Splices) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
+    if first != "*" && first != key {
+        return;
+    }
+    if rest.is_empty() {
+        out.replace(base, value);
+    } else {
+        find_path(base, value, rest, out);
+    }
+}
+
+/// Values at `path` from `text` (a slice of `base`), looking through arrays.
+fn find_path(base: &str, text: &str, path: &[String], out: &mut Splices) {
     if let Some(members) = raw::members(text) {
         for (key, value) in members {
-            if first != "*" && *first != key {
-                continue;
-            }
-            if rest.is_empty() {
-                out.replace(base, value);
-            } else {
-                find_path(base, value, rest, out);
-            }
+            find_path_at(base, &key, value, path, out);
         }
     } else if let Some(items) = raw::items(text) {
         for item in items {
