@@ -1,0 +1,16 @@
+//! End-to-end harness: stand-ins for the parts of a Kubernetes cluster
+//! that this machine has no room for, so the real `kubectl`, `helm`,
+//! operator and capture binaries can be driven through the user's journey.
+//! `e2e/README.md` lists what is emulated and what is not.
+//!
+//! - [`server`]: the API server stand-in (discovery, CRUD, lists, watches,
+//!   patches, status subresources, finalizers, garbage collection, CRD
+//!   registration).
+//! - [`store`]: the objects and their lifecycle rules.
+//! - [`resources`]: the kinds served and the discovery documents.
+
+pub mod resources;
+pub mod server;
+pub mod store;
+
+pub use server::ApiServer;
