@@ -198,7 +198,10 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
                     Value::Array(items) => last.parse::<usize>().ok().and_then(|i| items.get(i)),
                     _ => None,
                 };
-                if current != Some(&value) {
+                // A missing member tests equal to null, as the API
+                // server's patcher has it (kube-rs' finalizer helper
+                // relies on that).
+                if current.unwrap_or(&Value::Null) != &value {
                     return Err(ApiError::invalid(format!(
                         "JSON patch test failed at {path}"
                     )));
@@ -389,6 +392,9 @@ impl Store {
         if resource.plural == "customresourcedefinitions" {
             establish(&mut object);
         }
+        if resource.plural == "secrets" {
+            fold_string_data(&mut object);
+        }
         self.bump(&mut object);
         self.objects.insert(key.clone(), object.clone());
         self.record("ADDED", &key, object.clone());
@@ -520,6 +526,9 @@ impl Store {
         if resource.plural == "customresourcedefinitions" {
             establish(&mut next);
         }
+        if resource.plural == "secrets" {
+            fold_string_data(&mut next);
+        }
         self.bump(&mut next);
         // Deleting, and the last finalizer gone: the object goes.
         let finalizers_left = next["metadata"]["finalizers"]
@@ -600,6 +609,19 @@ impl Store {
             }
         }
         self.resources = resources;
+    }
+}
+
+/// Moves a Secret's `stringData` into `data`, base64-encoded, as the API
+/// server does on write.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(strings) = secret.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    for (key, value) in strings.as_object().into_iter().flatten() {
+        let text = value.as_str().unwrap_or_default();
+        secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
 

@@ -3,65 +3,15 @@
 //! be established, through a watch), applies the examples, reads them back,
 //! re-applies (unchanged), patches, watches and deletes them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
+use common::kubectl::Kubectl;
+use common::repo;
 use e2e::ApiServer;
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The kubectl binary `.ci/setup` installs (`CAPTURE_TEST_KUBECTL`).
-fn kubectl_binary() -> PathBuf {
-    std::env::var_os("CAPTURE_TEST_KUBECTL")
-        .map(PathBuf::from)
-        .expect("set CAPTURE_TEST_KUBECTL (run `. .ci/setup`) to a kubectl binary")
-}
-
-struct Kubectl {
-    binary: PathBuf,
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.binary);
-        command
-            .current_dir(repo())
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .arg("--request-timeout=10s")
-            .args(args)
-            .kill_on_drop(true);
-        command
-    }
-
-    /// Runs kubectl; its stdout, or a panic with what it said.
-    async fn run(&self, args: &[&str]) -> String {
-        let output = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} took over 60 s"))
-            .expect("run kubectl");
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} failed:\n{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    }
-
-    async fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.run(&all).await).expect("kubectl printed JSON")
-    }
-}
 
 async fn start(dir: &Path) -> (ApiServer, Kubectl) {
     let server = ApiServer::default();
@@ -71,12 +21,7 @@ async fn start(dir: &Path) -> (ApiServer, Kubectl) {
         .expect("start the stand-in");
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, ApiServer::kubeconfig(address, "default")).expect("kubeconfig");
-    let kubectl = Kubectl {
-        binary: kubectl_binary(),
-        kubeconfig,
-        cache: dir.join("cache"),
-    };
-    (server, kubectl)
+    (server, Kubectl::new(kubeconfig, dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,70 @@
+//! The real `kubectl`, run against a kubeconfig from the repository root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::repo;
+
+/// The kubectl binary `.ci/setup` installs (`CAPTURE_TEST_KUBECTL`).
+fn kubectl_binary() -> PathBuf {
+    std::env::var_os("CAPTURE_TEST_KUBECTL")
+        .map(PathBuf::from)
+        .expect("set CAPTURE_TEST_KUBECTL (run `. .ci/setup`) to a kubectl binary")
+}
+
+/// kubectl with one kubeconfig and cache directory.
+pub struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    /// kubectl for `kubeconfig`, caching discovery under `dir`.
+    pub fn new(kubeconfig: PathBuf, dir: &Path) -> Kubectl {
+        Kubectl {
+            binary: kubectl_binary(),
+            kubeconfig,
+            cache: dir.join("cache"),
+        }
+    }
+
+    /// The command for `args`, ready to run or spawn.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .current_dir(repo())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--request-timeout=10s")
+            .args(args)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs kubectl; its stdout, or a panic with what it said.
+    pub async fn run(&self, args: &[&str]) -> String {
+        let output = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} took over 60 s"))
+            .expect("run kubectl");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\n{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// Runs kubectl with `-o json` and parses what it printed.
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.run(&all).await).expect("kubectl printed JSON")
+    }
+}
