@@ -27,6 +27,8 @@ pub struct Resource {
     pub categories: Vec<String>,
     /// `additionalPrinterColumns` of a CRD version, for tables.
     pub columns: Vec<Value>,
+    /// The `openAPIV3Schema` of a CRD version, validated on every write.
+    pub schema: Option<Value>,
 }
 
 impl Resource {
@@ -180,6 +182,7 @@ pub fn built_in() -> Vec<Resource> {
                     Vec::new()
                 },
                 columns: Vec::new(),
+                schema: None,
             },
         )
         .collect()
@@ -218,6 +221,9 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 .as_array()
                 .cloned()
                 .unwrap_or_default(),
+            schema: version["schema"]["openAPIV3Schema"]
+                .is_object()
+                .then(|| version["schema"]["openAPIV3Schema"].clone()),
         })
         .collect()
 }

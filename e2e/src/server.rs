@@ -205,6 +205,7 @@ impl ApiServer {
             name: name.to_owned(),
         };
         let status = target.subresource.as_deref() == Some("status");
+        let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
         if let Some(sub) = target.subresource.as_deref()
             && !(status && resource.status)
         {
@@ -277,12 +278,18 @@ impl ApiServer {
                 store.get(&key(name)).map(|o| (StatusCode::OK, o))
             }
             (&Method::POST, None) => parse_body(false).and_then(|object| {
-                self.mutate(|store| store.create(&resource, key(""), object))
-                    .map(|o| (StatusCode::CREATED, o))
+                self.mutate(|store| {
+                    store.strict = strict;
+                    store.create(&resource, key(""), object)
+                })
+                .map(|o| (StatusCode::CREATED, o))
             }),
             (&Method::PUT, Some(name)) => parse_body(false).and_then(|object| {
-                self.mutate(|store| store.update(&resource, &key(name), object, status))
-                    .map(|o| (StatusCode::OK, o))
+                self.mutate(|store| {
+                    store.strict = strict;
+                    store.update(&resource, &key(name), object, status)
+                })
+                .map(|o| (StatusCode::OK, o))
             }),
             (&Method::PATCH, Some(name)) => {
                 let content_type = headers
@@ -307,17 +314,20 @@ impl ApiServer {
                     let created = self
                         .object(&resource.group, &resource.plural, &namespace, name)
                         .is_none();
-                    self.mutate(|store| store.patch(&resource, &key(name), kind, &patch, status))
-                        .map(|o| {
-                            (
-                                if created {
-                                    StatusCode::CREATED
-                                } else {
-                                    StatusCode::OK
-                                },
-                                o,
-                            )
-                        })
+                    self.mutate(|store| {
+                        store.strict = strict;
+                        store.patch(&resource, &key(name), kind, &patch, status)
+                    })
+                    .map(|o| {
+                        (
+                            if created {
+                                StatusCode::CREATED
+                            } else {
+                                StatusCode::OK
+                            },
+                            o,
+                        )
+                    })
                 })
             }
             (&Method::DELETE, Some(name)) => self

@@ -97,6 +97,9 @@ pub struct Store {
     version: u64,
     /// Recent changes, oldest first.
     pub history: Vec<Change>,
+    /// Whether the write in progress asked for `fieldValidation=Strict`
+    /// (unknown fields refused rather than pruned).
+    pub strict: bool,
 }
 
 impl Default for Store {
@@ -107,6 +110,7 @@ impl Default for Store {
             objects: BTreeMap::new(),
             version: 1,
             history: Vec::new(),
+            strict: false,
         };
         let namespaces = store
             .resource("", "v1", "namespaces")
@@ -395,6 +399,7 @@ impl Store {
         if resource.plural == "secrets" {
             fold_string_data(&mut object);
         }
+        self.admit(resource, &mut object, None)?;
         self.bump(&mut object);
         self.objects.insert(key.clone(), object.clone());
         self.record("ADDED", &key, object.clone());
@@ -502,7 +507,11 @@ impl Store {
                 }
             }
         }
-        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        next["metadata"]["generation"] = current["metadata"]["generation"].clone();
+        // Defaults first, so a write that only drops defaulted fields is
+        // no change.
+        self.admit(resource, &mut next, Some(&current))?;
         let spec_changed = {
             let strip = |v: &Value| {
                 let mut v = v.clone();
@@ -514,12 +523,10 @@ impl Store {
             };
             strip(&current) != strip(&next)
         };
-        next["metadata"]["generation"] = json!(if spec_changed {
-            generation + 1
-        } else {
-            generation
-        });
-        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if spec_changed {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+            next["metadata"]["generation"] = json!(generation + 1);
+        }
         if next == current {
             return Ok(current);
         }
@@ -596,6 +603,30 @@ impl Store {
         for dependent in dependents {
             let _ = self.delete(&dependent);
         }
+    }
+
+    /// Validates a custom resource against its schema (pruning, defaults,
+    /// CEL rules); `422 Invalid` naming each fault.
+    fn admit(
+        &self,
+        resource: &Resource,
+        object: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let Some(schema) = &resource.schema else {
+            return Ok(());
+        };
+        let problems = crate::schema::admit(schema, object, old, self.strict);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid(format!(
+            "{}.{} {:?} is invalid: [{}]",
+            resource.kind,
+            resource.group,
+            object["metadata"]["name"].as_str().unwrap_or_default(),
+            problems.join(", ")
+        )))
     }
 
     /// Serves the resources of the CRDs now stored.

@@ -1,7 +1,8 @@
 //! The real `kubectl` against the API server stand-in: it discovers the
 //! built-in kinds, registers the repository's CRDs (and waits for them to
 //! be established, through a watch), applies the examples, reads them back,
-//! re-applies (unchanged), patches, watches and deletes them.
+//! re-applies (nothing stored changes), patches, watches and deletes them;
+//! and custom resources are checked against their schema and CEL rules.
 
 mod common;
 
@@ -12,6 +13,19 @@ use common::kubectl::Kubectl;
 use common::repo;
 use e2e::ApiServer;
 use serde_json::Value;
+
+/// Whether every field of `part` is in `whole` with the same value.
+fn subset(part: &Value, whole: &Value) -> bool {
+    match (part, whole) {
+        (Value::Object(part), Value::Object(whole)) => part
+            .iter()
+            .all(|(k, v)| whole.get(k).is_some_and(|w| subset(v, w))),
+        (Value::Array(part), Value::Array(whole)) => {
+            part.len() == whole.len() && part.iter().zip(whole).all(|(p, w)| subset(p, w))
+        }
+        _ => part == whole,
+    }
+}
 
 async fn start(dir: &Path) -> (ApiServer, Kubectl) {
     let server = ApiServer::default();
@@ -92,15 +106,34 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
         &std::fs::read_to_string(repo().join("examples/capturedeployment.yaml")).expect("example"),
     )
     .expect("yaml");
-    assert_eq!(items[0]["spec"], example["spec"]);
+    // What the example says is stored as it says; the schema's defaults
+    // fill in the rest, as the API server's would.
+    assert!(
+        subset(&example["spec"], &items[0]["spec"]),
+        "{}",
+        items[0]["spec"]
+    );
+    assert_eq!(
+        items[0]["spec"]["kafka"]["topics"]["historical"]["partitions"], 12,
+        "defaulted"
+    );
     assert_eq!(items[0]["metadata"]["generation"], 1);
 
-    let again = kubectl
+    // Applying the same files again changes nothing stored. (kubectl may
+    // still say "configured": its merge patch replaces lists whose items
+    // the schema defaulted, and defaulting restores them, as on a real
+    // API server.)
+    let version =
+        |object: Option<Value>| object.expect("stored")["metadata"]["resourceVersion"].clone();
+    let before =
+        version(server.object("capture.dev", "capturedeployments", "analytics", "capture"));
+    kubectl
         .run(&["apply", "--validate=false", "-f", "examples/"])
         .await;
-    assert!(
-        again.contains("capturedeployment.capture.dev/capture unchanged"),
-        "{again}"
+    let after = version(server.object("capture.dev", "capturedeployments", "analytics", "capture"));
+    assert_eq!(
+        before, after,
+        "a re-apply of the same spec stores nothing new"
     );
 
     // A watch sees the next change.
@@ -128,7 +161,7 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
             "--type",
             "merge",
             "-p",
-            r#"{"spec":{"replicas":3}}"#,
+            r#"{"spec":{"autoscaling":{"maxReplicas":20}}}"#,
         ])
         .await;
     let stdout = watch.stdout.take().expect("piped");
@@ -146,10 +179,10 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
         .expect("stored");
     assert_eq!(
         (
-            patched["spec"]["replicas"].as_i64(),
+            patched["spec"]["autoscaling"]["maxReplicas"].as_i64(),
             patched["metadata"]["generation"].as_i64()
         ),
-        (Some(3), Some(2))
+        (Some(20), Some(2))
     );
 
     let deleted = kubectl.run(&["delete", "-f", "examples/"]).await;
@@ -158,4 +191,97 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
         .json(&["get", "capturedeployments,capturequotas", "-A"])
         .await;
     assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
+}
+
+/// `kubectl apply` of `document` (YAML); its output, or its error text.
+async fn apply(kubectl: &Kubectl, dir: &Path, document: &str) -> Result<String, String> {
+    let file = dir.join("document.yaml");
+    std::fs::write(&file, document).expect("write");
+    let output = kubectl
+        .command(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            file.to_str().expect("utf-8"),
+        ])
+        .output()
+        .await
+        .expect("run kubectl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_validated_against_their_schema_and_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, kubectl) = start(dir.path()).await;
+    kubectl
+        .run(&["apply", "--validate=false", "-f", "crds/"])
+        .await;
+    let document = |spec: &str| {
+        format!(
+            "apiVersion: capture.dev/v1alpha1\nkind: CaptureDeployment\nmetadata: {{name: capture}}\n\
+             spec:\n  image: capture:dev\n  kafka:\n    brokers: ['kafka:9092']\n    topics: {{events: {{replicationFactor: 3}}}}\n{spec}"
+        )
+    };
+    for (spec, expected) in [
+        (
+            "  replicas: 2\n  autoscaling: {minReplicas: 1, maxReplicas: 3}\n",
+            "set either replicas or autoscaling, not both",
+        ),
+        ("  replicas: two\n", "spec.replicas must be of type integer"),
+        (
+            "  replicas: -1\n",
+            "spec.replicas should be greater than or equal to 0",
+        ),
+        (
+            "  service: {type: ExternalName}\n",
+            "service.type must be ClusterIP, NodePort or LoadBalancer",
+        ),
+    ] {
+        let refused = apply(&kubectl, dir.path(), &document(spec))
+            .await
+            .expect_err(spec);
+        assert!(refused.contains(expected), "{spec}: {refused}");
+        assert!(refused.contains("is invalid"), "{refused}");
+    }
+    assert!(
+        server
+            .object("capture.dev", "capturedeployments", "default", "capture")
+            .is_none()
+    );
+
+    // Unknown fields are pruned (kubectl --validate=false asks for that);
+    // defaults are filled in.
+    apply(
+        &kubectl,
+        dir.path(),
+        &document("  replicas: 2\n  bogus: 1\n"),
+    )
+    .await
+    .expect("valid");
+    let stored = server
+        .object("capture.dev", "capturedeployments", "default", "capture")
+        .expect("stored");
+    assert!(stored["spec"].get("bogus").is_none(), "{stored}");
+    assert_eq!(
+        stored["spec"]["service"]["type"], "ClusterIP",
+        "defaulted: {stored}"
+    );
+
+    // Transition rules see the old object.
+    let changed =
+        document("  replicas: 2\n").replace("replicationFactor: 3", "replicationFactor: 5");
+    let refused = apply(&kubectl, dir.path(), &changed)
+        .await
+        .expect_err("immutable");
+    assert!(
+        refused.contains("replicationFactor cannot change once set"),
+        "{refused}"
+    );
 }
