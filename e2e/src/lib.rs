@@ -9,6 +9,7 @@
 //! - [`store`]: the objects and their lifecycle rules.
 //! - [`resources`]: the kinds served and the discovery documents.
 
+pub mod node;
 pub mod resources;
 pub mod schema;
 pub mod server;

@@ -132,8 +132,9 @@ impl ApiServer {
         )
     }
 
-    /// Runs `change` on the store and tells watches what it changed.
-    fn mutate<T>(&self, change: impl FnOnce(&mut Store) -> T) -> T {
+    /// Runs `change` on the store and tells watches what it changed (for
+    /// the node stand-in and tests, which act as controllers would).
+    pub fn mutate<T>(&self, change: impl FnOnce(&mut Store) -> T) -> T {
         let mut store = self
             .store
             .lock()

@@ -1,9 +1,13 @@
 //! The real operator binary against the API server stand-in, over HTTP as
-//! in a cluster, with a real Kafka-protocol broker and a real Redis:
+//! in a cluster, with the node stand-in running the real capture binary as
+//! pods, a real Kafka-protocol broker and a real Redis:
 //! `kubectl apply` a CaptureDeployment and the operator renders its
-//! objects, creates its topics and reports status; `kubectl delete` it and
-//! the operator's finalizer lets go, the owned objects are collected, and
-//! the topics (data) stay.
+//! objects, creates its topics and reports status; its pods run and turn
+//! Ready; an event sent to a pod lands in Kafka with the runtime config's
+//! plugins applied; a GitOps edit of the runtime config reaches the same
+//! pod processes and every pod reports the new hash; `kubectl delete` it
+//! and the operator's finalizer lets go, the owned objects (pods too) are
+//! collected, and the topics (data) stay.
 
 mod common;
 
@@ -13,10 +17,13 @@ use std::time::Duration;
 use common::kubectl::Kubectl;
 use common::{binary, eventually};
 use e2e::ApiServer;
+use e2e::node::Node;
+use rdkafka::Message as _;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use serde_json::Value;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
 
 fn condition(object: &Value, kind: &str) -> Option<(String, String)> {
     object["status"]["conditions"]
@@ -42,6 +49,71 @@ fn topics(broker: &str) -> Vec<String> {
         .fetch_metadata(None, Duration::from_secs(5))
         .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
         .unwrap_or_default()
+}
+
+/// The `data` of the messages on `topic`, once `count` have arrived or
+/// `timeout` passed.
+fn read(broker: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("e2e-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            let value: Value =
+                serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON value");
+            out.push(
+                serde_json::from_str(value["data"].as_str().unwrap_or("null")).expect("JSON data"),
+            );
+        }
+    }
+    out
+}
+
+/// `GET /_readiness` of the pod at `ip`: the runtime config hash it reports.
+async fn pod_hash(ip: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect((ip, 3000)).await.ok()?;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /_readiness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .ok()?;
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text)
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("runtime-config "))
+        .map(str::to_owned)
+}
+
+/// Each running pod's name and the runtime config hash it reports.
+async fn pod_hashes(server: &ApiServer) -> Vec<(String, String)> {
+    let pods = server.mutate(|store| store.list("", "pods", Some("analytics")));
+    let mut out = Vec::new();
+    for pod in pods {
+        let Some(ip) = pod["status"]["podIP"].as_str() else {
+            continue;
+        };
+        if let Some(hash) = pod_hash(ip).await {
+            out.push((
+                pod["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                hash,
+            ));
+        }
+    }
+    out.sort();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +183,12 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
         .kill_on_drop(true)
         .spawn()
         .expect("start the operator");
+    let _node = Node::new(
+        server.clone(),
+        dir.path().join("node"),
+        vec![("capture".into(), binary("capture"))],
+    )
+    .spawn();
 
     // The owned objects appear as rendered.
     let deployment = eventually(
@@ -185,11 +263,108 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
         "the operator holds a finalizer: {}",
         status["metadata"]
     );
-    // No pods run here yet (no node stand-in), so it is not Ready.
-    assert_eq!(
-        condition(&status, "Ready").map(|c| c.0).as_deref(),
-        Some("False")
+    // The node runs the two pods; they turn ready and so does the
+    // CaptureDeployment, with both pods on the desired config.
+    let ready = eventually("Ready=True", Duration::from_secs(90), async || {
+        let cd = server
+            .object("capture.dev", "capturedeployments", "analytics", "capture")
+            .expect("stored");
+        match condition(&cd, "Ready") {
+            Some((status, _)) if status == "True" && cd["status"]["configPods"] == 2 => Ok(cd),
+            other => Err(format!("Ready {other:?}; status {}", cd["status"])),
+        }
+    })
+    .await;
+    assert_eq!(ready["status"]["readyReplicas"], 2);
+    let first_hash = ready["status"]["configHash"]
+        .as_str()
+        .expect("configHash")
+        .to_owned();
+    let pods = pod_hashes(&server).await;
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(
+        pods.iter().all(|(_, hash)| *hash == first_hash),
+        "{pods:?} vs {first_hash}"
     );
+
+    // An event sent to a pod lands in the events topic, redacted.
+    let pod = server.mutate(|store| store.list("", "pods", Some("analytics")))[0].clone();
+    let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
+    let event = json!({"token": "phc_e2e", "event": "signed up", "distinct_id": "user-1",
+        "properties": {"email": "ann@example.com", "phone": "555-0100"}});
+    let body = event.to_string();
+    let request = format!(
+        "POST /e/ HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect((ip.as_str(), 3000))
+        .await
+        .expect("connect to the pod");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send");
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
+        .await
+        .expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let topic = events_topic.clone();
+    let address = broker.address.clone();
+    let produced =
+        tokio::task::spawn_blocking(move || read(&address, &topic, 1, Duration::from_secs(20)))
+            .await
+            .expect("read");
+    assert_eq!(produced.len(), 1, "the event reached Kafka");
+    assert_eq!(
+        produced[0]["properties"]["email"], "[redacted]",
+        "{}",
+        produced[0]
+    );
+    assert_eq!(produced[0]["properties"]["phone"], "555-0100");
+
+    // A GitOps-style edit of the runtime config: same pods, new hash on all.
+    let names: Vec<String> = pods.iter().map(|(name, _)| name.clone()).collect();
+    kubectl
+        .run(&[
+            "patch",
+            "capturedeployment",
+            "capture",
+            "-n",
+            "analytics",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"runtimeConfig":{"plugins":[{"redact":{"keys":["email","phone"]}}]}}}"#,
+        ])
+        .await;
+    let updated = eventually(
+        "every pod on the new config",
+        Duration::from_secs(60),
+        async || {
+            let cd = server
+                .object("capture.dev", "capturedeployments", "analytics", "capture")
+                .expect("stored");
+            let hash = cd["status"]["configHash"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let pods = pod_hashes(&server).await;
+            if hash != first_hash
+                && cd["status"]["configPods"] == 2
+                && pods.iter().all(|(_, h)| *h == hash)
+            {
+                Ok(pods)
+            } else {
+                Err(format!(
+                    "configHash {hash}, pods {pods:?}, status {}",
+                    cd["status"]
+                ))
+            }
+        },
+    )
+    .await;
+    let same: Vec<String> = updated.iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(same, names, "the same pods, not restarted ones");
 
     // Deleting: the operator lets go, owned objects are collected, topics stay.
     kubectl
@@ -222,6 +397,11 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
     assert!(
         topics(&broker.address).contains(&events_topic),
         "topics (data) are kept"
+    );
+    let pods = server.mutate(|store| store.list("", "pods", Some("analytics")));
+    assert!(
+        pods.is_empty(),
+        "pods collected with their Deployment: {pods:?}"
     );
     assert!(
         operator.try_wait().expect("operator status").is_none(),
