@@ -12,9 +12,10 @@
 //! the pod's own address.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -40,6 +41,19 @@ struct Pod {
     template: String,
 }
 
+/// A Service's proxy: listens on its cluster IP and port, and forwards
+/// each connection to one of the ready endpoints, in turn.
+struct Proxy {
+    endpoints: Arc<Mutex<Vec<SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The node: runs until the task is dropped.
 pub struct Node {
     server: ApiServer,
@@ -47,6 +61,8 @@ pub struct Node {
     images: Images,
     pods: BTreeMap<Key, Pod>,
     next_ip: u32,
+    /// Per Service and port (`namespace/name:port`), its proxy.
+    proxies: BTreeMap<String, Proxy>,
 }
 
 fn key(group: &str, plural: &str, namespace: &str, name: &str) -> Key {
@@ -81,6 +97,7 @@ impl Node {
             images,
             pods: BTreeMap::new(),
             next_ip: 2,
+            proxies: BTreeMap::new(),
         }
     }
 
@@ -134,6 +151,81 @@ impl Node {
         for deployment in &deployments {
             self.report(deployment);
         }
+        self.route().await;
+    }
+
+    /// Keeps a proxy per Service port, forwarding to the ready pods its
+    /// selector picks (kube-proxy's job).
+    async fn route(&mut self) {
+        let services = self.list("", "services");
+        let pods = self.list("", "pods");
+        let mut wanted = Vec::new();
+        for service in &services {
+            let namespace = text(&service["metadata"]["namespace"]);
+            let Some(selector) = service["spec"]["selector"].as_object() else {
+                continue;
+            };
+            let Ok(ip) = text(&service["spec"]["clusterIP"]).parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let chosen: Vec<&Value> = pods
+                .iter()
+                .filter(|p| {
+                    text(&p["metadata"]["namespace"]) == namespace
+                        && selector
+                            .iter()
+                            .all(|(k, v)| &p["metadata"]["labels"][k] == v)
+                        && p["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                })
+                .collect();
+            for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+                let Some(number) = port["port"].as_u64() else {
+                    continue;
+                };
+                let id = format!(
+                    "{namespace}/{}:{number}",
+                    text(&service["metadata"]["name"])
+                );
+                let endpoints: Vec<SocketAddr> = chosen
+                    .iter()
+                    .filter_map(|pod| {
+                        let pod_ip: Ipv4Addr = text(&pod["status"]["podIP"]).parse().ok()?;
+                        let target = match &port["targetPort"] {
+                            Value::Number(n) => n.as_u64()?,
+                            Value::String(name) => pod["spec"]["containers"][0]["ports"]
+                                .as_array()?
+                                .iter()
+                                .find(|p| p["name"] == name.as_str())?["containerPort"]
+                                .as_u64()?,
+                            _ => number,
+                        };
+                        Some(SocketAddr::from((pod_ip, target as u16)))
+                    })
+                    .collect();
+                if !self.proxies.contains_key(&id) {
+                    match Proxy::start(SocketAddr::from((ip, number as u16))).await {
+                        Ok(proxy) => {
+                            self.proxies.insert(id.clone(), proxy);
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, service = %id, "cannot listen for the Service");
+                            continue;
+                        }
+                    }
+                }
+                if let Some(proxy) = self.proxies.get(&id) {
+                    *proxy
+                        .endpoints
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = endpoints;
+                }
+                wanted.push(id);
+            }
+        }
+        self.proxies.retain(|id, _| wanted.contains(id));
     }
 
     /// Creates missing pods of `deployment`, and deletes outdated ones once
@@ -461,6 +553,36 @@ impl Node {
                 true,
             )
         });
+    }
+}
+
+impl Proxy {
+    async fn start(address: SocketAddr) -> std::io::Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let endpoints: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let shared = Arc::clone(&endpoints);
+        let task = tokio::spawn(async move {
+            let mut turn = 0usize;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = {
+                    let list = shared
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    turn = turn.wrapping_add(1);
+                    (!list.is_empty()).then(|| list[turn % list.len()])
+                };
+                // No ready endpoint: the connection is refused (closed).
+                let Some(target) = target else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Ok(Proxy { endpoints, task })
     }
 }
 

@@ -100,6 +100,8 @@ pub struct Store {
     /// Whether the write in progress asked for `fieldValidation=Strict`
     /// (unknown fields refused rather than pruned).
     pub strict: bool,
+    /// Cluster IPs handed out to Services: `127.0.2.N`.
+    cluster_ips: u32,
 }
 
 impl Default for Store {
@@ -111,6 +113,7 @@ impl Default for Store {
             version: 1,
             history: Vec::new(),
             strict: false,
+            cluster_ips: 0,
         };
         let namespaces = store
             .resource("", "v1", "namespaces")
@@ -398,6 +401,13 @@ impl Store {
         }
         if resource.plural == "secrets" {
             fold_string_data(&mut object);
+        }
+        if resource.plural == "services" && object["spec"]["clusterIP"].is_null() {
+            // A loopback address per Service, where the node proxies it.
+            self.cluster_ips += 1;
+            let ip = std::net::Ipv4Addr::from(0x7f02_0000 + self.cluster_ips);
+            object["spec"]["clusterIP"] = json!(ip.to_string());
+            object["spec"]["clusterIPs"] = json!([ip.to_string()]);
         }
         self.admit(resource, &mut object, None)?;
         self.bump(&mut object);

@@ -3,8 +3,8 @@
 //! pods, a real Kafka-protocol broker and a real Redis:
 //! `kubectl apply` a CaptureDeployment and the operator renders its
 //! objects, creates its topics and reports status; its pods run and turn
-//! Ready; an event sent to a pod lands in Kafka with the runtime config's
-//! plugins applied; a GitOps edit of the runtime config reaches the same
+//! Ready; an event sent to a pod, and the Python SDK's events sent through
+//! the Service, land in Kafka with the runtime config's plugins applied; a GitOps edit of the runtime config reaches the same
 //! pod processes and every pod reports the new hash; `kubectl delete` it
 //! and the operator's finalizer lets go, the owned objects (pods too) are
 //! collected, and the topics (data) stay.
@@ -51,8 +51,8 @@ fn topics(broker: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The `data` of the messages on `topic`, once `count` have arrived or
-/// `timeout` passed.
+/// The messages on `topic` (`key`, `headers`, and the event as `data`),
+/// once `count` have arrived or `timeout` passed.
 fn read(broker: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Value> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
@@ -66,11 +66,28 @@ fn read(broker: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Value
     let mut out = Vec::new();
     while out.len() < count && std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::message::Headers as _;
             let value: Value =
                 serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON value");
-            out.push(
-                serde_json::from_str(value["data"].as_str().unwrap_or("null")).expect("JSON data"),
-            );
+            let headers: serde_json::Map<String, Value> = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                json!(String::from_utf8_lossy(h.value.unwrap_or_default())),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(json!({
+                "key": message.key().map(String::from_utf8_lossy),
+                "headers": headers,
+                "data": serde_json::from_str::<Value>(value["data"].as_str().unwrap_or("null")).expect("JSON data"),
+            }));
         }
     }
     out
@@ -154,7 +171,7 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
              stringData: {{url: '{redis}'}}\n---\n\
              apiVersion: capture.dev/v1alpha1\nkind: CaptureDeployment\n\
              metadata: {{name: capture, namespace: analytics}}\n\
-             spec:\n  image: capture:e2e\n  replicas: 2\n\
+             spec:\n  image: capture:e2e\n  replicas: 2\n  service: {{port: 8080}}\n\
              \x20 kafka:\n    brokers: ['{broker}']\n    topics:\n\
              \x20     events: {{name: {events_topic}, partitions: 2, replicationFactor: 1}}\n\
              \x20 redis: {{urlSecretRef: {{name: redis-capture, key: url}}}}\n\
@@ -315,12 +332,58 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
             .await
             .expect("read");
     assert_eq!(produced.len(), 1, "the event reached Kafka");
-    assert_eq!(
-        produced[0]["properties"]["email"], "[redacted]",
-        "{}",
-        produced[0]
+    let data = &produced[0]["data"];
+    assert_eq!(data["properties"]["email"], "[redacted]", "{data}");
+    assert_eq!(data["properties"]["phone"], "555-0100");
+
+    // The real Python SDK, through the Service (the node's proxy on its
+    // cluster IP, spreading connections over the ready pods): every event
+    // lands once, keyed by token and distinct id, with the token header.
+    let service = server
+        .object("", "services", "analytics", "capture")
+        .expect("Service");
+    let host = format!(
+        "http://{}:{}",
+        service["spec"]["clusterIP"].as_str().expect("cluster IP"),
+        8080
     );
-    assert_eq!(produced[0]["properties"]["phone"], "555-0100");
+    let python = std::env::var("CAPTURE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = common::repo().join("e2e/tests/sdk/journey.py");
+    let sent = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([host.as_str(), "phc_e2e_sdk", "20"])
+        .output()
+        .await
+        .expect("run the Python SDK");
+    assert!(
+        sent.status.success(),
+        "the SDK failed: {}{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let topic = events_topic.clone();
+    let address = broker.address.clone();
+    let produced =
+        tokio::task::spawn_blocking(move || read(&address, &topic, 21, Duration::from_secs(30)))
+            .await
+            .expect("read");
+    let from_sdk: Vec<&Value> = produced
+        .iter()
+        .filter(|m| m["data"]["event"] == "journey step")
+        .collect();
+    assert_eq!(from_sdk.len(), 20, "every SDK event once: {produced:?}");
+    for message in &from_sdk {
+        let distinct_id = message["data"]["distinct_id"]
+            .as_str()
+            .expect("distinct_id");
+        assert_eq!(
+            message["key"],
+            format!("phc_e2e_sdk:{distinct_id}").as_str()
+        );
+        assert_eq!(message["headers"]["token"], "phc_e2e_sdk");
+        assert_eq!(message["data"]["properties"]["email"], "[redacted]");
+        assert_eq!(message["data"]["properties"]["$lib"], "posthog-python");
+    }
 
     // A GitOps-style edit of the runtime config: same pods, new hash on all.
     let names: Vec<String> = pods.iter().map(|(name, _)| name.clone()).collect();
