@@ -1,6 +1,6 @@
 """Sends events through a capture Service with the real PostHog Python SDK.
 
-Run by `e2e/tests/operator.rs`:
+Run by `e2e/tests/journey.rs`:
 
     python journey.py HOST TOKEN COUNT
 

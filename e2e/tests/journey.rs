@@ -93,6 +93,67 @@ fn read(broker: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Value
     out
 }
 
+/// One HTTP/1.1 exchange with `address`: the status code and body.
+async fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send");
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response)
+        .await
+        .expect("response");
+    let code = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Pods of the CaptureDeployment that are Ready, by name.
+fn ready_pods(server: &ApiServer) -> Vec<String> {
+    let mut names: Vec<String> = server
+        .mutate(|store| store.list("", "pods", Some("analytics")))
+        .iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Prints a journey step as it passes (straight to stderr, so the summary
+/// shows even when the test harness captures output).
+fn step(started: std::time::Instant, what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "[journey] {:>6.1} s  ok  {what}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// `GET /_readiness` of the pod at `ip`: the runtime config hash it reports.
 async fn pod_hash(ip: &str) -> Option<String> {
     let mut stream = tokio::net::TcpStream::connect((ip, 3000)).await.ok()?;
@@ -134,7 +195,7 @@ async fn pod_hashes(server: &ApiServer) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
+async fn the_user_journey_with_real_parts() {
     let broker = common::broker::broker();
     let redis = common::redis::RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -200,6 +261,7 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
         .kill_on_drop(true)
         .spawn()
         .expect("start the operator");
+    let started = std::time::Instant::now();
     let _node = Node::new(
         server.clone(),
         dir.path().join("node"),
@@ -293,6 +355,10 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
     })
     .await;
     assert_eq!(ready["status"]["readyReplicas"], 2);
+    step(
+        started,
+        "the operator rendered the objects, created the topics; two capture pods run and the CaptureDeployment is Ready",
+    );
     let first_hash = ready["status"]["configHash"]
         .as_str()
         .expect("configHash")
@@ -335,6 +401,10 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
     let data = &produced[0]["data"];
     assert_eq!(data["properties"]["email"], "[redacted]", "{data}");
     assert_eq!(data["properties"]["phone"], "555-0100");
+    step(
+        started,
+        "an event posted to a pod landed in Kafka, redacted by the runtime config",
+    );
 
     // The real Python SDK, through the Service (the node's proxy on its
     // cluster IP, spreading connections over the ready pods): every event
@@ -384,6 +454,10 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
         assert_eq!(message["data"]["properties"]["email"], "[redacted]");
         assert_eq!(message["data"]["properties"]["$lib"], "posthog-python");
     }
+    step(
+        started,
+        "20 events from the PostHog Python SDK through the Service landed once each, keyed, with headers",
+    );
 
     // A GitOps-style edit of the runtime config: same pods, new hash on all.
     let names: Vec<String> = pods.iter().map(|(name, _)| name.clone()).collect();
@@ -428,6 +502,157 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
     .await;
     let same: Vec<String> = updated.iter().map(|(name, _)| name.clone()).collect();
     assert_eq!(same, names, "the same pods, not restarted ones");
+    step(
+        started,
+        "a GitOps edit of the runtime config reached the same pods, every pod reports the new hash",
+    );
+
+    // A CaptureQuota with a small limit: events past it are dropped with
+    // quota_limited; raising it restores the flow; deleting it removes its
+    // settings from Redis.
+    let quota = |limit: u32| {
+        format!(
+            "apiVersion: capture.dev/v1alpha1\nkind: CaptureQuota\nmetadata: {{name: small, namespace: analytics}}\n\
+             spec:\n  deployment: capture\n  token: phc_e2e_quota\n  action: drop\n\
+             \x20 limits: [{{eventType: events, limit: {limit}, window: 1h}}]\n"
+        )
+    };
+    let quota_file = dir.path().join("quota.yaml");
+    std::fs::write(&quota_file, quota(5)).expect("write");
+    kubectl
+        .run(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            quota_file.to_str().expect("utf-8"),
+        ])
+        .await;
+    let batch = |n: usize, offset: usize| {
+        json!({"api_key": "phc_e2e_quota", "batch": (0..n).map(|i| json!({
+            "event": "quota step", "distinct_id": format!("q-{}", i + offset), "properties": {}
+        })).collect::<Vec<_>>()})
+        .to_string()
+    };
+    let service_address = format!(
+        "{}:8080",
+        service["spec"]["clusterIP"].as_str().expect("cluster IP")
+    );
+    let (code, body) = eventually("the quota in force", Duration::from_secs(30), async || {
+        let (code, body) = http(&service_address, "POST", "/batch/", &batch(8, 0)).await;
+        if body.contains("quota_limited") {
+            Ok((code, body))
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    })
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""quota_limited":["events"]"#), "{body}");
+    std::fs::write(&quota_file, quota(1000)).expect("write");
+    kubectl
+        .run(&[
+            "apply",
+            "--validate=false",
+            "-f",
+            quota_file.to_str().expect("utf-8"),
+        ])
+        .await;
+    eventually(
+        "the raised limit in force",
+        Duration::from_secs(30),
+        async || {
+            let (code, body) = http(&service_address, "POST", "/batch/", &batch(3, 100)).await;
+            if code == 200 && !body.contains("quota_limited") {
+                Ok(())
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        },
+    )
+    .await;
+    let settings_key = "quota-config:{phc_e2e_quota}";
+    assert_eq!(redis.cli(&["EXISTS", settings_key]).trim(), "1");
+    kubectl
+        .run(&[
+            "delete",
+            "capturequota",
+            "small",
+            "-n",
+            "analytics",
+            "--timeout=30s",
+        ])
+        .await;
+    eventually(
+        "the quota settings gone from Redis",
+        Duration::from_secs(30),
+        async || {
+            let exists = redis.cli(&["EXISTS", settings_key]);
+            if exists.trim() == "0" {
+                Ok(())
+            } else {
+                Err(exists)
+            }
+        },
+    )
+    .await;
+    step(
+        started,
+        "a CaptureQuota limited a token with quota_limited, a raised limit restored it, deleting it cleared Redis",
+    );
+
+    // Scale; a deleted pod comes back; a deleted Service is restored.
+    kubectl
+        .run(&[
+            "patch",
+            "capturedeployment",
+            "capture",
+            "-n",
+            "analytics",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ])
+        .await;
+    let three = eventually("three ready pods", Duration::from_secs(60), async || {
+        let pods = ready_pods(&server);
+        if pods.len() == 3 {
+            Ok(pods)
+        } else {
+            Err(format!("{pods:?}"))
+        }
+    })
+    .await;
+    kubectl
+        .run(&["delete", "pod", &three[0], "-n", "analytics"])
+        .await;
+    eventually("a replacement pod", Duration::from_secs(60), async || {
+        let pods = ready_pods(&server);
+        if pods.len() == 3 && !pods.contains(&three[0]) {
+            Ok(())
+        } else {
+            Err(format!("{pods:?}"))
+        }
+    })
+    .await;
+    kubectl
+        .run(&["delete", "service", "capture", "-n", "analytics"])
+        .await;
+    eventually(
+        "the Service restored",
+        Duration::from_secs(60),
+        async || {
+            server
+                .object("", "services", "analytics", "capture")
+                .map(|_| ())
+                .ok_or_else(|| "no Service".to_owned())
+        },
+    )
+    .await;
+    step(
+        started,
+        "scaled to 3 pods; a deleted pod came back; a deleted Service was restored",
+    );
 
     // Deleting: the operator lets go, owned objects are collected, topics stay.
     kubectl
@@ -469,6 +694,10 @@ async fn the_operator_reconciles_a_capture_deployment_and_lets_go_of_it() {
     assert!(
         operator.try_wait().expect("operator status").is_none(),
         "the operator is still running"
+    );
+    step(
+        started,
+        "deleting the CaptureDeployment collected its objects and pods; its topics (data) stayed",
     );
     let _ = operator.kill().await;
 }
