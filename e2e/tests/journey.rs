@@ -251,16 +251,50 @@ async fn the_user_journey_with_real_parts() {
         ])
         .await;
 
-    let mut operator = tokio::process::Command::new(binary("operator"))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("OPERATOR_LEASE_NAMESPACE", "capture-system")
-        .env("OPERATOR_METRICS_ADDRESS", "127.0.0.1:0")
-        .env("OPERATOR_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the operator");
+    // Two operators, as a Deployment of two replicas would run them.
+    let start_operator = |identity: &str| {
+        let log =
+            std::fs::File::create(dir.path().join(format!("{identity}.log"))).expect("log file");
+        tokio::process::Command::new(binary("operator"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("OPERATOR_LEASE_NAMESPACE", "capture-system")
+            .env("OPERATOR_LEASE_DURATION", "3s")
+            .env("OPERATOR_IDENTITY", identity)
+            .env("OPERATOR_METRICS_ADDRESS", "127.0.0.1:0")
+            .env("OPERATOR_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the operator")
+    };
+    let log = |identity: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{identity}.log"))).unwrap_or_default()
+    };
+    let holder = || {
+        server
+            .object(
+                "coordination.k8s.io",
+                "leases",
+                "capture-system",
+                "capture-operator",
+            )
+            .and_then(|lease| lease["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    let mut first = start_operator("operator-a");
+    eventually(
+        "operator-a holding the lease",
+        Duration::from_secs(30),
+        async || {
+            if holder().as_deref() == Some("operator-a") {
+                Ok(())
+            } else {
+                Err(format!("{:?}", holder()))
+            }
+        },
+    )
+    .await;
+    let mut operator = start_operator("operator-b");
     let started = std::time::Instant::now();
     let _node = Node::new(
         server.clone(),
@@ -652,6 +686,61 @@ async fn the_user_journey_with_real_parts() {
     step(
         started,
         "scaled to 3 pods; a deleted pod came back; a deleted Service was restored",
+    );
+
+    // Only the leader acts; killed mid-run, the standby takes over and
+    // converges what changed meanwhile.
+    assert_eq!(holder().as_deref(), Some("operator-a"));
+    assert!(
+        log("operator-b").contains("standing by for the leader lease"),
+        "{}",
+        log("operator-b")
+    );
+    assert!(
+        !log("operator-b").contains("controllers start"),
+        "{}",
+        log("operator-b")
+    );
+    first.kill().await.expect("kill operator-a");
+    kubectl
+        .run(&[
+            "patch",
+            "capturedeployment",
+            "capture",
+            "-n",
+            "analytics",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":2}}"#,
+        ])
+        .await;
+    eventually(
+        "operator-b leading and converged",
+        Duration::from_secs(30),
+        async || {
+            let replicas = server
+                .object("apps", "deployments", "analytics", "capture")
+                .map(|d| d["spec"]["replicas"].clone());
+            if holder().as_deref() == Some("operator-b") && replicas == Some(json!(2)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "holder {:?}, Deployment replicas {replicas:?}",
+                    holder()
+                ))
+            }
+        },
+    )
+    .await;
+    assert!(
+        log("operator-b").contains("controllers start"),
+        "{}",
+        log("operator-b")
+    );
+    step(
+        started,
+        "two operators: only the leader acted; the leader killed, the standby took over and converged",
     );
 
     // Deleting: the operator lets go, owned objects are collected, topics stay.
