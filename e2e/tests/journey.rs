@@ -493,6 +493,54 @@ async fn the_user_journey_with_real_parts() {
         "20 events from the PostHog Python SDK through the Service landed once each, keyed, with headers",
     );
 
+    // The real posthog-node SDK, the same way.
+    let modules = std::env::var("CAPTURE_TEST_NODE_MODULES")
+        .expect("set CAPTURE_TEST_NODE_MODULES (run `. .ci/setup`) to posthog-node's node_modules");
+    let sent = tokio::process::Command::new("node")
+        .arg(common::repo().join("e2e/tests/sdk/node_client.js"))
+        .args([host.as_str(), "phc_e2e_node", "15"])
+        .env("NODE_PATH", &modules)
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        sent.status.success(),
+        "posthog-node failed: {}{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let topic = events_topic.clone();
+    let address = broker.address.clone();
+    let produced =
+        tokio::task::spawn_blocking(move || read(&address, &topic, 36, Duration::from_secs(30)))
+            .await
+            .expect("read");
+    let from_node: Vec<&Value> = produced
+        .iter()
+        .filter(|m| m["data"]["event"] == "journey step (node)")
+        .collect();
+    assert_eq!(
+        from_node.len(),
+        15,
+        "every posthog-node event once: {produced:?}"
+    );
+    for message in &from_node {
+        let distinct_id = message["data"]["distinct_id"]
+            .as_str()
+            .expect("distinct_id");
+        assert_eq!(
+            message["key"],
+            format!("phc_e2e_node:{distinct_id}").as_str()
+        );
+        assert_eq!(message["headers"]["token"], "phc_e2e_node");
+        assert_eq!(message["data"]["properties"]["email"], "[redacted]");
+        assert_eq!(message["data"]["properties"]["$lib"], "posthog-node");
+    }
+    step(
+        started,
+        "15 events from posthog-node through the Service landed once each, keyed, with headers",
+    );
+
     // A GitOps-style edit of the runtime config: same pods, new hash on all.
     let names: Vec<String> = pods.iter().map(|(name, _)| name.clone()).collect();
     kubectl
