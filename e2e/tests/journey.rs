@@ -143,6 +143,72 @@ fn ready_pods(server: &ApiServer) -> Vec<String> {
     names
 }
 
+/// A PostHog SDK run as a client script: `<command> HOST TOKEN COUNT`.
+struct Sdk {
+    /// `$lib` its events carry.
+    lib: &'static str,
+    token: &'static str,
+    /// The event name the script sends.
+    event: &'static str,
+    count: usize,
+}
+
+impl Sdk {
+    /// Runs the script against `host`, then reads `topic` until `total`
+    /// messages are there, and checks that each of this SDK's events
+    /// arrived once, keyed `token:distinct_id`, with the token header and
+    /// redacted.
+    async fn round_trip(
+        &self,
+        mut command: tokio::process::Command,
+        host: &str,
+        broker: &str,
+        topic: &str,
+        total: usize,
+    ) {
+        let sent = command
+            .args([host, self.token, &self.count.to_string()])
+            .output()
+            .await
+            .unwrap_or_else(|err| panic!("run the {} client: {err}", self.lib));
+        assert!(
+            sent.status.success(),
+            "{} failed: {}{}",
+            self.lib,
+            String::from_utf8_lossy(&sent.stdout),
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        let (broker, topic) = (broker.to_owned(), topic.to_owned());
+        let produced = tokio::task::spawn_blocking(move || {
+            read(&broker, &topic, total, Duration::from_secs(30))
+        })
+        .await
+        .expect("read");
+        let mine: Vec<&Value> = produced
+            .iter()
+            .filter(|m| m["data"]["event"] == self.event)
+            .collect();
+        assert_eq!(
+            mine.len(),
+            self.count,
+            "every {} event once: {produced:?}",
+            self.lib
+        );
+        for message in &mine {
+            let distinct_id = message["data"]["distinct_id"]
+                .as_str()
+                .expect("distinct_id");
+            assert_eq!(
+                message["key"],
+                format!("{}:{distinct_id}", self.token).as_str()
+            );
+            assert_eq!(message["headers"]["token"], self.token);
+            assert_eq!(message["data"]["properties"]["email"], "[redacted]");
+            assert_eq!(message["data"]["properties"]["$lib"], self.lib);
+        }
+    }
+}
+
 /// Prints a journey step as it passes (straight to stderr, so the summary
 /// shows even when the test harness captures output).
 fn step(started: std::time::Instant, what: &str) {
@@ -452,42 +518,16 @@ async fn the_user_journey_with_real_parts() {
         8080
     );
     let python = std::env::var("CAPTURE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = common::repo().join("e2e/tests/sdk/journey.py");
-    let sent = tokio::process::Command::new(&python)
-        .arg(&script)
-        .args([host.as_str(), "phc_e2e_sdk", "20"])
-        .output()
-        .await
-        .expect("run the Python SDK");
-    assert!(
-        sent.status.success(),
-        "the SDK failed: {}{}",
-        String::from_utf8_lossy(&sent.stdout),
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let topic = events_topic.clone();
-    let address = broker.address.clone();
-    let produced =
-        tokio::task::spawn_blocking(move || read(&address, &topic, 21, Duration::from_secs(30)))
-            .await
-            .expect("read");
-    let from_sdk: Vec<&Value> = produced
-        .iter()
-        .filter(|m| m["data"]["event"] == "journey step")
-        .collect();
-    assert_eq!(from_sdk.len(), 20, "every SDK event once: {produced:?}");
-    for message in &from_sdk {
-        let distinct_id = message["data"]["distinct_id"]
-            .as_str()
-            .expect("distinct_id");
-        assert_eq!(
-            message["key"],
-            format!("phc_e2e_sdk:{distinct_id}").as_str()
-        );
-        assert_eq!(message["headers"]["token"], "phc_e2e_sdk");
-        assert_eq!(message["data"]["properties"]["email"], "[redacted]");
-        assert_eq!(message["data"]["properties"]["$lib"], "posthog-python");
-    }
+    let mut command = tokio::process::Command::new(&python);
+    command.arg(common::repo().join("e2e/tests/sdk/journey.py"));
+    let sdk = Sdk {
+        lib: "posthog-python",
+        token: "phc_e2e_sdk",
+        event: "journey step",
+        count: 20,
+    };
+    sdk.round_trip(command, &host, &broker.address, &events_topic, 21)
+        .await;
     step(
         started,
         "20 events from the PostHog Python SDK through the Service landed once each, keyed, with headers",
@@ -496,46 +536,18 @@ async fn the_user_journey_with_real_parts() {
     // The real posthog-node SDK, the same way.
     let modules = std::env::var("CAPTURE_TEST_NODE_MODULES")
         .expect("set CAPTURE_TEST_NODE_MODULES (run `. .ci/setup`) to posthog-node's node_modules");
-    let sent = tokio::process::Command::new("node")
+    let mut command = tokio::process::Command::new("node");
+    command
         .arg(common::repo().join("e2e/tests/sdk/node_client.js"))
-        .args([host.as_str(), "phc_e2e_node", "15"])
-        .env("NODE_PATH", &modules)
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        sent.status.success(),
-        "posthog-node failed: {}{}",
-        String::from_utf8_lossy(&sent.stdout),
-        String::from_utf8_lossy(&sent.stderr)
-    );
-    let topic = events_topic.clone();
-    let address = broker.address.clone();
-    let produced =
-        tokio::task::spawn_blocking(move || read(&address, &topic, 36, Duration::from_secs(30)))
-            .await
-            .expect("read");
-    let from_node: Vec<&Value> = produced
-        .iter()
-        .filter(|m| m["data"]["event"] == "journey step (node)")
-        .collect();
-    assert_eq!(
-        from_node.len(),
-        15,
-        "every posthog-node event once: {produced:?}"
-    );
-    for message in &from_node {
-        let distinct_id = message["data"]["distinct_id"]
-            .as_str()
-            .expect("distinct_id");
-        assert_eq!(
-            message["key"],
-            format!("phc_e2e_node:{distinct_id}").as_str()
-        );
-        assert_eq!(message["headers"]["token"], "phc_e2e_node");
-        assert_eq!(message["data"]["properties"]["email"], "[redacted]");
-        assert_eq!(message["data"]["properties"]["$lib"], "posthog-node");
-    }
+        .env("NODE_PATH", &modules);
+    let sdk = Sdk {
+        lib: "posthog-node",
+        token: "phc_e2e_node",
+        event: "journey step (node)",
+        count: 15,
+    };
+    sdk.round_trip(command, &host, &broker.address, &events_topic, 36)
+        .await;
     step(
         started,
         "15 events from posthog-node through the Service landed once each, keyed, with headers",
@@ -544,17 +556,11 @@ async fn the_user_journey_with_real_parts() {
     // A GitOps-style edit of the runtime config: same pods, new hash on all.
     let names: Vec<String> = pods.iter().map(|(name, _)| name.clone()).collect();
     kubectl
-        .run(&[
-            "patch",
-            "capturedeployment",
-            "capture",
-            "-n",
+        .merge_patch(
+            "capturedeployment/capture",
             "analytics",
-            "--type",
-            "merge",
-            "-p",
             r#"{"spec":{"runtimeConfig":{"plugins":[{"redact":{"keys":["email","phone"]}}]}}}"#,
-        ])
+        )
         .await;
     let updated = eventually(
         "every pod on the new config",
@@ -684,17 +690,11 @@ async fn the_user_journey_with_real_parts() {
 
     // Scale; a deleted pod comes back; a deleted Service is restored.
     kubectl
-        .run(&[
-            "patch",
-            "capturedeployment",
-            "capture",
-            "-n",
+        .merge_patch(
+            "capturedeployment/capture",
             "analytics",
-            "--type",
-            "merge",
-            "-p",
             r#"{"spec":{"replicas":3}}"#,
-        ])
+        )
         .await;
     let three = eventually("three ready pods", Duration::from_secs(60), async || {
         let pods = ready_pods(&server);
@@ -751,17 +751,11 @@ async fn the_user_journey_with_real_parts() {
     );
     first.kill().await.expect("kill operator-a");
     kubectl
-        .run(&[
-            "patch",
-            "capturedeployment",
-            "capture",
-            "-n",
+        .merge_patch(
+            "capturedeployment/capture",
             "analytics",
-            "--type",
-            "merge",
-            "-p",
             r#"{"spec":{"replicas":2}}"#,
-        ])
+        )
         .await;
     eventually(
         "operator-b leading and converged",

@@ -152,17 +152,11 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
         .expect("kubectl get --watch");
     tokio::time::sleep(Duration::from_millis(500)).await;
     kubectl
-        .run(&[
-            "patch",
-            "capturedeployment",
-            "capture",
-            "-n",
+        .merge_patch(
+            "capturedeployment/capture",
             "analytics",
-            "--type",
-            "merge",
-            "-p",
             r#"{"spec":{"autoscaling":{"maxReplicas":20}}}"#,
-        ])
+        )
         .await;
     let stdout = watch.stdout.take().expect("piped");
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));

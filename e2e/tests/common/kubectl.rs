@@ -61,6 +61,15 @@ impl Kubectl {
         stdout
     }
 
+    /// `kubectl patch <resource> -n <namespace> --type merge -p <patch>`.
+    pub async fn merge_patch(&self, resource: &str, namespace: &str, patch: &str) -> String {
+        let (kind, name) = resource.split_once('/').expect("kind/name");
+        self.run(&[
+            "patch", kind, name, "-n", namespace, "--type", "merge", "-p", patch,
+        ])
+        .await
+    }
+
     /// Runs kubectl with `-o json` and parses what it printed.
     pub async fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
