@@ -274,9 +274,7 @@ async fn the_user_journey_with_real_parts() {
     std::fs::write(&kubeconfig, ApiServer::kubeconfig(address, "default")).expect("kubeconfig");
     let kubectl = Kubectl::new(kubeconfig.clone(), dir.path());
 
-    kubectl
-        .run(&["apply", "--validate=false", "-f", "crds/"])
-        .await;
+    kubectl.apply("crds/").await;
     kubectl
         .run(&[
             "wait",
@@ -308,14 +306,7 @@ async fn the_user_journey_with_real_parts() {
         ),
     )
     .expect("write");
-    kubectl
-        .run(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            manifest.to_str().expect("utf-8"),
-        ])
-        .await;
+    kubectl.apply(manifest.to_str().expect("utf-8")).await;
 
     // Two operators, as a Deployment of two replicas would run them.
     let start_operator = |identity: &str| {
@@ -607,14 +598,7 @@ async fn the_user_journey_with_real_parts() {
     };
     let quota_file = dir.path().join("quota.yaml");
     std::fs::write(&quota_file, quota(5)).expect("write");
-    kubectl
-        .run(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            quota_file.to_str().expect("utf-8"),
-        ])
-        .await;
+    kubectl.apply(quota_file.to_str().expect("utf-8")).await;
     let batch = |n: usize, offset: usize| {
         json!({"api_key": "phc_e2e_quota", "batch": (0..n).map(|i| json!({
             "event": "quota step", "distinct_id": format!("q-{}", i + offset), "properties": {}
@@ -637,14 +621,7 @@ async fn the_user_journey_with_real_parts() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""quota_limited":["events"]"#), "{body}");
     std::fs::write(&quota_file, quota(1000)).expect("write");
-    kubectl
-        .run(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            quota_file.to_str().expect("utf-8"),
-        ])
-        .await;
+    kubectl.apply(quota_file.to_str().expect("utf-8")).await;
     eventually(
         "the raised limit in force",
         Duration::from_secs(30),

@@ -43,9 +43,7 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, kubectl) = start(dir.path()).await;
 
-    let applied = kubectl
-        .run(&["apply", "--validate=false", "-f", "crds/"])
-        .await;
+    let applied = kubectl.apply("crds/").await;
     assert!(
         applied.contains("capturedeployments.capture.dev created"),
         "{applied}"
@@ -78,17 +76,8 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: analytics}\n",
     )
     .expect("write");
-    kubectl
-        .run(&[
-            "apply",
-            "--validate=false",
-            "-f",
-            namespace.to_str().expect("utf-8"),
-        ])
-        .await;
-    let applied = kubectl
-        .run(&["apply", "--validate=false", "-f", "examples/"])
-        .await;
+    kubectl.apply(namespace.to_str().expect("utf-8")).await;
+    let applied = kubectl.apply("examples/").await;
     assert!(
         applied.contains("capturedeployment.capture.dev/capture created"),
         "{applied}"
@@ -127,9 +116,7 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
         |object: Option<Value>| object.expect("stored")["metadata"]["resourceVersion"].clone();
     let before =
         version(server.object("capture.dev", "capturedeployments", "analytics", "capture"));
-    kubectl
-        .run(&["apply", "--validate=false", "-f", "examples/"])
-        .await;
+    kubectl.apply("examples/").await;
     let after = version(server.object("capture.dev", "capturedeployments", "analytics", "capture"));
     assert_eq!(
         before, after,
@@ -214,9 +201,7 @@ async fn apply(kubectl: &Kubectl, dir: &Path, document: &str) -> Result<String, 
 async fn custom_resources_are_validated_against_their_schema_and_rules() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, kubectl) = start(dir.path()).await;
-    kubectl
-        .run(&["apply", "--validate=false", "-f", "crds/"])
-        .await;
+    kubectl.apply("crds/").await;
     let document = |spec: &str| {
         format!(
             "apiVersion: capture.dev/v1alpha1\nkind: CaptureDeployment\nmetadata: {{name: capture}}\n\

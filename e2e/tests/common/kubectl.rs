@@ -61,6 +61,13 @@ impl Kubectl {
         stdout
     }
 
+    /// `kubectl apply -f <path>` (a file or directory), without client-side
+    /// validation (the stand-in serves no OpenAPI; it validates on the
+    /// server side).
+    pub async fn apply(&self, path: &str) -> String {
+        self.run(&["apply", "--validate=false", "-f", path]).await
+    }
+
     /// `kubectl patch <resource> -n <namespace> --type merge -p <patch>`.
     pub async fn merge_patch(&self, resource: &str, namespace: &str, patch: &str) -> String {
         let (kind, name) = resource.split_once('/').expect("kind/name");
