@@ -10,6 +10,7 @@
 //! - [`resources`]: the kinds served and the discovery documents.
 
 pub mod node;
+pub mod rbac;
 pub mod resources;
 pub mod schema;
 pub mod server;

@@ -22,6 +22,8 @@ use crate::store::{ApiError, Change, Key, PatchKind, Store, fields_match, labels
 #[derive(Clone)]
 pub struct ApiServer {
     store: Arc<Mutex<Store>>,
+    /// Every request RBAC refused, as its message.
+    denials: Arc<Mutex<Vec<String>>>,
     changes: broadcast::Sender<Change>,
     /// How often watches that asked for them get a bookmark.
     bookmark_every: Duration,
@@ -31,6 +33,7 @@ impl Default for ApiServer {
     fn default() -> Self {
         ApiServer {
             store: Arc::default(),
+            denials: Arc::default(),
             changes: broadcast::channel(16_384).0,
             bookmark_every: Duration::from_secs(1),
         }
@@ -100,11 +103,31 @@ fn error_response(err: &ApiError) -> Response {
 }
 
 impl ApiServer {
-    /// Binds `127.0.0.1:0` (or `address`) and serves until the task is
-    /// dropped; returns where.
+    /// Binds `address` (port 0 for any) and serves the cluster admin
+    /// there until the task is dropped; returns where.
     pub async fn start(
         &self,
         address: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        self.listen(address, None).await
+    }
+
+    /// Like [`ApiServer::start`], for one user
+    /// (`system:serviceaccount:<ns>:<name>`): every request on this
+    /// listener is theirs, and RBAC decides it. (Clients send no bearer
+    /// token over plain HTTP, so the listener is the identity.)
+    pub async fn start_for(
+        &self,
+        address: SocketAddr,
+        user: &str,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        self.listen(address, Some(user.to_owned())).await
+    }
+
+    async fn listen(
+        &self,
+        address: SocketAddr,
+        user: Option<String>,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let bound = listener.local_addr()?;
@@ -112,7 +135,12 @@ impl ApiServer {
         let app = axum::Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let server = server.clone();
-                async move { server.handle(method, uri, headers, body).await }
+                let user = user.clone();
+                async move {
+                    server
+                        .handle(user.as_deref(), method, uri, headers, body)
+                        .await
+                }
             },
         );
         let task = tokio::spawn(async move {
@@ -130,6 +158,14 @@ impl ApiServer {
              contexts: [{{name: stand-in, context: {{cluster: stand-in, user: admin, namespace: {namespace}}}}}]\n\
              current-context: stand-in\n"
         )
+    }
+
+    /// The requests RBAC refused so far.
+    pub fn denials(&self) -> Vec<String> {
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs `change` on the store and tells watches what it changed (for
@@ -163,7 +199,14 @@ impl ApiServer {
             .ok()
     }
 
-    async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    async fn handle(
+        &self,
+        user: Option<&str>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
         let path = uri.path();
         let query: HashMap<String, String> = uri
             .query()
@@ -205,6 +248,11 @@ impl ApiServer {
             namespace: namespace.clone(),
             name: name.to_owned(),
         };
+        if let Some(denied) =
+            user.and_then(|user| self.forbidden(user, &method, &target, &resource, &query))
+        {
+            return error_response(&denied);
+        }
         let status = target.subresource.as_deref() == Some("status");
         let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
         if let Some(sub) = target.subresource.as_deref()
@@ -344,6 +392,63 @@ impl ApiServer {
             Ok((code, object)) => json_response(code, &object),
             Err(err) => error_response(&err),
         }
+    }
+
+    /// Why `user` may not make the request, if they may not.
+    fn forbidden(
+        &self,
+        user: &str,
+        method: &Method,
+        target: &Target,
+        resource: &resources::Resource,
+        query: &HashMap<String, String>,
+    ) -> Option<ApiError> {
+        let verb = match (method, target.name.is_some()) {
+            (&Method::GET, false)
+                if query.get("watch").is_some_and(|w| w == "true" || w == "1") =>
+            {
+                "watch"
+            }
+            (&Method::GET, false) => "list",
+            (&Method::GET, true) => "get",
+            (&Method::POST, _) => "create",
+            (&Method::PUT, _) => "update",
+            (&Method::PATCH, _) => "patch",
+            (&Method::DELETE, _) => "delete",
+            _ => "unknown",
+        };
+        let request = crate::rbac::Attributes {
+            verb,
+            group: &resource.group,
+            resource: match &target.subresource {
+                Some(sub) => format!("{}/{sub}", resource.plural),
+                None => resource.plural.clone(),
+            },
+            namespace: if resource.namespaced {
+                target.namespace.as_deref()
+            } else {
+                None
+            },
+            name: target.name.as_deref(),
+        };
+        let store = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::rbac::authorize(&store, user, &request)
+            .err()
+            .map(|message| {
+                tracing::warn!(%user, %message, "forbidden");
+                self.denials
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(message.clone());
+                ApiError {
+                    code: 403,
+                    reason: "Forbidden",
+                    message,
+                }
+            })
     }
 
     /// A watch of `resource` (in `namespace`, or all): first what the

@@ -262,6 +262,7 @@ async fn pod_hashes(server: &ApiServer) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_journey_with_real_parts() {
+    let started = std::time::Instant::now();
     let broker = common::broker::broker();
     let redis = common::redis::RedisServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -308,12 +309,85 @@ async fn the_user_journey_with_real_parts() {
     .expect("write");
     kubectl.apply(manifest.to_str().expect("utf-8")).await;
 
+    // The operator's RBAC, as the chart renders it; the operators then run
+    // as its ServiceAccount, every request decided by those rules.
+    let helm = std::env::var_os("CAPTURE_TEST_HELM")
+        .expect("set CAPTURE_TEST_HELM (run `. .ci/setup`) to a helm binary");
+    let rendered = tokio::process::Command::new(helm)
+        .current_dir(common::repo())
+        .args([
+            "template",
+            "capture-operator",
+            "charts/capture-operator",
+            "-n",
+            "capture-system",
+        ])
+        .output()
+        .await
+        .expect("run helm");
+    assert!(
+        rendered.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let mut rbac = String::new();
+    for document in serde_yaml::Deserializer::from_slice(&rendered.stdout) {
+        let object = <Value as serde::Deserialize>::deserialize(document).expect("YAML");
+        if [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ]
+        .contains(&object["kind"].as_str().unwrap_or_default())
+        {
+            rbac.push_str(&serde_yaml::to_string(&object).expect("YAML"));
+            rbac.push_str("---\n");
+        }
+    }
+    let rbac_file = dir.path().join("rbac.yaml");
+    std::fs::write(&rbac_file, rbac).expect("write");
+    kubectl.apply(rbac_file.to_str().expect("utf-8")).await;
+    let (operator_address, _operator_listener) = server
+        .start_for(
+            ([127, 0, 0, 1], 0).into(),
+            "system:serviceaccount:capture-system:capture-operator",
+        )
+        .await
+        .expect("listen for the operator");
+    let operator_kubeconfig = dir.path().join("operator-kubeconfig");
+    std::fs::write(
+        &operator_kubeconfig,
+        ApiServer::kubeconfig(operator_address, "capture-system"),
+    )
+    .expect("kubeconfig");
+    // Enforced: the ServiceAccount may not do what the chart does not grant.
+    let as_operator = Kubectl::new(operator_kubeconfig.clone(), &dir.path().join("as-operator"));
+    let refused = as_operator
+        .command(&["delete", "namespace", "analytics"])
+        .output()
+        .await
+        .expect("run kubectl");
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        !refused.status.success() && said.contains("forbidden"),
+        "{}: {said}{}",
+        refused.status,
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert_eq!(server.denials().len(), 1, "{:?}", server.denials());
+    step(
+        started,
+        "helm template rendered the operator's RBAC; applied, the operators run as its ServiceAccount",
+    );
+
     // Two operators, as a Deployment of two replicas would run them.
     let start_operator = |identity: &str| {
         let log =
             std::fs::File::create(dir.path().join(format!("{identity}.log"))).expect("log file");
         tokio::process::Command::new(binary("operator"))
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", &operator_kubeconfig)
             .env("OPERATOR_LEASE_NAMESPACE", "capture-system")
             .env("OPERATOR_LEASE_DURATION", "3s")
             .env("OPERATOR_IDENTITY", identity)
@@ -352,7 +426,6 @@ async fn the_user_journey_with_real_parts() {
     )
     .await;
     let mut operator = start_operator("operator-b");
-    let started = std::time::Instant::now();
     let _node = Node::new(
         server.clone(),
         dir.path().join("node"),
@@ -806,6 +879,20 @@ async fn the_user_journey_with_real_parts() {
     step(
         started,
         "deleting the CaptureDeployment collected its objects and pods; its topics (data) stayed",
+    );
+    let denials = server.denials();
+    assert_eq!(
+        denials.len(),
+        1,
+        "the chart's RBAC refused the operator: {denials:#?}"
+    );
+    assert!(
+        denials[0].contains("cannot delete resource \"namespaces\""),
+        "{denials:?}"
+    );
+    step(
+        started,
+        "every request the operators made was allowed by the chart's RBAC",
     );
     let _ = operator.kill().await;
 }
