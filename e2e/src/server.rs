@@ -309,6 +309,16 @@ impl ApiServer {
                         fields_match(o, query.get("fieldSelector").map_or("", String::as_str))
                     })
                     .collect();
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if crate::table::wanted(accept) {
+                    return json_response(
+                        StatusCode::OK,
+                        &crate::table::table(&resource, &items, store.version()),
+                    );
+                }
                 Ok((
                     StatusCode::OK,
                     json!({
@@ -324,7 +334,19 @@ impl ApiServer {
                     .store
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                store.get(&key(name)).map(|o| (StatusCode::OK, o))
+                let accept = headers
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                match store.get(&key(name)) {
+                    Ok(object) if crate::table::wanted(accept) => {
+                        return json_response(
+                            StatusCode::OK,
+                            &crate::table::table(&resource, &[object], store.version()),
+                        );
+                    }
+                    other => other.map(|o| (StatusCode::OK, o)),
+                }
             }
             (&Method::POST, None) => parse_body(false).and_then(|object| {
                 self.mutate(|store| {

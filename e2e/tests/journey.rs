@@ -519,9 +519,30 @@ async fn the_user_journey_with_real_parts() {
     })
     .await;
     assert_eq!(ready["status"]["readyReplicas"], 2);
+    let shown = kubectl
+        .run(&["get", "capturedeployments", "-n", "analytics"])
+        .await;
+    let header: Vec<&str> = shown
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REPLICAS", "TOPICS", "AGE"],
+        "{shown}"
+    );
+    let row: Vec<&str> = shown
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], ["capture", "True", "2", "6/6"], "{shown}");
     step(
         started,
-        "the operator rendered the objects, created the topics; two capture pods run and the CaptureDeployment is Ready",
+        "the operator rendered the objects, created the topics; two capture pods run; `kubectl get capturedeployments` shows Ready",
     );
     let first_hash = ready["status"]["configHash"]
         .as_str()
