@@ -292,3 +292,67 @@ pub fn discovery(resources: &[Resource], path: &str) -> Option<Value> {
         }
     }
 }
+
+/// The OpenAPI v3 documents kubectl reads to learn that the server
+/// validates fields itself (`fieldValidation`): `/openapi/v3`, the index of
+/// group versions, and per group version a document whose `PATCH`
+/// operations carry the kind (`x-kubernetes-group-version-kind`) and the
+/// `fieldValidation` query parameter. No schemas: the server validates.
+pub fn openapi_v3(resources: &[Resource], path: &str) -> Option<Value> {
+    let prefix = |r: &Resource| {
+        if r.group.is_empty() {
+            format!("api/{}", r.version)
+        } else {
+            format!("apis/{}/{}", r.group, r.version)
+        }
+    };
+    if path == "/openapi/v3" {
+        let mut paths = serde_json::Map::new();
+        for resource in resources {
+            let gv = prefix(resource);
+            paths.insert(
+                gv.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", resources.len())}),
+            );
+        }
+        return Some(json!({"paths": paths}));
+    }
+    let gv = path.strip_prefix("/openapi/v3/")?;
+    let mut paths = serde_json::Map::new();
+    for resource in resources.iter().filter(|r| prefix(r) == gv) {
+        let gvk =
+            json!({"group": resource.group, "version": resource.version, "kind": resource.kind});
+        let parameter =
+            |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string"}});
+        let operation = |action: &str| {
+            json!({
+                "x-kubernetes-group-version-kind": gvk,
+                "x-kubernetes-action": action,
+                "parameters": [parameter("fieldValidation"), parameter("fieldManager"), parameter("dryRun")],
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        let collection = if resource.namespaced {
+            format!("/{gv}/namespaces/{{namespace}}/{}", resource.plural)
+        } else {
+            format!("/{gv}/{}", resource.plural)
+        };
+        paths.insert(
+            collection.clone(),
+            json!({"post": operation("post"), "get": operation("list")}),
+        );
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"patch": operation("patch"), "put": operation("put"), "get": operation("get"), "delete": operation("delete")}),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (stand-in)", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

@@ -218,7 +218,9 @@ impl ApiServer {
                 .store
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(document) = resources::discovery(&store.resources, path) {
+            if let Some(document) = resources::discovery(&store.resources, path)
+                .or_else(|| resources::openapi_v3(&store.resources, path))
+            {
                 return json_response(StatusCode::OK, &document);
             }
         }

@@ -174,7 +174,8 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
     assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
 }
 
-/// `kubectl apply` of `document` (YAML); its output, or its error text.
+/// `kubectl apply --validate=false` of `document` (YAML): unknown fields
+/// pruned rather than refused; its output, or its error text.
 async fn apply(kubectl: &Kubectl, dir: &Path, document: &str) -> Result<String, String> {
     let file = dir.join("document.yaml");
     std::fs::write(&file, document).expect("write");
@@ -235,8 +236,23 @@ async fn custom_resources_are_validated_against_their_schema_and_rules() {
             .is_none()
     );
 
-    // Unknown fields are pruned (kubectl --validate=false asks for that);
-    // defaults are filled in.
+    // kubectl's default validation is strict, done by the server: an
+    // unknown field is refused, naming it.
+    let file = dir.path().join("strict.yaml");
+    std::fs::write(&file, document("  replicas: 2\n  bogus: 1\n")).expect("write");
+    let strict = kubectl
+        .command(&["apply", "-f", file.to_str().expect("utf-8")])
+        .output()
+        .await
+        .expect("run kubectl");
+    let said = String::from_utf8_lossy(&strict.stderr).into_owned();
+    assert!(
+        !strict.status.success() && said.contains("spec.bogus: unknown field"),
+        "{said}"
+    );
+
+    // With --validate=false, unknown fields are pruned; defaults are
+    // filled in.
     apply(
         &kubectl,
         dir.path(),

@@ -61,11 +61,10 @@ impl Kubectl {
         stdout
     }
 
-    /// `kubectl apply -f <path>` (a file or directory), without client-side
-    /// validation (the stand-in serves no OpenAPI; it validates on the
-    /// server side).
+    /// `kubectl apply -f <path>` (a file or directory), with kubectl's
+    /// default validation (strict, done by the server).
     pub async fn apply(&self, path: &str) -> String {
-        self.run(&["apply", "--validate=false", "-f", path]).await
+        self.run(&["apply", "-f", path]).await
     }
 
     /// `kubectl patch <resource> -n <namespace> --type merge -p <patch>`.
