@@ -203,7 +203,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Topics) -> Parsed {
                         signatures.secrets_file
                     ))
                 })?;
-                seen ^= fingerprint(secrets.as_bytes()).rotate_left(1);
+                seen = with_secrets(seen, secrets.as_bytes());
                 Some(crate::signing::Signing::new(signatures, &secrets).map_err(invalid)?)
             }
         };
@@ -230,11 +230,16 @@ struct Parsed {
 /// The fingerprint [`parse`] gives `document` with `secrets_file`, computed
 /// without parsing, so an unchanged pair costs two reads and two hashes.
 fn fingerprint_of(document: &[u8], secrets_file: Option<&Path>) -> u64 {
-    let mut seen = fingerprint(document);
-    if let Some(secrets) = secrets_file.and_then(|path| std::fs::read(path).ok()) {
-        seen ^= fingerprint(&secrets).rotate_left(1);
+    let seen = fingerprint(document);
+    match secrets_file.and_then(|path| std::fs::read(path).ok()) {
+        Some(secrets) => with_secrets(seen, &secrets),
+        None => seen,
     }
-    seen
+}
+
+/// A document's fingerprint combined with its secrets file's bytes.
+fn with_secrets(seen: u64, secrets: &[u8]) -> u64 {
+    seen ^ fingerprint(secrets).rotate_left(1)
 }
 
 /// What one look at the file did.

@@ -168,11 +168,6 @@ impl Tls {
         })
     }
 
-    /// The acceptor; clones share the followed certificate.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
-    }
-
     /// Checks the files every `poll` for as long as the process runs.
     pub fn follow(self, poll: Duration) -> TlsAcceptor {
         let acceptor = self.acceptor.clone();

@@ -260,16 +260,6 @@ pub fn is_container(text: &str) -> bool {
     matches!(text.as_bytes().first(), Some(b'{' | b'['))
 }
 
-/// The last member named `key` of the object `text` (JSON keeps the last
-/// of duplicates).
-pub fn member<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    members(text)?
-        .into_iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, value)| value)
-}
-
 /// Where `part` (a slice of `base`) starts in `base`.
 pub fn offset(base: &str, part: &str) -> usize {
     part.as_ptr() as usize - base.as_ptr() as usize
@@ -293,13 +283,8 @@ impl Splices {
         self.ranges.is_empty()
     }
 
-    /// `base` with every range replaced by `with`; a range inside another
-    /// is covered by the outer one.
-    pub fn apply(self, base: &str, with: &str) -> String {
-        self.apply_tracked(base, with).0
-    }
-
-    /// Like [`Splices::apply`], also returning how positions moved.
+    /// `base` with every range replaced by `with` (a range inside another
+    /// is covered by the outer one), and how positions moved.
     pub fn apply_tracked(mut self, base: &str, with: &str) -> (String, Shift) {
         self.ranges.sort_unstable();
         let mut out = String::with_capacity(base.len() + self.ranges.len() * with.len());
@@ -365,6 +350,16 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// The last member named `key` of the object `text` (JSON keeps the last
+    /// of duplicates).
+    fn member<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        members(text)?
+            .into_iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value)
+    }
 
     #[test]
     fn members_and_items_borrow_the_text() {
@@ -488,6 +483,9 @@ mod tests {
         splices.replace(text, member(b, "a").expect("inner a"));
         splices.replace(text, b);
         splices.replace(text, member(text, "a").expect("a"));
-        assert_eq!(splices.apply(text, "\"*\""), r#"{"a":"*","b":"*","c":1}"#);
+        assert_eq!(
+            splices.apply_tracked(text, "\"*\"").0,
+            r#"{"a":"*","b":"*","c":1}"#
+        );
     }
 }
