@@ -29,7 +29,6 @@ pub type Images = Vec<(String, PathBuf)>;
 
 /// One running pod.
 struct Pod {
-    key: Key,
     ip: Ipv4Addr,
     dir: PathBuf,
     child: tokio::process::Child,
@@ -39,6 +38,8 @@ struct Pod {
     restarts: u32,
     ready: bool,
     template: String,
+    /// The uid of the Deployment that owns it.
+    owner: String,
 }
 
 /// A Service's proxy: listens on its cluster IP and port, and forwards
@@ -383,7 +384,6 @@ impl Node {
         self.pods.insert(
             key.clone(),
             Pod {
-                key,
                 ip,
                 dir,
                 child,
@@ -392,6 +392,7 @@ impl Node {
                 restarts: 0,
                 ready: false,
                 template: text(&pod["metadata"]["labels"]["pod-template-hash"]).to_owned(),
+                owner: text(&pod["metadata"]["ownerReferences"][0]["uid"]).to_owned(),
             },
         );
     }
@@ -516,15 +517,7 @@ impl Node {
     fn report(&self, deployment: &Value) {
         let uid = text(&deployment["metadata"]["uid"]);
         let hash = template_hash(&deployment["spec"]["template"]);
-        let owned: Vec<&Pod> = self
-            .pods
-            .values()
-            .filter(|p| {
-                self.server
-                    .object("", "pods", &p.key.namespace, &p.key.name)
-                    .is_some_and(|o| o["metadata"]["ownerReferences"][0]["uid"] == uid)
-            })
-            .collect();
+        let owned: Vec<&Pod> = self.pods.values().filter(|p| p.owner == uid).collect();
         let ready = owned.iter().filter(|p| p.ready).count();
         let updated = owned.iter().filter(|p| p.template == hash).count();
         let status = json!({

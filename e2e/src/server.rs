@@ -256,6 +256,10 @@ impl ApiServer {
             return error_response(&denied);
         }
         let status = target.subresource.as_deref() == Some("status");
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
         if let Some(sub) = target.subresource.as_deref()
             && !(status && resource.status)
@@ -311,10 +315,6 @@ impl ApiServer {
                         fields_match(o, query.get("fieldSelector").map_or("", String::as_str))
                     })
                     .collect();
-                let accept = headers
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
                 if crate::table::wanted(accept) {
                     return json_response(
                         StatusCode::OK,
@@ -336,10 +336,6 @@ impl ApiServer {
                     .store
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let accept = headers
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
                 match store.get(&key(name)) {
                     Ok(object) if crate::table::wanted(accept) => {
                         return json_response(
@@ -384,14 +380,15 @@ impl ApiServer {
                 };
                 kind.and_then(|kind| {
                     let patch = parse_body(kind == PatchKind::Apply)?;
-                    let created = self
-                        .object(&resource.group, &resource.plural, &namespace, name)
-                        .is_none();
                     self.mutate(|store| {
                         store.strict = strict;
-                        store.patch(&resource, &key(name), kind, &patch, status)
+                        // Under the same lock: whether an apply patch created it.
+                        let created = store.get(&key(name)).is_err();
+                        store
+                            .patch(&resource, &key(name), kind, &patch, status)
+                            .map(|o| (created, o))
                     })
-                    .map(|o| {
+                    .map(|(created, o)| {
                         (
                             if created {
                                 StatusCode::CREATED

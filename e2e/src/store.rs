@@ -49,6 +49,17 @@ impl ApiError {
         }
     }
 
+    /// 409: a write based on an older resource version.
+    pub fn conflict(plural: &str, name: &str) -> Self {
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {plural} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        }
+    }
+
     /// The `Status` body.
     pub fn status(&self) -> Value {
         json!({
@@ -433,14 +444,7 @@ impl Store {
             && !expected.is_empty()
             && Some(expected) != current["metadata"]["resourceVersion"].as_str()
         {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!(
-                    "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
-                    resource.plural, key.name
-                ),
-            });
+            return Err(ApiError::conflict(&resource.plural, &key.name));
         }
         self.replace(resource, key, current, object, status)
     }
@@ -472,11 +476,7 @@ impl Store {
         if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
             && Some(expected) != current["metadata"]["resourceVersion"].as_str()
         {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!("the object {:?} has been modified", key.name),
-            });
+            return Err(ApiError::conflict(&resource.plural, &key.name));
         }
         self.replace(resource, key, current, next, status)
     }

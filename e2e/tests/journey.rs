@@ -277,13 +277,7 @@ async fn the_user_journey_with_real_parts() {
 
     kubectl.apply("crds/").await;
     kubectl
-        .run(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=20s",
-            "crd/capturedeployments.capture.dev",
-        ])
+        .wait_established(&["crd/capturedeployments.capture.dev"])
         .await;
     let id = std::process::id();
     let events_topic = format!("e2e-events-{id}");

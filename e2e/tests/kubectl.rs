@@ -50,11 +50,7 @@ async fn kubectl_registers_the_crds_and_manages_the_examples() {
     );
     // `kubectl wait` watches the CRDs until they are Established.
     kubectl
-        .run(&[
-            "wait",
-            "--for",
-            "condition=Established",
-            "--timeout=20s",
+        .wait_established(&[
             "crd/capturedeployments.capture.dev",
             "crd/capturequotas.capture.dev",
         ])

@@ -67,6 +67,13 @@ impl Kubectl {
         self.run(&["apply", "-f", path]).await
     }
 
+    /// `kubectl wait` (a watch) until each of the `crds` is Established.
+    pub async fn wait_established(&self, crds: &[&str]) -> String {
+        let mut args = vec!["wait", "--for", "condition=Established", "--timeout=20s"];
+        args.extend(crds);
+        self.run(&args).await
+    }
+
     /// `kubectl patch <resource> -n <namespace> --type merge -p <patch>`.
     pub async fn merge_patch(&self, resource: &str, namespace: &str, patch: &str) -> String {
         let (kind, name) = resource.split_once('/').expect("kind/name");
