@@ -8,8 +8,11 @@
 //!   registration).
 //! - [`store`]: the objects and their lifecycle rules.
 //! - [`resources`]: the kinds served and the discovery documents.
+//! - [`proxy`]: the `proxy` subresources of pods and Services.
+//! - [`node`]: the node stand-in, running Deployments' pods as processes.
 
 pub mod node;
+pub mod proxy;
 pub mod rbac;
 pub mod resources;
 pub mod schema;

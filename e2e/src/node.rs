@@ -163,25 +163,9 @@ impl Node {
         let mut wanted = Vec::new();
         for service in &services {
             let namespace = text(&service["metadata"]["namespace"]);
-            let Some(selector) = service["spec"]["selector"].as_object() else {
-                continue;
-            };
             let Ok(ip) = text(&service["spec"]["clusterIP"]).parse::<Ipv4Addr>() else {
                 continue;
             };
-            let chosen: Vec<&Value> = pods
-                .iter()
-                .filter(|p| {
-                    text(&p["metadata"]["namespace"]) == namespace
-                        && selector
-                            .iter()
-                            .all(|(k, v)| &p["metadata"]["labels"][k] == v)
-                        && p["status"]["conditions"].as_array().is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
-                })
-                .collect();
             for port in service["spec"]["ports"].as_array().into_iter().flatten() {
                 let Some(number) = port["port"].as_u64() else {
                     continue;
@@ -190,22 +174,7 @@ impl Node {
                     "{namespace}/{}:{number}",
                     text(&service["metadata"]["name"])
                 );
-                let endpoints: Vec<SocketAddr> = chosen
-                    .iter()
-                    .filter_map(|pod| {
-                        let pod_ip: Ipv4Addr = text(&pod["status"]["podIP"]).parse().ok()?;
-                        let target = match &port["targetPort"] {
-                            Value::Number(n) => n.as_u64()?,
-                            Value::String(name) => pod["spec"]["containers"][0]["ports"]
-                                .as_array()?
-                                .iter()
-                                .find(|p| p["name"] == name.as_str())?["containerPort"]
-                                .as_u64()?,
-                            _ => number,
-                        };
-                        Some(SocketAddr::from((pod_ip, target as u16)))
-                    })
-                    .collect();
+                let endpoints = endpoints(service, port, &pods);
                 if !self.proxies.contains_key(&id) {
                     match Proxy::start(SocketAddr::from((ip, number as u16))).await {
                         Ok(proxy) => {
@@ -577,6 +546,42 @@ impl Proxy {
         });
         Ok(Proxy { endpoints, task })
     }
+}
+
+/// Where `port` of `service` leads: the address of that port on each
+/// Ready pod the Service selects, as the Endpoints controller would list
+/// them.
+pub fn endpoints(service: &Value, port: &Value, pods: &[Value]) -> Vec<SocketAddr> {
+    let namespace = text(&service["metadata"]["namespace"]);
+    let Some(selector) = service["spec"]["selector"].as_object() else {
+        return Vec::new();
+    };
+    pods.iter()
+        .filter(|p| {
+            text(&p["metadata"]["namespace"]) == namespace
+                && p["metadata"].get("deletionTimestamp").is_none()
+                && selector
+                    .iter()
+                    .all(|(k, v)| &p["metadata"]["labels"][k] == v)
+                && p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .filter_map(|pod| {
+            let pod_ip: Ipv4Addr = text(&pod["status"]["podIP"]).parse().ok()?;
+            let target = match &port["targetPort"] {
+                Value::Number(n) => n.as_u64()?,
+                Value::String(name) => pod["spec"]["containers"][0]["ports"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["name"] == name.as_str())?["containerPort"]
+                    .as_u64()?,
+                _ => port["port"].as_u64()?,
+            };
+            Some(SocketAddr::from((pod_ip, u16::try_from(target).ok()?)))
+        })
+        .collect()
 }
 
 fn pod_key(pod: &Value) -> Key {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,10 @@ pub struct ApiServer {
     changes: broadcast::Sender<Change>,
     /// How often watches that asked for them get a bookmark.
     bookmark_every: Duration,
+    /// For the `proxy` subresources: the client, and whose turn it is
+    /// among a Service's pods.
+    proxy_client: reqwest::Client,
+    proxy_turn: Arc<AtomicUsize>,
 }
 
 impl Default for ApiServer {
@@ -36,6 +41,8 @@ impl Default for ApiServer {
             denials: Arc::default(),
             changes: broadcast::channel(16_384).0,
             bookmark_every: Duration::from_secs(1),
+            proxy_client: reqwest::Client::new(),
+            proxy_turn: Arc::default(),
         }
     }
 }
@@ -224,6 +231,28 @@ impl ApiServer {
                 return json_response(StatusCode::OK, &document);
             }
         }
+        // `kubectl --as` and kubeconfigs with `as:` send the user to act
+        // as; the cluster admin may, nobody else.
+        let impersonated = headers
+            .get("impersonate-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let user = match (user, impersonated.as_deref()) {
+            (None, Some(as_user)) => Some(as_user),
+            (Some(user), Some(_)) => {
+                return error_response(&ApiError {
+                    code: 403,
+                    reason: "Forbidden",
+                    message: format!("users \"{user}\" is forbidden: cannot impersonate"),
+                });
+            }
+            (user, None) => user,
+        };
+        if let Some(proxy) = crate::proxy::parse(path) {
+            return self
+                .proxy(user, method, &proxy, uri.query(), &headers, body)
+                .await;
+        }
         let Some(target) = parse_path(path) else {
             return error_response(&ApiError::not_found(path));
         };
@@ -411,6 +440,55 @@ impl ApiServer {
         };
         match result {
             Ok((code, object)) => json_response(code, &object),
+            Err(err) => error_response(&err),
+        }
+    }
+
+    /// A `proxy` subresource request, once RBAC allows it.
+    async fn proxy(
+        &self,
+        user: Option<&str>,
+        method: Method,
+        proxy: &crate::proxy::Target,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let resource = {
+            let store = self
+                .store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            store.resource("", "v1", &proxy.plural)
+        };
+        let Some(resource) = resource else {
+            return error_response(&ApiError::not_found(&proxy.plural));
+        };
+        let target = Target {
+            group: String::new(),
+            version: "v1".into(),
+            namespace: Some(proxy.namespace.clone()),
+            plural: proxy.plural.clone(),
+            name: Some(proxy.name.clone()),
+            subresource: Some("proxy".into()),
+        };
+        if let Some(denied) =
+            user.and_then(|user| self.forbidden(user, &method, &target, &resource, &HashMap::new()))
+        {
+            return error_response(&denied);
+        }
+        let to = {
+            let store = self
+                .store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            crate::proxy::resolve(&store, proxy, &self.proxy_turn)
+        };
+        match to {
+            Ok(to) => {
+                crate::proxy::forward(&self.proxy_client, to, method, proxy, query, headers, body)
+                    .await
+            }
             Err(err) => error_response(&err),
         }
     }

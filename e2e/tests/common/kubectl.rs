@@ -89,4 +89,56 @@ impl Kubectl {
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.run(&all).await).expect("kubectl printed JSON")
     }
+
+    /// `kubectl get <kind> <name> -n <namespace> -o json`, or `None` when
+    /// there is no such object.
+    pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let text = self
+            .run(&[
+                "get",
+                kind,
+                name,
+                "-n",
+                namespace,
+                "--ignore-not-found",
+                "-o",
+                "json",
+            ])
+            .await;
+        (!text.trim().is_empty())
+            .then(|| serde_json::from_str(&text).expect("kubectl printed JSON"))
+    }
+
+    /// The items of `kubectl get <kind> -n <namespace> -o json`.
+    pub async fn list(&self, kind: &str, namespace: &str) -> Vec<Value> {
+        match self.json(&["get", kind, "-n", namespace]).await["items"].take() {
+            Value::Array(items) => items,
+            other => panic!("kubectl get {kind} printed no items: {other}"),
+        }
+    }
+
+    /// Starts `kubectl proxy` on a free local port: the process, and the
+    /// `http://127.0.0.1:<port>` it serves the API on.
+    pub async fn proxy(&self) -> (tokio::process::Child, String) {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = self
+            .command(&["proxy", "--port=0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start kubectl proxy");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("kubectl proxy started within 20 s")
+            .expect("read kubectl proxy")
+            .expect("kubectl proxy said where it serves");
+        // "Starting to serve on 127.0.0.1:PORT"
+        let address = line
+            .rsplit(' ')
+            .next()
+            .filter(|a| a.contains(':'))
+            .unwrap_or_else(|| panic!("kubectl proxy said {line:?}"));
+        (child, format!("http://{address}"))
+    }
 }
