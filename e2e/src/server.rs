@@ -718,4 +718,80 @@ mod tests {
         assert_eq!((t.plural.as_str(), t.namespace), ("pods", None));
         assert!(parse_path("/healthz").is_none());
     }
+
+    async fn get_as(server: &ApiServer, listener: Option<&str>, user: &str, path: &str) -> u16 {
+        let mut headers = HeaderMap::new();
+        headers.insert("impersonate-user", user.parse().expect("a header value"));
+        server
+            .handle(
+                listener,
+                Method::GET,
+                path.parse().expect("a URI"),
+                headers,
+                Bytes::new(),
+            )
+            .await
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn the_admin_may_impersonate_and_rbac_decides_for_the_user_acted_as() {
+        let server = ApiServer::default();
+        let account = "system:serviceaccount:ops:reader";
+        for (path, object) in [
+            (
+                "/api/v1/namespaces",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ops"}}),
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/ops/roles",
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": {"name": "read", "namespace": "ops"},
+                    "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]}),
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/ops/rolebindings",
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": "read", "namespace": "ops"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read"},
+                    "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "ops"}]}),
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                "application/json".parse().expect("value"),
+            );
+            let created = server
+                .handle(
+                    None,
+                    Method::POST,
+                    path.parse().expect("a URI"),
+                    headers,
+                    Bytes::from(object.to_string()),
+                )
+                .await;
+            assert_eq!(created.status(), StatusCode::CREATED, "{path}");
+        }
+        let configmaps = "/api/v1/namespaces/ops/configmaps";
+        assert_eq!(get_as(&server, None, account, configmaps).await, 200);
+        assert_eq!(
+            get_as(&server, None, account, "/api/v1/namespaces/ops/secrets").await,
+            403
+        );
+        assert_eq!(server.denials().len(), 1, "{:?}", server.denials());
+        // Only the admin may: another account's listener is refused even
+        // the user who may list.
+        assert_eq!(
+            get_as(
+                &server,
+                Some("system:serviceaccount:ops:other"),
+                account,
+                configmaps
+            )
+            .await,
+            403
+        );
+    }
 }

@@ -291,11 +291,11 @@ impl Sdk {
 
 /// Prints a journey step as it passes (straight to stderr, so the summary
 /// shows even when the test harness captures output).
-fn step(started: std::time::Instant, what: &str) {
+fn step(label: &str, started: std::time::Instant, what: &str) {
     use std::io::Write as _;
     let _ = writeln!(
         std::io::stderr(),
-        "[journey] {:>6.1} s  ok  {what}",
+        "[{label}] {:>6.1} s  ok  {what}",
         started.elapsed().as_secs_f64()
     );
 }
@@ -424,13 +424,106 @@ fn env_value(deployment: &Value, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// One journey at a time: two node stand-ins would give their pods the
+/// same addresses.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The journey on the stand-ins in this process, or on the real cluster
+/// `E2E_KUBECONFIG` names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_journey_with_real_parts() {
-    let started = std::time::Instant::now();
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::start(dir.path()).await;
+    journey(&cluster, dir.path(), "journey").await;
+}
+
+/// The journey as `E2E_KUBECONFIG` runs it, knowing the cluster only by
+/// its kubeconfig, against a `kube-standin --node` process playing the
+/// cluster: proof that nothing in it needs the in-process stand-ins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_journey_knowing_the_cluster_only_by_its_kubeconfig() {
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        eprintln!("skipped: E2E_KUBECONFIG is set, and the other test runs the journey on it");
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = StandInProcess::start(dir.path()).await;
+    let redis = common::redis::RedisServer::start();
+    let cluster = Cluster {
+        kubeconfig: standin.kubeconfig.clone(),
+        broker: common::broker::broker().address.clone(),
+        redis_url: redis.url(),
+        capture_image: "capture:e2e".into(),
+        stand_in: None,
+        _keep: vec![Box::new(redis), Box::new(standin)],
+    };
+    journey(&cluster, dir.path(), "journey, E2E_KUBECONFIG").await;
+}
+
+/// `kube-standin --node capture=<capture>` as a process of its own.
+struct StandInProcess {
+    kubeconfig: PathBuf,
+    process: std::process::Child,
+}
+
+impl StandInProcess {
+    async fn start(dir: &Path) -> StandInProcess {
+        let kubeconfig = dir.join("standin-kubeconfig");
+        let log = std::fs::File::create(dir.join("kube-standin.log")).expect("log file");
+        let mut process = std::process::Command::new(binary("kube-standin"))
+            .arg("127.0.0.1:0")
+            .arg("--node")
+            .arg(format!("capture={}", binary("capture").display()))
+            .arg("--node-dir")
+            .arg(dir.join("standin-node"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start kube-standin");
+        let stdout = process.stdout.take().expect("stdout");
+        let text = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            let mut text = String::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let line = line.expect("read kube-standin");
+                text.push_str(&line);
+                text.push('\n');
+                if line.starts_with("current-context:") {
+                    break;
+                }
+            }
+            text
+        })
+        .await
+        .expect("read");
+        assert!(
+            text.contains("current-context:"),
+            "kube-standin printed no kubeconfig: {text}"
+        );
+        std::fs::write(&kubeconfig, text).expect("write the kubeconfig");
+        StandInProcess {
+            kubeconfig,
+            process,
+        }
+    }
+}
+
+impl Drop for StandInProcess {
+    /// SIGTERM, so it stops its pods before it exits.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status();
+        let _ = self.process.wait();
+    }
+}
+
+async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
+    let started = std::time::Instant::now();
     let broker = cluster.broker.as_str();
-    let kubectl = Kubectl::new(cluster.kubeconfig.clone(), dir.path());
+    let kubectl = Kubectl::new(cluster.kubeconfig.clone(), dir);
 
     // 1. The chart, rendered; its CRDs and the operator's RBAC applied;
     // the operators act as its ServiceAccount, every request decided by
@@ -475,7 +568,7 @@ async fn the_user_journey_with_real_parts() {
         ("namespaces.yaml", namespaces),
         ("rbac.yaml", rbac.as_str()),
     ] {
-        let file = dir.path().join(name);
+        let file = dir.join(name);
         std::fs::write(&file, text).expect("write");
         kubectl.apply(file.to_str().expect("utf-8")).await;
     }
@@ -485,7 +578,7 @@ async fn the_user_journey_with_real_parts() {
             "crd/capturequotas.capture.dev",
         ])
         .await;
-    let operator_config = dir.path().join("operator-kubeconfig");
+    let operator_config = dir.join("operator-kubeconfig");
     operator_kubeconfig(&kubectl, &operator_config).await;
     // Enforced: the ServiceAccount may not do what the chart does not grant.
     let refused = kubectl
@@ -501,8 +594,7 @@ async fn the_user_journey_with_real_parts() {
         String::from_utf8_lossy(&refused.stdout)
     );
     let start_operator = |identity: &str| {
-        let log =
-            std::fs::File::create(dir.path().join(format!("{identity}.log"))).expect("log file");
+        let log = std::fs::File::create(dir.join(format!("{identity}.log"))).expect("log file");
         tokio::process::Command::new(binary("operator"))
             .env("KUBECONFIG", &operator_config)
             .env("OPERATOR_LEASE_NAMESPACE", "capture-system")
@@ -517,7 +609,7 @@ async fn the_user_journey_with_real_parts() {
             .expect("start the operator")
     };
     let log = |identity: &str| {
-        std::fs::read_to_string(dir.path().join(format!("{identity}.log"))).unwrap_or_default()
+        std::fs::read_to_string(dir.join(format!("{identity}.log"))).unwrap_or_default()
     };
     let holder = async || {
         kubectl
@@ -538,14 +630,18 @@ async fn the_user_journey_with_real_parts() {
     .await;
     let mut operator = start_operator("operator-b");
     step(
+        label,
         started,
         "helm template rendered the chart; its CRDs and RBAC applied; two operators run as its ServiceAccount, RBAC enforced",
     );
 
     // 2. The examples' shape: a CaptureDeployment (and its Redis Secret).
     let id = std::process::id();
-    let events_topic = format!("e2e-events-{id}");
-    let manifest = dir.path().join("capture.yaml");
+    // Each run its own topic, in case the broker is shared.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let events_topic = format!("e2e-events-{id}-{run}");
+    let manifest = dir.join("capture.yaml");
     std::fs::write(
         &manifest,
         format!(
@@ -667,6 +763,7 @@ async fn the_user_journey_with_real_parts() {
         .collect();
     assert_eq!(&row[..4], ["capture", "True", "2", "6/6"], "{shown}");
     step(
+        label,
         started,
         "kubectl apply: the operator rendered the objects, created the topics; two capture pods run; `kubectl get capturedeployments` shows Ready",
     );
@@ -699,6 +796,7 @@ async fn the_user_journey_with_real_parts() {
     assert_eq!(data["properties"]["email"], "[redacted]", "{data}");
     assert_eq!(data["properties"]["phone"], "555-0100");
     step(
+        label,
         started,
         "an event posted to a pod landed in Kafka, redacted by the runtime config",
     );
@@ -718,6 +816,7 @@ async fn the_user_journey_with_real_parts() {
     sdk.round_trip(command, &host, broker, &events_topic, 21)
         .await;
     step(
+        label,
         started,
         "20 events from the PostHog Python SDK through the Service landed once each, keyed, with headers",
     );
@@ -738,6 +837,7 @@ async fn the_user_journey_with_real_parts() {
     sdk.round_trip(command, &host, broker, &events_topic, 36)
         .await;
     step(
+        label,
         started,
         "15 events from posthog-node through the Service landed once each, keyed, with headers",
     );
@@ -752,7 +852,7 @@ async fn the_user_journey_with_real_parts() {
              \x20 limits: [{{eventType: events, limit: {limit}, window: 1h}}]\n"
         )
     };
-    let quota_file = dir.path().join("quota.yaml");
+    let quota_file = dir.join("quota.yaml");
     std::fs::write(&quota_file, quota(5)).expect("write");
     kubectl.apply(quota_file.to_str().expect("utf-8")).await;
     let batch = |n: usize, offset: usize| {
@@ -810,6 +910,7 @@ async fn the_user_journey_with_real_parts() {
     )
     .await;
     step(
+        label,
         started,
         "a CaptureQuota limited a token with quota_limited, a raised limit restored it, deleting it cleared Redis",
     );
@@ -875,6 +976,7 @@ async fn the_user_journey_with_real_parts() {
     );
     assert_eq!(edited[0]["data"]["properties"]["phone"], "[redacted]");
     step(
+        label,
         started,
         "a GitOps edit of the runtime config reached the same pods; every pod reports the new hash and redacts by it",
     );
@@ -934,6 +1036,7 @@ async fn the_user_journey_with_real_parts() {
     .await;
     assert_eq!(code, 200, "{body}");
     step(
+        label,
         started,
         "scaled to 3 pods; a deleted pod came back; a deleted Service was restored and answers",
     );
@@ -1033,6 +1136,7 @@ async fn the_user_journey_with_real_parts() {
         log("operator-b")
     );
     step(
+        label,
         started,
         "two operators: only the leader acted; killed mid-reconcile, the standby took over and converged",
     );
@@ -1088,6 +1192,7 @@ async fn the_user_journey_with_real_parts() {
         "the operator is still running"
     );
     step(
+        label,
         started,
         "deleting the CaptureDeployment collected its objects and pods; its topics (data) stayed",
     );
@@ -1109,6 +1214,7 @@ async fn the_user_journey_with_real_parts() {
         );
     }
     step(
+        label,
         started,
         "every request the operators made was allowed by the chart's RBAC",
     );
