@@ -171,6 +171,35 @@ fn topics(broker: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The partition count of `topic` and the value of its config `key`, as
+/// the broker describes them.
+async fn topic_shape(broker: &str, topic: &str, key: &str) -> (usize, Option<String>) {
+    use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .expect("admin client");
+    let partitions = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+        .unwrap_or_default();
+    let described = admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(5))),
+        )
+        .await
+        .expect("describe the topic's config");
+    let value = described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == key)
+        .and_then(|entry| entry.value);
+    (partitions, value)
+}
+
 /// The messages on `topic` (`key`, `headers`, and the event as `data`),
 /// once `done` says they are all there or `timeout` passed.
 fn read_until(
@@ -651,7 +680,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
              metadata: {{name: capture, namespace: analytics}}\n\
              spec:\n  image: {image}\n  replicas: 2\n  service: {{port: 8080}}\n\
              \x20 kafka:\n    brokers: ['{broker}']\n    topics:\n\
-             \x20     events: {{name: {events_topic}, partitions: 2, replicationFactor: 1}}\n\
+             \x20     events: {{name: {events_topic}, partitions: 2, replicationFactor: 1, config: {{retention.ms: '3600000'}}}}\n\
              \x20 redis: {{urlSecretRef: {{name: redis-capture, key: url}}}}\n\
              \x20 runtimeConfig:\n    plugins: [{{redact: {{keys: [email]}}}}]\n",
             redis = cluster.redis_url,
@@ -720,6 +749,11 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         "{events_topic} on the broker"
     );
     assert_eq!(
+        topic_shape(broker, &events_topic, "retention.ms").await,
+        (2, Some("3600000".to_owned())),
+        "{events_topic}: the partitions and retention.ms asked for"
+    );
+    assert_eq!(
         status["status"]["observedGeneration"],
         status["metadata"]["generation"]
     );
@@ -765,7 +799,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     step(
         label,
         started,
-        "kubectl apply: the operator rendered the objects, created the topics; two capture pods run; `kubectl get capturedeployments` shows Ready",
+        "kubectl apply: the operator rendered the objects, created the topics with the asked partitions and config; two capture pods run; `kubectl get capturedeployments` shows Ready",
     );
     let first_hash = ready["status"]["configHash"]
         .as_str()
