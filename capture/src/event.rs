@@ -67,7 +67,11 @@ impl CapturedEvent<'_> {
         } else {
             &self.distinct_id
         };
-        format!("{}:{who}", self.token)
+        let mut key = String::with_capacity(self.token.len() + 1 + who.len());
+        key.push_str(&self.token);
+        key.push(':');
+        key.push_str(who);
+        key
     }
 
     /// The message value as JSON: the same document `serde_json` makes of
@@ -115,7 +119,13 @@ impl CapturedEvent<'_> {
             (header::TOKEN, self.token),
             (header::DISTINCT_ID, self.distinct_id),
             (header::EVENT, self.event),
-            (header::UUID, self.uuid.to_string()),
+            (
+                header::UUID,
+                self.uuid
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer())
+                    .to_owned(),
+            ),
             (header::TIMESTAMP, self.timestamp),
             (header::NOW, self.now),
         ];
@@ -129,59 +139,75 @@ impl CapturedEvent<'_> {
     }
 }
 
-/// Appends `text` as a JSON string literal, escaped exactly as `serde_json`
-/// escapes it. `data` is itself JSON, so it is full of quotes; runs of
-/// eight bytes with nothing to escape are found a word at a time.
-pub fn push_json_str(out: &mut String, text: &str) {
+/// A word with the high bit set in each byte of `word` that a JSON string
+/// must escape (`"`, `\\`, or below 0x20), and no other bit. Exact per
+/// byte: no carry crosses from one byte into the next.
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Whether any byte of `word` is below `n` (no false negatives).
-    let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH != 0;
-    let any_equal = |word: u64, b: u8| any_below(word ^ (ONES * u64::from(b)), 1);
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // 0x80 in each byte of `x` that is zero: adding 0x7f to the low seven
+    // bits reaches the high bit unless they are all zero.
+    let zero_bytes = |x: u64| !(((x & LOW7) + LOW7) | x | LOW7);
+    zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        | zero_bytes(word & (ONES * 0xe0))
+}
 
+/// Appends the escape of `byte` (one that [`escape_mask`] marks, found at
+/// `at`) and returns where the text to copy resumes. A quote or backslash
+/// only needs a backslash before it, and then is copied with the run that
+/// follows, which saves a copy per quote: `data` is full of them.
+fn push_escape(out: &mut String, byte: u8, at: usize) -> usize {
+    let escape = match byte {
+        b'"' | b'\\' => {
+            out.push('\\');
+            return at;
+        }
+        b'\n' => "\\n",
+        b'\r' => "\\r",
+        b'\t' => "\\t",
+        0x08 => "\\b",
+        0x0c => "\\f",
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            return at + 1;
+        }
+    };
+    out.push_str(escape);
+    at + 1
+}
+
+/// Appends `text` as a JSON string literal, escaped exactly as `serde_json`
+/// escapes it. `data` is itself JSON, so a quote comes every few bytes:
+/// each eight-byte word yields the exact positions to escape as a bit
+/// mask, and the runs between them are copied whole.
+pub fn push_json_str(out: &mut String, text: &str) {
     let bytes = text.as_bytes();
     out.push('"');
     let mut start = 0;
     let mut at = 0;
-    while at < bytes.len() {
-        if let Some(chunk) = bytes.get(at..at + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            let word = u64::from_le_bytes(word);
-            if !any_below(word, 0x20) && !any_equal(word, b'"') && !any_equal(word, b'\\') {
-                at += 8;
-                continue;
-            }
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let mut mask = escape_mask(u64::from_le_bytes(word));
+        while mask != 0 {
+            // Little-endian: the lowest set bit is the first byte.
+            let escaped = at + (mask.trailing_zeros() / 8) as usize;
+            // An escaped byte is ASCII, so both ends are char boundaries.
+            out.push_str(&text[start..escaped]);
+            start = push_escape(out, bytes[escaped], escaped);
+            mask &= mask - 1;
         }
-        let end = (at + 8).min(bytes.len());
-        while at < end {
-            let byte = bytes[at];
-            let escape: Option<&str> = match byte {
-                b'"' => Some("\\\""),
-                b'\\' => Some("\\\\"),
-                b'\n' => Some("\\n"),
-                b'\r' => Some("\\r"),
-                b'\t' => Some("\\t"),
-                0x08 => Some("\\b"),
-                0x0c => Some("\\f"),
-                0x00..=0x1f => None,
-                _ => {
-                    at += 1;
-                    continue;
-                }
-            };
-            out.push_str(&text[start..at]);
-            match escape {
-                Some(escape) => out.push_str(escape),
-                None => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.push_str("\\u00");
-                    out.push(char::from(HEX[usize::from(byte >> 4)]));
-                    out.push(char::from(HEX[usize::from(byte & 0xf)]));
-                }
-            }
-            at += 1;
-            start = at;
+        at += 8;
+    }
+    for (offset, &byte) in bytes[at..].iter().enumerate() {
+        if byte == b'"' || byte == b'\\' || byte < 0x20 {
+            let escaped = at + offset;
+            out.push_str(&text[start..escaped]);
+            start = push_escape(out, byte, escaped);
         }
     }
     out.push_str(&text[start..]);
@@ -276,6 +302,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn the_escape_mask_marks_exactly_the_bytes_to_escape(
+            bytes in proptest::array::uniform8(proptest::prop_oneof![
+                proptest::prelude::any::<u8>(),
+                proptest::strategy::Just(b'"'),
+                proptest::strategy::Just(b'\\'),
+                0u8..0x21,
+                // Each differs from '"' (0x22) or '\\' (0x5c) in one bit.
+                proptest::strategy::Just(0xa2u8),
+                proptest::strategy::Just(0xdcu8),
+                proptest::strategy::Just(0x23u8),
+                proptest::strategy::Just(0x5du8),
+            ])
+        ) {
+            let expected = bytes.iter().enumerate().fold(0u64, |mask, (i, &b)| {
+                if b == b'"' || b == b'\\' || b < 0x20 { mask | 0x80 << (8 * i) } else { mask }
+            });
+            proptest::prop_assert_eq!(escape_mask(u64::from_le_bytes(bytes)), expected);
+        }
+
         #[test]
         fn strings_are_escaped_as_serde_json_escapes_them(text in tricky_text()) {
             let mut ours = String::new();
