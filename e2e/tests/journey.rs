@@ -247,36 +247,62 @@ fn read_until(
     out
 }
 
-/// The messages on `topic`, once `count` have arrived or `timeout` passed.
-fn read(broker: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Value> {
-    read_until(broker, topic, |out| out.len() >= count, timeout)
+/// The messages on `topic` sent with `token` as event `event`, once
+/// `count` of them have arrived or `timeout` passed. (Topics may hold other
+/// runs' messages: each run has tokens of its own.)
+async fn read_sent(
+    broker: &str,
+    topic: &str,
+    token: &str,
+    event: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Value> {
+    let (broker, topic, token, event) = (
+        broker.to_owned(),
+        topic.to_owned(),
+        token.to_owned(),
+        event.to_owned(),
+    );
+    let sent = move |m: &Value| {
+        m["headers"]["token"] == token.as_str() && m["data"]["event"] == event.as_str()
+    };
+    tokio::task::spawn_blocking(move || {
+        let all = read_until(
+            &broker,
+            &topic,
+            |out| out.iter().filter(|m| sent(m)).count() >= count,
+            timeout,
+        );
+        all.into_iter().filter(|m| sent(m)).collect()
+    })
+    .await
+    .expect("read")
 }
 
 /// A PostHog SDK run as a client script: `<command> HOST TOKEN COUNT`.
 struct Sdk {
     /// `$lib` its events carry.
     lib: &'static str,
-    token: &'static str,
+    token: String,
     /// The event name the script sends.
     event: &'static str,
     count: usize,
 }
 
 impl Sdk {
-    /// Runs the script against `host`, then reads `topic` until `total`
-    /// messages are there, and checks that each of this SDK's events
-    /// arrived once, keyed `token:distinct_id`, with the token header and
-    /// redacted.
+    /// Runs the script against `host`, then reads `topic` until this SDK's
+    /// events are there, and checks that each arrived once, keyed
+    /// `token:distinct_id`, with the token header and redacted.
     async fn round_trip(
         &self,
         mut command: tokio::process::Command,
         host: &str,
         broker: &str,
         topic: &str,
-        total: usize,
     ) {
         let sent = command
-            .args([host, self.token, &self.count.to_string()])
+            .args([host, &self.token, &self.count.to_string()])
             .output()
             .await
             .unwrap_or_else(|err| panic!("run the {} client: {err}", self.lib));
@@ -287,22 +313,28 @@ impl Sdk {
             String::from_utf8_lossy(&sent.stdout),
             String::from_utf8_lossy(&sent.stderr)
         );
-        let (broker, topic) = (broker.to_owned(), topic.to_owned());
-        let produced = tokio::task::spawn_blocking(move || {
-            read(&broker, &topic, total, Duration::from_secs(30))
-        })
-        .await
-        .expect("read");
-        let mine: Vec<&Value> = produced
-            .iter()
-            .filter(|m| m["data"]["event"] == self.event)
-            .collect();
+        let mine = read_sent(
+            broker,
+            topic,
+            &self.token,
+            self.event,
+            self.count,
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(
             mine.len(),
             self.count,
-            "every {} event once: {produced:?}",
+            "every {} event once: {mine:?}",
             self.lib
         );
+        let mut ids: Vec<&str> = mine
+            .iter()
+            .map(|m| m["data"]["distinct_id"].as_str().unwrap_or_default())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), self.count, "no event twice: {ids:?}");
         for message in &mine {
             let distinct_id = message["data"]["distinct_id"]
                 .as_str()
@@ -311,7 +343,6 @@ impl Sdk {
                 message["key"],
                 format!("{}:{distinct_id}", self.token).as_str()
             );
-            assert_eq!(message["headers"]["token"], self.token);
             assert_eq!(message["data"]["properties"]["email"], "[redacted]");
             assert_eq!(message["data"]["properties"]["$lib"], self.lib);
         }
@@ -664,31 +695,50 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         "helm template rendered the chart; its CRDs and RBAC applied; two operators run as its ServiceAccount, RBAC enforced",
     );
 
-    // 2. The examples' shape: a CaptureDeployment (and its Redis Secret).
-    let id = std::process::id();
-    // Each run its own topic, in case the broker is shared.
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let events_topic = format!("e2e-events-{id}-{run}");
-    let manifest = dir.join("capture.yaml");
+    // 2. The Redis URL Secret, then `examples/quickstart/` with its two
+    // EDIT values set for this cluster, as a user would.
+    let secret = dir.join("redis-secret.yaml");
     std::fs::write(
-        &manifest,
+        &secret,
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: redis-capture, namespace: analytics}}\n\
-             stringData: {{url: '{redis}'}}\n---\n\
-             apiVersion: capture.dev/v1alpha1\nkind: CaptureDeployment\n\
-             metadata: {{name: capture, namespace: analytics}}\n\
-             spec:\n  image: {image}\n  replicas: 2\n  service: {{port: 8080}}\n\
-             \x20 kafka:\n    brokers: ['{broker}']\n    topics:\n\
-             \x20     events: {{name: {events_topic}, partitions: 2, replicationFactor: 1, config: {{retention.ms: '3600000'}}}}\n\
-             \x20 redis: {{urlSecretRef: {{name: redis-capture, key: url}}}}\n\
-             \x20 runtimeConfig:\n    plugins: [{{redact: {{keys: [email]}}}}]\n",
-            redis = cluster.redis_url,
-            image = cluster.capture_image,
+             stringData: {{url: '{}'}}\n",
+            cluster.redis_url
         ),
     )
     .expect("write");
-    kubectl.apply(manifest.to_str().expect("utf-8")).await;
+    kubectl.apply(secret.to_str().expect("utf-8")).await;
+    let quickstart = dir.join("quickstart");
+    std::fs::create_dir_all(&quickstart).expect("mkdir");
+    let example =
+        std::fs::read_to_string(common::repo().join("examples/quickstart/capturedeployment.yaml"))
+            .expect("examples/quickstart/capturedeployment.yaml");
+    let mut edited = example.clone();
+    for (placeholder, value) in [
+        (
+            "ghcr.io/example/capture:0.1.0",
+            cluster.capture_image.as_str(),
+        ),
+        ("kafka.data.svc:9092", broker),
+    ] {
+        assert!(
+            edited.contains(placeholder),
+            "examples/quickstart/capturedeployment.yaml no longer has {placeholder:?} to edit"
+        );
+        edited = edited.replace(placeholder, value);
+    }
+    std::fs::write(quickstart.join("capturedeployment.yaml"), edited).expect("write");
+    kubectl.apply(quickstart.to_str().expect("utf-8")).await;
+    // Topics are shared by every run on one broker: each run sends with
+    // tokens of its own, and reads back only those.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = format!(
+        "{}_{}",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let token = format!("phc_e2e_{run}");
+    let events_topic = "clickhouse_events".to_owned();
     let get_cd = async || {
         kubectl
             .get("capturedeployment", "analytics", "capture")
@@ -799,7 +849,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     step(
         label,
         started,
-        "kubectl apply: the operator rendered the objects, created the topics with the asked partitions and config; two capture pods run; `kubectl get capturedeployments` shows Ready",
+        "kubectl apply -f examples/quickstart/ (brokers and image set): the operator rendered the objects, created the topics with the asked partitions and config; two capture pods run; `kubectl get capturedeployments` shows Ready",
     );
     let first_hash = ready["status"]["configHash"]
         .as_str()
@@ -814,18 +864,22 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     );
 
     // 3. An event sent to one pod lands in the events topic, redacted.
-    let event = json!({"token": "phc_e2e", "event": "signed up", "distinct_id": "user-1",
+    let event = json!({"token": token, "event": "signed up", "distinct_id": "user-1",
         "properties": {"email": "ann@example.com", "phone": "555-0100"}});
     let (code, body) = proxy
         .post(&proxy.pod(&pods[0].0, "/e/"), &event.to_string())
         .await;
     assert_eq!(code, 200, "POST /e/ to pod {}: {body}", pods[0].0);
-    let (address, topic) = (broker.to_owned(), events_topic.clone());
-    let produced =
-        tokio::task::spawn_blocking(move || read(&address, &topic, 1, Duration::from_secs(20)))
-            .await
-            .expect("read");
-    assert_eq!(produced.len(), 1, "the event reached Kafka");
+    let produced = read_sent(
+        broker,
+        &events_topic,
+        &token,
+        "signed up",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(produced.len(), 1, "the event reached Kafka once");
     let data = &produced[0]["data"];
     assert_eq!(data["properties"]["email"], "[redacted]", "{data}");
     assert_eq!(data["properties"]["phone"], "555-0100");
@@ -843,12 +897,11 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     command.arg(common::repo().join("e2e/tests/sdk/journey.py"));
     let sdk = Sdk {
         lib: "posthog-python",
-        token: "phc_e2e_sdk",
+        token: format!("phc_e2e_sdk_{run}"),
         event: "journey step",
         count: 20,
     };
-    sdk.round_trip(command, &host, broker, &events_topic, 21)
-        .await;
+    sdk.round_trip(command, &host, broker, &events_topic).await;
     step(
         label,
         started,
@@ -864,12 +917,11 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         .env("NODE_PATH", &modules);
     let sdk = Sdk {
         lib: "posthog-node",
-        token: "phc_e2e_node",
+        token: format!("phc_e2e_node_{run}"),
         event: "journey step (node)",
         count: 15,
     };
-    sdk.round_trip(command, &host, broker, &events_topic, 36)
-        .await;
+    sdk.round_trip(command, &host, broker, &events_topic).await;
     step(
         label,
         started,
@@ -879,10 +931,11 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     // 4. A CaptureQuota with a small limit: events past it are dropped with
     // quota_limited; raising it restores the flow; deleting it removes its
     // settings from Redis.
+    let quota_token = format!("phc_e2e_quota_{run}");
     let quota = |limit: u32| {
         format!(
             "apiVersion: capture.dev/v1alpha1\nkind: CaptureQuota\nmetadata: {{name: small, namespace: analytics}}\n\
-             spec:\n  deployment: capture\n  token: phc_e2e_quota\n  action: drop\n\
+             spec:\n  deployment: capture\n  token: {quota_token}\n  action: drop\n\
              \x20 limits: [{{eventType: events, limit: {limit}, window: 1h}}]\n"
         )
     };
@@ -890,7 +943,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     std::fs::write(&quota_file, quota(5)).expect("write");
     kubectl.apply(quota_file.to_str().expect("utf-8")).await;
     let batch = |n: usize, offset: usize| {
-        json!({"api_key": "phc_e2e_quota", "batch": (0..n).map(|i| json!({
+        json!({"api_key": quota_token, "batch": (0..n).map(|i| json!({
             "event": "quota step", "distinct_id": format!("q-{}", i + offset), "properties": {}
         })).collect::<Vec<_>>()})
         .to_string()
@@ -922,8 +975,8 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         },
     )
     .await;
-    let settings_key = "quota-config:{phc_e2e_quota}";
-    assert_eq!(redis_exists(&cluster.redis_url, settings_key), "1");
+    let settings_key = format!("quota-config:{{{quota_token}}}");
+    assert_eq!(redis_exists(&cluster.redis_url, &settings_key), "1");
     kubectl
         .run(&[
             "delete",
@@ -937,7 +990,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     eventually(
         "the quota settings gone from Redis",
         Duration::from_secs(30),
-        async || match redis_exists(&cluster.redis_url, settings_key).as_str() {
+        async || match redis_exists(&cluster.redis_url, &settings_key).as_str() {
             "0" => Ok(()),
             other => Err(format!("EXISTS {settings_key}: {other}")),
         },
@@ -985,29 +1038,20 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     .await;
     let same: Vec<String> = updated.iter().map(|(name, _)| name.clone()).collect();
     assert_eq!(same, names, "the same pods, not restarted ones");
-    let event = json!({"token": "phc_e2e", "event": "after the edit", "distinct_id": "user-2",
+    let event = json!({"token": token, "event": "after the edit", "distinct_id": "user-2",
         "properties": {"email": "bo@example.com", "phone": "555-0101"}});
     let (code, body) = proxy.post(&proxy.service("/e/"), &event.to_string()).await;
     assert_eq!(code, 200, "{body}");
-    let (address, topic) = (broker.to_owned(), events_topic.clone());
-    let after_edit = |m: &Value| m["data"]["event"] == "after the edit";
-    let produced = tokio::task::spawn_blocking(move || {
-        read_until(
-            &address,
-            &topic,
-            |out| out.iter().any(after_edit),
-            Duration::from_secs(20),
-        )
-    })
-    .await
-    .expect("read");
-    let edited: Vec<&Value> = produced.iter().filter(|m| after_edit(m)).collect();
-    assert_eq!(
-        edited.len(),
+    let edited = read_sent(
+        broker,
+        &events_topic,
+        &token,
+        "after the edit",
         1,
-        "the event sent after the edit, among {} messages",
-        produced.len()
-    );
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(edited.len(), 1, "the event sent after the edit");
     assert_eq!(edited[0]["data"]["properties"]["phone"], "[redacted]");
     step(
         label,
