@@ -1,8 +1,13 @@
-//! Cost of writing one message value (`CapturedEvent::to_json`, which
-//! escapes the event's JSON text into the `data` string) for realistic
-//! `$pageview` events of about 1.2 KB, as posthog-js sends them. Prints
-//! nanoseconds per event, the best of five rounds; asserts nothing about
-//! timings.
+//! Capture's own work per event, without HTTP or Kafka, for realistic
+//! `$pageview` events of about 1.2 KB, as posthog-js sends them:
+//! - writing one message value (`CapturedEvent::to_json`, which escapes
+//!   the event's JSON text into the `data` string);
+//! - parsing a 100-event `/batch` body (`parse::parse`);
+//! - parsing it and building every message (`parse` then
+//!   `process::analytics_messages`), as the request path does.
+//!
+//! Prints nanoseconds per event, the best of five rounds; asserts nothing
+//! about timings.
 //!
 //! Run with `cargo bench -p capture --bench message`
 //! (`MESSAGE_BENCH_EVENTS`, default 200000 per round).
@@ -48,4 +53,48 @@ fn main() {
     println!(
         "message value of a {bytes}-byte event: {best:.0} ns per event (best of 5 rounds of {count})"
     );
+
+    let bodies: Vec<String> = (0..20)
+        .map(|b| {
+            let events: Vec<serde_json::Value> = (0..100)
+                .map(|i| serde_json::from_str(&texts[(b * 100 + i) % texts.len()]).expect("JSON"))
+                .collect();
+            serde_json::json!({"api_key": "phc_bench", "batch": events, "sent_at": "2024-06-01T12:00:01.000Z"})
+                .to_string()
+        })
+        .collect();
+    let topics = capture::route::Topics::default();
+    let ctx = capture::process::RequestContext {
+        endpoint: capture::process::Endpoint::Batch,
+        now: chrono::Utc::now(),
+        ip: "10.1.2.3".into(),
+        query_sent_at: None,
+        topics: &topics,
+        max_message_bytes: 1 << 20,
+        dedup_ids: false,
+        runtime: capture::live::Applied::empty(),
+    };
+    let requests = (count / 100).max(1);
+    for (what, build) in [
+        ("parse a 100-event /batch body", false),
+        ("parse it and build the messages", true),
+    ] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            for i in 0..requests {
+                let payload =
+                    capture::parse::parse(bodies[i % bodies.len()].as_bytes()).expect("parses");
+                if build {
+                    let prepared =
+                        capture::process::analytics_messages(payload, &ctx).expect("messages");
+                    black_box(prepared.messages.len());
+                } else {
+                    black_box(payload.events.len());
+                }
+            }
+            best = best.min(started.elapsed().as_nanos() as f64 / (requests * 100) as f64);
+        }
+        println!("{what}: {best:.0} ns per event (best of 5 rounds of {requests} bodies)");
+    }
 }
