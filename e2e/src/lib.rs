@@ -9,9 +9,11 @@
 //! - [`store`]: the objects and their lifecycle rules.
 //! - [`resources`]: the kinds served and the discovery documents.
 //! - [`proxy`]: the `proxy` subresources of pods and Services.
+//! - [`protobuf`]: the protobuf bodies typed clients send for a few kinds.
 //! - [`node`]: the node stand-in, running Deployments' pods as processes.
 
 pub mod node;
+pub mod protobuf;
 pub mod proxy;
 pub mod rbac;
 pub mod resources;

@@ -302,18 +302,31 @@ impl ApiServer {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        if content_type.contains("protobuf") || content_type.contains("cbor") {
-            // Clients fall back to JSON on 415.
-            return error_response(&ApiError {
+        // Typed clients send protobuf: decoded for the kinds they create,
+        // else refused with 415, after which clients fall back to JSON.
+        let unsupported = |message: String| {
+            error_response(&ApiError {
                 code: 415,
                 reason: "UnsupportedMediaType",
-                message: format!(
-                    "the body content type {content_type:?} is not supported; send JSON"
-                ),
-            });
-        }
+                message,
+            })
+        };
+        let protobuf = if content_type.contains("protobuf") {
+            match crate::protobuf::decode(&body) {
+                Ok(object) => Some(object),
+                Err(reason) => return unsupported(reason),
+            }
+        } else if content_type.contains("cbor") {
+            return unsupported(format!(
+                "the body content type {content_type:?} is not supported; send JSON"
+            ));
+        } else {
+            None
+        };
         let parse_body = |yaml: bool| -> Result<Value, ApiError> {
-            if yaml {
+            if let Some(object) = &protobuf {
+                Ok(object.clone())
+            } else if yaml {
                 serde_yaml::from_slice(&body)
                     .map_err(|e| ApiError::bad_request(format!("the body is not YAML: {e}")))
             } else {

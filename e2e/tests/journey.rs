@@ -585,59 +585,50 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     let broker = cluster.broker.as_str();
     let kubectl = Kubectl::new(cluster.kubeconfig.clone(), dir);
 
-    // 1. The chart, rendered; its CRDs and the operator's RBAC applied;
-    // the operators act as its ServiceAccount, every request decided by
-    // those rules.
+    // 1. `helm install`: the CRDs, the operator's ServiceAccount and RBAC,
+    // and its Deployment, scaled to none: the two operators run here, as
+    // that ServiceAccount, every request decided by the chart's rules.
     let helm = std::env::var_os("CAPTURE_TEST_HELM")
         .expect("set CAPTURE_TEST_HELM (run `. .ci/setup`) to a helm binary");
-    let rendered = tokio::process::Command::new(helm)
+    let installed = tokio::process::Command::new(helm)
         .current_dir(common::repo())
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
         .args([
-            "template",
+            "upgrade",
+            "--install",
             "capture-operator",
             "charts/capture-operator",
             "-n",
             "capture-system",
-            "--include-crds",
+            "--create-namespace",
+            "--set",
+            "replicaCount=0",
         ])
         .output()
         .await
         .expect("run helm");
+    let said = String::from_utf8_lossy(&installed.stdout);
     assert!(
-        rendered.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&rendered.stderr)
+        installed.status.success() && said.contains("STATUS: deployed"),
+        "helm install: {said}{}",
+        String::from_utf8_lossy(&installed.stderr)
     );
-    let (mut crds, mut rbac) = (String::new(), String::new());
-    for document in serde_yaml::Deserializer::from_slice(&rendered.stdout) {
-        let object = <Value as serde::Deserialize>::deserialize(document).expect("YAML");
-        let into = match object["kind"].as_str().unwrap_or_default() {
-            "CustomResourceDefinition" => &mut crds,
-            "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding" => {
-                &mut rbac
-            }
-            _ => continue,
-        };
-        into.push_str(&serde_yaml::to_string(&object).expect("YAML"));
-        into.push_str("---\n");
-    }
-    let namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: capture-system}\n---\n\
-                      apiVersion: v1\nkind: Namespace\nmetadata: {name: analytics}\n";
-    for (name, text) in [
-        ("crds.yaml", crds.as_str()),
-        ("namespaces.yaml", namespaces),
-        ("rbac.yaml", rbac.as_str()),
-    ] {
-        let file = dir.join(name);
-        std::fs::write(&file, text).expect("write");
-        kubectl.apply(file.to_str().expect("utf-8")).await;
-    }
     kubectl
         .wait_established(&[
             "crd/capturedeployments.capture.dev",
             "crd/capturequotas.capture.dev",
         ])
         .await;
+    for kind in ["serviceaccount", "deployment"] {
+        assert!(
+            kubectl
+                .get(kind, "capture-system", "capture-operator")
+                .await
+                .is_some(),
+            "helm installed {kind}/capture-operator"
+        );
+    }
     let operator_config = dir.join("operator-kubeconfig");
     operator_kubeconfig(&kubectl, &operator_config).await;
     // Enforced: the ServiceAccount may not do what the chart does not grant.
@@ -692,22 +683,36 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     step(
         label,
         started,
-        "helm template rendered the chart; its CRDs and RBAC applied; two operators run as its ServiceAccount, RBAC enforced",
+        "helm install: CRDs, ServiceAccount, RBAC; two operators run as that ServiceAccount, RBAC enforced",
     );
 
-    // 2. The Redis URL Secret, then `examples/quickstart/` with its two
-    // EDIT values set for this cluster, as a user would.
-    let secret = dir.join("redis-secret.yaml");
-    std::fs::write(
-        &secret,
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: redis-capture, namespace: analytics}}\n\
-             stringData: {{url: '{}'}}\n",
-            cluster.redis_url
-        ),
-    )
-    .expect("write");
-    kubectl.apply(secret.to_str().expect("utf-8")).await;
+    // 2. The namespace and the Redis URL Secret, made as the walkthrough
+    // makes them, then `examples/quickstart/` with its two EDIT values set
+    // for this cluster, as a user would.
+    if kubectl.get("namespace", "", "analytics").await.is_none() {
+        kubectl.run(&["create", "namespace", "analytics"]).await;
+    }
+    kubectl
+        .run(&[
+            "-n",
+            "analytics",
+            "delete",
+            "secret",
+            "redis-capture",
+            "--ignore-not-found",
+        ])
+        .await;
+    kubectl
+        .run(&[
+            "-n",
+            "analytics",
+            "create",
+            "secret",
+            "generic",
+            "redis-capture",
+            &format!("--from-literal=url={}", cluster.redis_url),
+        ])
+        .await;
     let quickstart = dir.join("quickstart");
     std::fs::create_dir_all(&quickstart).expect("mkdir");
     let example =

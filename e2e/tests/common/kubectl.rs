@@ -90,21 +90,14 @@ impl Kubectl {
         serde_json::from_str(&self.run(&all).await).expect("kubectl printed JSON")
     }
 
-    /// `kubectl get <kind> <name> -n <namespace> -o json`, or `None` when
-    /// there is no such object.
+    /// `kubectl get <kind> <name> -n <namespace> -o json` (no `-n` for an
+    /// empty namespace), or `None` when there is no such object.
     pub async fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        let text = self
-            .run(&[
-                "get",
-                kind,
-                name,
-                "-n",
-                namespace,
-                "--ignore-not-found",
-                "-o",
-                "json",
-            ])
-            .await;
+        let mut args = vec!["get", kind, name, "--ignore-not-found", "-o", "json"];
+        if !namespace.is_empty() {
+            args.extend(["-n", namespace]);
+        }
+        let text = self.run(&args).await;
         (!text.trim().is_empty())
             .then(|| serde_json::from_str(&text).expect("kubectl printed JSON"))
     }
