@@ -196,9 +196,21 @@ async fn reconcile_topics(
     let admin = kafka_admin(cd, secrets, ctx.kafka_timeout)?;
     let mut statuses = Vec::new();
     let mut changed = Vec::new();
+    // Once the cluster itself does not answer, the other topics would each
+    // wait out the same timeout: they get the same error at once.
+    let mut unreachable: Option<String> = None;
     for (topic, _) in desired_topics(cd) {
+        if let Some(message) = &unreachable {
+            statuses.push(error_status(&topic.name, message));
+            continue;
+        }
         let status = match admin.observe(&topic.name).await {
-            Err(err) => error_status(&topic.name, &err.to_string()),
+            Err(err) => {
+                if crate::topic::cluster_unreachable(&err) {
+                    unreachable = Some(err.to_string());
+                }
+                error_status(&topic.name, &err.to_string())
+            }
             Ok(observed) => {
                 let plan = plan(&topic, observed.as_ref());
                 match admin.apply(&topic, &plan.changes).await {

@@ -9,6 +9,7 @@
 //! with librdkafka's admin API.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -151,10 +152,45 @@ pub fn plan(desired: &DesiredTopic, observed: Option<&ObservedTopic>) -> Plan {
     Plan { changes, state }
 }
 
+/// Whether `err` says the cluster did not answer at all (rather than
+/// something about one topic), so asking about other topics is pointless.
+pub fn cluster_unreachable(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode as Code;
+    let code = match err {
+        KafkaError::MetadataFetch(code) | KafkaError::AdminOp(code) => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        Code::OperationTimedOut
+            | Code::RequestTimedOut
+            | Code::AllBrokersDown
+            | Code::BrokerTransportFailure
+            | Code::Resolve
+            | Code::BrokerNotAvailable
+    )
+}
+
 /// librdkafka's admin API on one cluster.
 pub struct TopicAdmin {
-    admin: AdminClient<DefaultClientContext>,
+    /// Shared with the blocking pool: librdkafka's metadata call and its
+    /// client teardown block their thread, and a blocked async worker
+    /// would starve every other task of the operator (among them the
+    /// leader lease's renewal) for as long as a broker does not answer.
+    admin: Option<Arc<AdminClient<DefaultClientContext>>>,
     timeout: Duration,
+}
+
+impl Drop for TopicAdmin {
+    fn drop(&mut self) {
+        // Destroying the client joins librdkafka's threads, which can wait
+        // on a broker that does not answer.
+        if let Some(admin) = self.admin.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || drop(admin));
+        }
+    }
 }
 
 impl TopicAdmin {
@@ -174,9 +210,15 @@ impl TopicAdmin {
             config.set(key, value);
         }
         Ok(TopicAdmin {
-            admin: config.create()?,
+            admin: Some(Arc::new(config.create()?)),
             timeout,
         })
+    }
+
+    fn admin(&self) -> &AdminClient<DefaultClientContext> {
+        self.admin
+            .as_deref()
+            .expect("the client is only taken when dropped")
     }
 
     fn options(&self) -> AdminOptions {
@@ -185,11 +227,11 @@ impl TopicAdmin {
 
     /// What the cluster has for `name`, or `None` when it does not exist.
     pub async fn observe(&self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
-        let Some(mut observed) = self.layout(name)? else {
+        let Some(mut observed) = self.layout(name).await? else {
             return Ok(None);
         };
         let described = self
-            .admin
+            .admin()
             .describe_configs([&ResourceSpecifier::Topic(name)], &self.options())
             .await?;
         for result in described {
@@ -206,12 +248,20 @@ impl TopicAdmin {
     }
 
     /// Partitions and replication factor from metadata alone, or `None`
-    /// when the topic does not exist.
-    pub fn layout(&self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
-        let metadata = self
-            .admin
-            .inner()
-            .fetch_metadata(Some(name), self.timeout)?;
+    /// when the topic does not exist. The metadata call blocks, so it runs
+    /// on the blocking pool.
+    pub async fn layout(&self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
+        let admin = Arc::clone(
+            self.admin
+                .as_ref()
+                .expect("the client is only taken when dropped"),
+        );
+        let (topic_name, timeout) = (name.to_owned(), self.timeout);
+        let metadata = tokio::task::spawn_blocking(move || {
+            admin.inner().fetch_metadata(Some(&topic_name), timeout)
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
             return Ok(None);
         };
@@ -251,7 +301,10 @@ impl TopicAdmin {
                     for (key, value) in &desired.config {
                         topic = topic.set(key, value);
                     }
-                    let results = self.admin.create_topics([&topic], &self.options()).await?;
+                    let results = self
+                        .admin()
+                        .create_topics([&topic], &self.options())
+                        .await?;
                     for result in results {
                         match result {
                             Ok(_) => {}
@@ -264,7 +317,7 @@ impl TopicAdmin {
                 Change::AddPartitions(count) => {
                     let partitions = NewPartitions::new(&desired.name, *count as usize);
                     for result in self
-                        .admin
+                        .admin()
                         .create_partitions([&partitions], &self.options())
                         .await?
                     {
@@ -279,7 +332,11 @@ impl TopicAdmin {
                     for (key, value) in config {
                         alter = alter.set(key, value);
                     }
-                    for result in self.admin.alter_configs([&alter], &self.options()).await? {
+                    for result in self
+                        .admin()
+                        .alter_configs([&alter], &self.options())
+                        .await?
+                    {
                         result.map_err(|(_, code)| KafkaError::AdminOp(code))?;
                     }
                 }
@@ -291,7 +348,7 @@ impl TopicAdmin {
     /// Deletes a topic and its data (only when the spec asks, on removal).
     /// A topic already gone is not an error.
     pub async fn delete(&self, name: &str) -> Result<(), KafkaError> {
-        for result in self.admin.delete_topics(&[name], &self.options()).await? {
+        for result in self.admin().delete_topics(&[name], &self.options()).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
                 Err((_, code)) => return Err(KafkaError::AdminOp(code)),
@@ -304,6 +361,47 @@ impl TopicAdmin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broker that accepts connections and never answers: the metadata
+    /// call times out, on the blocking pool, while the runtime's only
+    /// thread keeps running other tasks; the error says the cluster is
+    /// unreachable, so the other topics are not asked about.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_broker_that_never_answers_blocks_no_async_task() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ticker = {
+            let ticks = Arc::clone(&ticks);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        let admin = TopicAdmin::connect(&address, &BTreeMap::new(), Duration::from_secs(2))
+            .expect("client");
+        let started = std::time::Instant::now();
+        let err = admin.observe("events").await.expect_err("no answer");
+        let waited = started.elapsed();
+        drop(admin);
+        let ticked = ticks.load(std::sync::atomic::Ordering::SeqCst);
+        ticker.abort();
+        assert!(cluster_unreachable(&err), "{err:?}");
+        assert!(waited >= Duration::from_secs(1), "{waited:?}: {err:?}");
+        // Half the ticks the wait allows: a blocked thread gives none.
+        let expected = (waited.as_millis() / 50 / 2) as usize;
+        assert!(ticked >= expected, "{ticked} ticks in {waited:?}");
+    }
 
     fn desired() -> DesiredTopic {
         DesiredTopic {
