@@ -175,13 +175,17 @@ impl ApiServer {
             .clone()
     }
 
+    /// The store, even if a panicking request left its lock poisoned.
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Runs `change` on the store and tells watches what it changed (for
     /// the node stand-in and tests, which act as controllers would).
     pub fn mutate<T>(&self, change: impl FnOnce(&mut Store) -> T) -> T {
-        let mut store = self
-            .store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut store = self.lock_store();
         let before = store.version();
         let result = change(&mut store);
         for change in store.history.iter().filter(|c| c.version > before) {
@@ -192,10 +196,7 @@ impl ApiServer {
 
     /// A copy of one stored object (for tests).
     pub fn object(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
-        let store = self
-            .store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self.lock_store();
         store
             .get(&Key {
                 group: group.into(),
@@ -221,10 +222,7 @@ impl ApiServer {
             .unwrap_or_default();
         tracing::debug!(%method, %uri, "request");
         if method == Method::GET {
-            let store = self
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let store = self.lock_store();
             if let Some(document) = resources::discovery(&store.resources, path)
                 .or_else(|| resources::openapi_v3(&store.resources, path))
             {
@@ -257,10 +255,7 @@ impl ApiServer {
             return error_response(&ApiError::not_found(path));
         };
         let resource = {
-            let store = self
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let store = self.lock_store();
             store.resource(&target.group, &target.version, &target.plural)
         };
         let Some(resource) = resource else {
@@ -339,10 +334,7 @@ impl ApiServer {
                 return self.watch(&resource, target.namespace.as_deref(), &query);
             }
             (&Method::GET, None) => {
-                let store = self
-                    .store
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let store = self.lock_store();
                 let items: Vec<Value> = store
                     .list(
                         &resource.group,
@@ -374,10 +366,7 @@ impl ApiServer {
                 ))
             }
             (&Method::GET, Some(name)) => {
-                let store = self
-                    .store
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let store = self.lock_store();
                 match store.get(&key(name)) {
                     Ok(object) if crate::table::wanted(accept) => {
                         return json_response(
@@ -468,10 +457,7 @@ impl ApiServer {
         body: Bytes,
     ) -> Response {
         let resource = {
-            let store = self
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let store = self.lock_store();
             store.resource("", "v1", &proxy.plural)
         };
         let Some(resource) = resource else {
@@ -491,10 +477,7 @@ impl ApiServer {
             return error_response(&denied);
         }
         let to = {
-            let store = self
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let store = self.lock_store();
             crate::proxy::resolve(&store, proxy, &self.proxy_turn)
         };
         match to {
@@ -543,10 +526,7 @@ impl ApiServer {
             },
             name: target.name.as_deref(),
         };
-        let store = self
-            .store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self.lock_store();
         crate::rbac::authorize(&store, user, &request)
             .err()
             .map(|message| {
@@ -598,10 +578,7 @@ impl ApiServer {
                 && fields_match(object, &fields)
         };
         let (first, mut changes, mut version) = {
-            let store = self
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let store = self.lock_store();
             let changes = self.changes.subscribe();
             let mut first = Vec::new();
             if since == 0 {

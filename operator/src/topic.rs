@@ -215,9 +215,9 @@ impl TopicAdmin {
         })
     }
 
-    fn admin(&self) -> &AdminClient<DefaultClientContext> {
+    fn admin(&self) -> &Arc<AdminClient<DefaultClientContext>> {
         self.admin
-            .as_deref()
+            .as_ref()
             .expect("the client is only taken when dropped")
     }
 
@@ -251,11 +251,7 @@ impl TopicAdmin {
     /// when the topic does not exist. The metadata call blocks, so it runs
     /// on the blocking pool.
     pub async fn layout(&self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
-        let admin = Arc::clone(
-            self.admin
-                .as_ref()
-                .expect("the client is only taken when dropped"),
-        );
+        let admin = Arc::clone(self.admin());
         let (topic_name, timeout) = (name.to_owned(), self.timeout);
         let metadata = tokio::task::spawn_blocking(move || {
             admin.inner().fetch_metadata(Some(&topic_name), timeout)
