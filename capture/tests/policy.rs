@@ -254,6 +254,47 @@ async fn racing_clients_on_several_instances_get_exactly_the_limit() {
     );
 }
 
+/// Concurrent requests of several tokens share Redis round trips (their
+/// checks go out as one pipeline); each must still get its own verdict.
+#[tokio::test]
+async fn concurrent_checks_of_different_tokens_each_get_their_own_answer() {
+    let redis = shared();
+    let prefix = unique("p") + ":";
+    let tokens: Vec<(String, usize)> = (1..=6).map(|i| (unique("phc"), 5 * i)).collect();
+    for (token, limit) in &tokens {
+        set_events_limit(&redis.url(), &prefix, token, *limit as u64, "1h");
+    }
+    let node = Node::start(&redis.url(), &prefix, &["--dedup"]);
+    let sent = 24;
+    let requests = tokens.iter().flat_map(|(token, _)| {
+        (0..sent).map(|n| {
+            // Every fourth request repeats the event before it: a duplicate.
+            let uuid = uuid::Uuid::from_u128((n - n % 4 / 3) as u128 + 1);
+            node.batch(
+                token,
+                vec![json!({"event": "e", "distinct_id": "u", "uuid": uuid.to_string()})],
+            )
+        })
+    });
+    let replies = futures::future::join_all(requests).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let lines = node.lines();
+    for (token, limit) in &tokens {
+        // 24 requests, 6 of them duplicates: 18 distinct events.
+        let expected = (*limit).min(18);
+        let kept = lines
+            .iter()
+            .filter(|l| l["headers"]["token"] == json!(token))
+            .count();
+        assert_eq!(kept, expected, "token {token} with limit {limit}");
+        assert_eq!(
+            usage(&redis.url(), &prefix, token)["usage"]["events"]["used"],
+            expected,
+            "token {token}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_window_ends_by_itself_and_a_raised_limit_applies_within_a_second() {
     let redis = shared();
@@ -673,13 +714,21 @@ async fn quotas_dedup_and_rates_work_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let urls = cluster.urls();
     let prefix = unique("p") + ":";
-    // Enough tokens that their hash tags land on every master.
-    let tokens: Vec<String> = (0..12).map(|_| unique("phc")).collect();
-    let owners: std::collections::HashSet<u16> = tokens
-        .iter()
-        .map(|t| cluster.owner(&format!("{prefix}quota-config:{{{t}}}")))
-        .collect();
-    assert_eq!(owners.len(), 3, "tokens spread over all masters");
+    // Three tokens whose hash tags land on each master.
+    let mut by_owner: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for _ in 0..500 {
+        let token = unique("phc");
+        let owner = cluster.owner(&format!("{prefix}quota-config:{{{token}}}"));
+        let owned = by_owner.entry(owner).or_default();
+        if owned.len() < 3 {
+            owned.push(token);
+        }
+        if by_owner.len() == 3 && by_owner.values().all(|t| t.len() == 3) {
+            break;
+        }
+    }
+    let tokens: Vec<String> = by_owner.into_values().flatten().collect();
+    assert_eq!(tokens.len(), 9, "three tokens on each of the three masters");
     for token in &tokens {
         quota(
             &urls,
@@ -700,17 +749,31 @@ async fn quotas_dedup_and_rates_work_on_a_redis_cluster() {
         &prefix,
         &["--redis-cluster", "--dedup", "--rate-limit", "100"],
     );
-    for token in &tokens {
-        let batch = events(2, "e", "u");
+    // Every token's requests go at once, so checks of tokens on different
+    // masters meet in one batch and must be split by slot.
+    let batches: Vec<Vec<Value>> = tokens.iter().map(|_| events(2, "e", "u")).collect();
+    let first = futures::future::join_all(
+        tokens
+            .iter()
+            .zip(&batches)
+            .map(|(t, b)| node.batch(t, b.clone())),
+    )
+    .await;
+    // The same events again: duplicates, dropped without using quota.
+    let again = futures::future::join_all(
+        tokens
+            .iter()
+            .zip(&batches)
+            .map(|(t, b)| node.batch(t, b.clone())),
+    )
+    .await;
+    let over =
+        futures::future::join_all(tokens.iter().map(|t| node.batch(t, events(2, "e", "u")))).await;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(first[i].body, json!({"status": "Ok"}), "token {token}");
+        assert_eq!(again[i].body, json!({"status": "Ok"}), "token {token}");
         assert_eq!(
-            node.batch(token, batch.clone()).await.body,
-            json!({"status": "Ok"})
-        );
-        // The same events again: duplicates, dropped without using quota.
-        assert_eq!(node.batch(token, batch).await.body, json!({"status": "Ok"}));
-        let reply = node.batch(token, events(2, "e", "u")).await;
-        assert_eq!(
-            reply.body["quota_limited"],
+            over[i].body["quota_limited"],
             json!(["events"]),
             "token {token}"
         );

@@ -16,7 +16,9 @@
 -- then the events: a string with one byte per event, the type's number ("1".."9")
 -- then the dedup mask: one byte per event, "1" when it has a marker key
 --
--- Returns { verdict, decisions, retry_after_ms, quota_action, exhausted... }:
+-- Returns one string of space-separated fields (one bulk string is cheaper
+-- for the client to read than an array):
+--   verdict decisions retry_after_ms quota_action [name ms_left]...
 --   verdict     "ok", or "quota" / "rate" when the request is refused whole
 --   decisions   one byte per event: a(ccept) d(uplicate) q(uota) o(verflow)
 --   quota_action the token's action (its `action` field, else ARGV[4])
@@ -50,7 +52,9 @@ for t = 1, n do
 end
 local config = redis.call('HMGET', KEYS[1], unpack(fields))
 if config[1] then
-  quota_action = config[1]
+  -- Anything but 'reject' drops, as it always did; spelled out so the
+  -- reply's fields stay space-free.
+  quota_action = config[1] == 'reject' and 'reject' or 'drop'
 end
 
 -- Deduplication: a marker that exists, or one seen earlier in this request.
@@ -124,7 +128,7 @@ for t = 1, n do
   end
 end
 if over_quota and quota_action == 'reject' then
-  return { 'quota', '', retry_after }
+  return string.format('quota  %d', retry_after)
 end
 
 -- Rate limits (GCRA): each type's accepted events against its rate and burst.
@@ -142,7 +146,7 @@ for t = 1, n do
     if fits < kind.accepted then
       if rate_action == 'reject' then
         local wait = math.ceil(tat + kind.accepted * interval - tolerance - now)
-        return { 'rate', '', math.max(wait, math.ceil(interval)) }
+        return string.format('rate  %d', math.max(wait, math.ceil(interval)))
       end
       local budget = math.max(fits, 0)
       for i = 1, #events do
@@ -185,8 +189,9 @@ for i = 1, #events do
   end
 end
 
-local out = { 'ok', table.concat(decisions), retry_after, quota_action }
-for _, value in ipairs(exhausted) do
-  out[#out + 1] = value
+local out = { 'ok', table.concat(decisions), string.format('%d', retry_after), quota_action }
+for i = 1, #exhausted, 2 do
+  out[#out + 1] = exhausted[i]
+  out[#out + 1] = string.format('%d', exhausted[i + 1])
 end
-return out
+return table.concat(out, ' ')

@@ -1,15 +1,16 @@
-//! The one Redis round trip of a request: `check.lua` run with the request's
-//! keys and settings, and its answer read back into Rust types.
+//! A request's Redis check: `check.lua` run with the request's keys and
+//! settings, and its answer read back into Rust types.
 //!
 //! The script is sent by hash (`EVALSHA`) and loaded on the first miss, so a
-//! request costs one small command once each server has it.
+//! request costs one small command once each server has it. Concurrent
+//! requests' commands share a round trip (see [`super::coalesce`]).
 
 use std::time::Duration;
 
-use redis::{FromRedisValue, RedisResult, Script, Value};
+use redis::{Cmd, RedisResult, Script, Value};
 
+use super::coalesce::Coalescer;
 use super::keys::{Keys, QuotaType};
-use super::store::Store;
 
 /// The policy script, loaded once per process.
 pub fn script() -> Script {
@@ -134,18 +135,39 @@ pub enum Verdict {
     },
 }
 
-/// Runs the check.
+/// Runs the check, in the same pipeline as other requests' checks (see
+/// [`super::coalesce`]).
 pub async fn run(
-    store: &Store,
-    script: &Script,
+    coalescer: &Coalescer,
     keys: &Keys,
     request: &CheckRequest<'_>,
 ) -> RedisResult<Verdict> {
+    let reply = coalescer
+        .run(request.token, command(coalescer.script(), keys, request))
+        .await?;
+    parse_reply(reply, request.events.len())
+}
+
+/// The `EVALSHA` of `script` for `request`: the token's settings, counter
+/// and rate keys per type, then each event's dedup marker; the arguments
+/// the script reads after them.
+fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Cmd {
     debug_assert!(request.types.len() <= 9, "types are sent as one digit");
-    let mut invocation = script.key(keys.quota_config(request.token));
+    let markers = request.events.iter().filter(|e| e.marker.is_some()).count();
+    let key_count = 1 + 2 * request.types.len() + markers;
+    let mut command = Cmd::with_capacity(
+        key_count + 8 + 4 * request.types.len(),
+        64 * key_count + 2 * request.events.len() + 128,
+    );
+    command
+        .arg("EVALSHA")
+        .arg(script.get_hash())
+        .arg(key_count)
+        .arg(keys.quota_config(request.token));
     for check in request.types {
-        invocation.key(keys.quota(request.token, check.kind));
-        invocation.key(keys.rate(request.token, check.kind));
+        command
+            .arg(keys.quota(request.token, check.kind))
+            .arg(keys.rate(request.token, check.kind));
     }
     let mut kinds = String::with_capacity(request.events.len());
     let mut mask = String::with_capacity(request.events.len());
@@ -153,13 +175,13 @@ pub async fn run(
         kinds.push(char::from(b'1' + event.type_index as u8));
         match event.marker {
             Some(marker) => {
-                invocation.key(marker);
+                command.arg(marker);
                 mask.push('1');
             }
             None => mask.push('0'),
         }
     }
-    invocation
+    command
         .arg(request.now_ms)
         .arg(request.dedup_ttl.as_secs().max(1))
         .arg(request.types.len())
@@ -169,15 +191,14 @@ pub async fn run(
             RateAction::Reject => "reject",
         });
     for check in request.types {
-        invocation
+        command
             .arg(check.kind.as_str())
             .arg(if check.quota { "1" } else { "0" })
             .arg(check.rate)
             .arg(check.burst);
     }
-    invocation.arg(kinds).arg(mask);
-    let reply: Value = invocation.invoke_async(&mut store.clone()).await?;
-    parse_reply(reply, request.events.len())
+    command.arg(kinds).arg(mask);
+    command
 }
 
 fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
@@ -188,15 +209,18 @@ fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
             what.to_owned(),
         ))
     };
-    let Value::Array(items) = reply else {
-        return Err(malformed("not an array"));
+    let text = match reply {
+        Value::BulkString(bytes) => String::from_utf8(bytes).map_err(|_| malformed("not UTF-8"))?,
+        Value::SimpleString(text) => text,
+        _ => return Err(malformed("not a string")),
     };
-    let mut items = items.into_iter();
-    let mut next = || items.next().ok_or_else(|| malformed("too short"));
-    let verdict = String::from_redis_value(next()?)?;
-    let decisions = String::from_redis_value(next()?)?;
-    let retry_after = Duration::from_millis(u64::from_redis_value(next()?)?);
-    match verdict.as_str() {
+    let mut fields = text.split(' ');
+    let mut next = || fields.next().ok_or_else(|| malformed("too short"));
+    let number = |field: &str| field.parse::<i64>().map_err(|_| malformed("not a number"));
+    let verdict = next()?;
+    let decisions = next()?;
+    let retry_after = Duration::from_millis(number(next()?)?.max(0) as u64);
+    match verdict {
         "quota" => return Ok(Verdict::OverQuota { retry_after }),
         "rate" => return Ok(Verdict::RateLimited { retry_after }),
         "ok" => {}
@@ -215,13 +239,11 @@ fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
             _ => Err(malformed("unknown decision")),
         })
         .collect::<RedisResult<Vec<_>>>()?;
-    let action =
-        QuotaAction::from_name(&String::from_redis_value(next()?)?).unwrap_or(QuotaAction::Drop);
+    let action = QuotaAction::from_name(next()?).ok_or_else(|| malformed("unknown action"))?;
     let mut exhausted = Vec::new();
     while let Ok(name) = next() {
-        let name = String::from_redis_value(name)?;
-        let ttl = i64::from_redis_value(next()?)?;
         let kind = name.parse().map_err(|_| malformed("unknown type"))?;
+        let ttl = number(next()?)?;
         exhausted.push((kind, Duration::from_millis(ttl.max(0) as u64)));
     }
     Ok(Verdict::Decided {
@@ -241,16 +263,8 @@ mod tests {
 
     #[test]
     fn decided_replies_are_read_in_event_order() {
-        let reply = Value::Array(vec![
-            text("ok"),
-            text("adqo"),
-            Value::Int(1500),
-            text("reject"),
-            text("events"),
-            Value::Int(1500),
-        ]);
         assert_eq!(
-            parse_reply(reply, 4).expect("valid reply"),
+            parse_reply(text("ok adqo 1500 reject events 1500"), 4).expect("valid reply"),
             Verdict::Decided {
                 decisions: vec![
                     Decision::Accept,
@@ -262,15 +276,28 @@ mod tests {
                 action: QuotaAction::Reject,
             }
         );
+        assert_eq!(
+            parse_reply(text("ok aa 0 drop"), 2).expect("valid reply"),
+            Verdict::Decided {
+                decisions: vec![Decision::Accept; 2],
+                exhausted: vec![],
+                action: QuotaAction::Drop,
+            }
+        );
     }
 
     #[test]
     fn refusals_carry_their_wait() {
-        let reply = Value::Array(vec![text("rate"), text(""), Value::Int(250)]);
         assert_eq!(
-            parse_reply(reply, 3).expect("valid reply"),
+            parse_reply(text("rate  250"), 3).expect("valid reply"),
             Verdict::RateLimited {
                 retry_after: Duration::from_millis(250)
+            }
+        );
+        assert_eq!(
+            parse_reply(text("quota  60000"), 1).expect("valid reply"),
+            Verdict::OverQuota {
+                retry_after: Duration::from_secs(60)
             }
         );
     }
@@ -279,18 +306,16 @@ mod tests {
     fn malformed_replies_are_errors_not_panics() {
         for reply in [
             Value::Nil,
-            Value::Array(vec![text("ok")]),
-            Value::Array(vec![text("ok"), text("a"), Value::Int(0), text("drop")]),
-            Value::Array(vec![text("ok"), text("ax"), Value::Int(0), text("drop")]),
-            Value::Array(vec![text("maybe"), text("aa"), Value::Int(0), text("drop")]),
-            Value::Array(vec![
-                text("ok"),
-                text("aa"),
-                Value::Int(0),
-                text("drop"),
-                text("widgets"),
-                Value::Int(1),
-            ]),
+            Value::Array(vec![text("ok"), text("aa"), Value::Int(0), text("drop")]),
+            text("ok"),
+            text("ok a 0 drop"),
+            text("ok ax 0 drop"),
+            text("ok aa x drop"),
+            text("ok aa 0 maybe"),
+            text("maybe aa 0 drop"),
+            text("ok aa 0 drop widgets 1"),
+            text("ok aa 0 drop events"),
+            text("ok aa 0 drop events soon"),
         ] {
             assert!(parse_reply(reply.clone(), 2).is_err(), "{reply:?}");
         }

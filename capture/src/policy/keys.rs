@@ -128,17 +128,34 @@ impl Keys {
 
     /// `quota-config:{token}`: the limits the operator wrote (a hash).
     pub fn quota_config(&self, token: &str) -> String {
-        format!("{}quota-config:{{{token}}}", self.prefix)
+        self.tagged("quota-config:{", token, None)
     }
 
     /// `quota:{token}:{type}`: what remains of the window (a string).
     pub fn quota(&self, token: &str, kind: QuotaType) -> String {
-        format!("{}quota:{{{token}}}:{kind}", self.prefix)
+        self.tagged("quota:{", token, Some(kind))
     }
 
     /// `rate:{token}:{type}`: the rate limiter's state (a string).
     pub fn rate(&self, token: &str, kind: QuotaType) -> String {
-        format!("{}rate:{{{token}}}:{kind}", self.prefix)
+        self.tagged("rate:{", token, Some(kind))
+    }
+
+    /// `{prefix}{name}{token}}` and `:{kind}` if given; built by hand, as
+    /// every policy check builds several.
+    fn tagged(&self, name: &str, token: &str, kind: Option<QuotaType>) -> String {
+        let kind = kind.map_or("", QuotaType::as_str);
+        let mut key =
+            String::with_capacity(self.prefix.len() + name.len() + token.len() + 2 + kind.len());
+        key.push_str(&self.prefix);
+        key.push_str(name);
+        key.push_str(token);
+        key.push('}');
+        if !kind.is_empty() {
+            key.push(':');
+            key.push_str(kind);
+        }
+        key
     }
 
     /// `event:{token}:{distinct_id}:{event}:{id}`: a dedup marker.

@@ -12,6 +12,7 @@ pub mod admin;
 mod billing;
 pub mod check;
 pub mod cli;
+mod coalesce;
 mod hot_keys;
 pub mod keys;
 pub mod store;
@@ -122,7 +123,7 @@ struct RedisPolicy {
     settings: RedisPolicySettings,
     store: Store,
     keys: Keys,
-    script: redis::Script,
+    checks: coalesce::Coalescer,
     billing: Option<Arc<BillingLimits>>,
     exhausted: Mutex<HashMap<(String, QuotaType), (Instant, QuotaAction)>>,
     /// Whether `exhausted` may hold entries (so the common case skips the lock).
@@ -240,9 +241,9 @@ impl Policy {
                 })?;
                 Some(RedisPolicy {
                     settings: redis.clone(),
+                    checks: coalesce::Coalescer::new(store.clone(), check::script()),
                     store,
                     keys,
-                    script: check::script(),
                     billing: redis
                         .billing_prefix
                         .as_deref()
@@ -496,7 +497,7 @@ impl RedisPolicy {
         let started = Instant::now();
         let result = tokio::time::timeout(
             settings.timeout,
-            check::run(&self.store, &self.script, &self.keys, &request),
+            check::run(&self.checks, &self.keys, &request),
         )
         .await;
         self.meters

@@ -1,0 +1,280 @@
+//! Policy checks of concurrent requests, sent to Redis together.
+//!
+//! Each request builds its own `EVALSHA` and hands it to one driver task.
+//! The driver lets every request that is ready to run reach its check
+//! first (one `yield_now`), then writes all the checks it holds as one
+//! pipeline: one write and one read on the socket, and one wake-up of
+//! capture and of Redis, for the lot. While a pipeline is out, the checks
+//! that arrive wait for it and go together in the next. Under load requests
+//! arrive in bursts (a Kafka acknowledgement answers many at once, and their
+//! clients send again together), so one round trip serves many requests. A
+//! lone request pays one extra scheduler pass, not a timer.
+//!
+//! The script still runs once per request, so each request's check stays
+//! atomic on its own and means what it meant alone. On a Redis Cluster a
+//! pipeline must stay in one slot, so checks are grouped by token there
+//! (every key of a token carries the token as its hash tag).
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use redis::{Cmd, Pipeline, RedisError, RedisResult, Script, ServerErrorKind, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::Store;
+
+/// Most checks in one pipeline.
+const MOST_PER_PIPELINE: usize = 64;
+
+/// One request's check, waiting for the driver.
+struct Pending {
+    /// Which pipeline it may share: the token on a cluster, `None` on a
+    /// standalone server (where any checks may share one).
+    group: Option<String>,
+    command: Cmd,
+    reply: oneshot::Sender<RedisResult<Value>>,
+}
+
+/// The handle requests submit their checks through.
+pub struct Coalescer {
+    store: Store,
+    script: Arc<Script>,
+    /// Started by the first check, so on the runtime that serves requests.
+    queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+}
+
+impl Coalescer {
+    /// A coalescer for `script` on `store`; its driver starts with the
+    /// first check.
+    pub fn new(store: Store, script: Script) -> Self {
+        Coalescer {
+            store,
+            script: Arc::new(script),
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// The script the checks run.
+    pub fn script(&self) -> &Script {
+        &self.script
+    }
+
+    /// Runs `command` (an `EVALSHA` of the driver's script) for a request of
+    /// `token`, in the next pipeline, and returns its reply.
+    pub async fn run(&self, token: &str, command: Cmd) -> RedisResult<Value> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            group: matches!(self.store, Store::Cluster(_)).then(|| token.to_owned()),
+            command,
+            reply,
+        };
+        let queue = self.queue.get_or_init(|| {
+            let (queue, requests) = mpsc::unbounded_channel();
+            tokio::spawn(drive(
+                requests,
+                self.store.clone(),
+                Arc::clone(&self.script),
+            ));
+            queue
+        });
+        if queue.send(pending).is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> RedisError {
+    RedisError::from((redis::ErrorKind::Client, "policy check driver stopped"))
+}
+
+/// Collects checks into pipelines, one in flight per group: checks that
+/// arrive while their group's pipeline is out wait for it and then go
+/// together, so the busier Redis is, the more each round trip carries.
+/// Runs until every handle is gone and every answer is delivered.
+async fn drive(mut requests: mpsc::UnboundedReceiver<Pending>, store: Store, script: Arc<Script>) {
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Option<String>>> =
+        FuturesUnordered::new();
+    let mut busy: HashSet<Option<String>> = HashSet::new();
+    // Checks not sent yet, in arrival order.
+    let mut held: Vec<Pending> = Vec::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(group) = in_flight.next(), if !in_flight.is_empty() => {
+                busy.remove(&group);
+            }
+            received = requests.recv_many(&mut held, MOST_PER_PIPELINE), if open => {
+                if received == 0 {
+                    open = false;
+                } else {
+                    // Requests already runnable reach their checks before
+                    // these go out.
+                    tokio::task::yield_now().await;
+                    while let Ok(pending) = requests.try_recv() {
+                        held.push(pending);
+                    }
+                }
+            }
+        }
+        // A request that gave up (timed out, or its client left) has failed
+        // open or closed already; its check would only spend quota.
+        held.retain(|pending| !pending.reply.is_closed());
+        for group in split_by_group(std::mem::take(&mut held)) {
+            let key = group[0].group.clone();
+            if busy.contains(&key) {
+                held.extend(group);
+                continue;
+            }
+            let mut group = group;
+            let rest = group.split_off(group.len().min(MOST_PER_PIPELINE));
+            held.extend(rest);
+            busy.insert(key.clone());
+            let (store, script) = (store.clone(), Arc::clone(&script));
+            in_flight.push(Box::pin(async move {
+                send(store, script, group).await;
+                key
+            }));
+        }
+    }
+}
+
+/// Splits `batch` into runs that may share a pipeline, keeping each
+/// group's order.
+fn split_by_group(mut batch: Vec<Pending>) -> Vec<Vec<Pending>> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    if batch.iter().all(|p| p.group == batch[0].group) {
+        return vec![batch];
+    }
+    batch.sort_by(|a, b| a.group.cmp(&b.group));
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
+    for pending in batch {
+        match groups.last_mut() {
+            Some(last) if last[0].group == pending.group => last.push(pending),
+            _ => groups.push(vec![pending]),
+        }
+    }
+    groups
+}
+
+/// Sends one group as a pipeline and answers each of its requests. A
+/// server that lost the script (restarted, or `SCRIPT FLUSH`) gets it
+/// loaded once, and the checks it refused are sent again.
+async fn send(mut store: Store, script: Arc<Script>, group: Vec<Pending>) {
+    let mut pipeline = Pipeline::with_capacity(group.len());
+    pipeline.ignore_errors();
+    let mut waiting = Vec::with_capacity(group.len());
+    for pending in group {
+        pipeline.add_command(pending.command);
+        waiting.push(pending.reply);
+    }
+    for attempt in 0..2 {
+        let replies: Vec<Value> = match pipeline.query_async(&mut store).await {
+            Ok(replies) => replies,
+            Err(err) => return answer_all(waiting, &err),
+        };
+        if replies.len() != waiting.len() {
+            let err = RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "pipeline answered a different number of checks than sent",
+            ));
+            return answer_all(waiting, &err);
+        }
+        let mut retry = Pipeline::new();
+        retry.ignore_errors();
+        let mut refused = Vec::new();
+        for ((reply, answer), command) in replies.into_iter().zip(waiting).zip(pipeline.cmd_iter())
+        {
+            match reply {
+                Value::ServerError(err)
+                    if attempt == 0 && err.kind() == Some(ServerErrorKind::NoScript) =>
+                {
+                    retry.add_command(command.clone());
+                    refused.push(answer);
+                }
+                Value::ServerError(err) => {
+                    let _ = answer.send(Err(err.into()));
+                }
+                reply => {
+                    let _ = answer.send(Ok(reply));
+                }
+            }
+        }
+        if refused.is_empty() {
+            return;
+        }
+        if let Err(err) = script.load_async(&mut store).await {
+            return answer_all(refused, &err);
+        }
+        (pipeline, waiting) = (retry, refused);
+    }
+}
+
+fn answer_all(waiting: Vec<oneshot::Sender<RedisResult<Value>>>, err: &RedisError) {
+    for answer in waiting {
+        let _ = answer.send(Err(err.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(group: Option<&str>, n: usize) -> Pending {
+        let (reply, _) = oneshot::channel();
+        let mut command = redis::cmd("ECHO");
+        command.arg(n);
+        Pending {
+            group: group.map(str::to_owned),
+            command,
+            reply,
+        }
+    }
+
+    fn ids(groups: &[Vec<Pending>]) -> Vec<Vec<(Option<String>, Vec<u8>)>> {
+        groups
+            .iter()
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|p| (p.group.clone(), p.command.get_packed_command()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_group_stays_one_pipeline_in_order() {
+        let groups = split_by_group((0..5).map(|n| pending(None, n)).collect());
+        assert_eq!(groups.len(), 1);
+        let order: Vec<Vec<u8>> = groups[0]
+            .iter()
+            .map(|p| p.command.get_packed_command())
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..5)
+            .map(|n| pending(None, n).command.get_packed_command())
+            .collect();
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn cluster_checks_split_by_token_keeping_each_tokens_order() {
+        let batch = vec![
+            pending(Some("b"), 0),
+            pending(Some("a"), 1),
+            pending(Some("b"), 2),
+            pending(Some("a"), 3),
+        ];
+        let expected = ids(&[
+            vec![pending(Some("a"), 1), pending(Some("a"), 3)],
+            vec![pending(Some("b"), 0), pending(Some("b"), 2)],
+        ]);
+        assert_eq!(ids(&split_by_group(batch)), expected);
+    }
+}
