@@ -100,6 +100,7 @@ struct Settings {
     plugins: bool,
     event_rate: f64,
     batch_rate: f64,
+    slices: usize,
 }
 
 impl Settings {
@@ -126,6 +127,7 @@ impl Settings {
             plugins: env_or::<u8>("LOAD_BENCH_PLUGINS", 0) == 1,
             event_rate: env_or("LOAD_BENCH_E_RATE", 0.0),
             batch_rate: env_or("LOAD_BENCH_BATCH_RATE", 0.0),
+            slices: env_or::<usize>("LOAD_BENCH_SLICES", 10).max(1),
         }
     }
 
@@ -314,13 +316,21 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         "\n[{}] {} warm-up + {} measured requests per server, {} event(s) each",
         scenario.label, scenario.warmup, scenario.requests, scenario.events_per_request
     );
+    if settings.policies {
+        println!(
+            "  capture without and with policies run side by side, measured in {} alternating slices each",
+            settings.slices
+        );
+    }
     let extra: Vec<String> = settings.capture_args.clone();
-    let (measured, kafka) = run_capture("capture", settings, scenario, ticks, &extra).await;
-
-    let policies = if settings.policies {
-        Some(run_with_policies(settings, scenario, ticks).await)
+    let ((measured, kafka), policies) = if settings.policies {
+        let (plain, policies) = run_with_policies(settings, scenario, ticks).await;
+        (plain, Some(policies))
     } else {
-        None
+        (
+            run_capture("capture", settings, scenario, ticks, &extra).await,
+            None,
+        )
     };
     let plugins = if settings.plugins {
         let document = tempfile::NamedTempFile::new().expect("runtime config file");
@@ -366,50 +376,78 @@ async fn run_capture(
     ticks: f64,
     extra: &[String],
 ) -> (Measurement, KafkaCheck) {
-    let topics = common::Topics::create(settings.partitions).await;
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let mut capture = common::capture_for(&topics, &extra);
+    let running = Running::start(settings, extra).await;
     let (warm_ok, measured) = warm_and_measure(
-        &capture.url(scenario.path),
+        &running.capture.url(scenario.path),
         scenario,
-        capture.pid(),
+        running.capture.pid(),
         settings,
         ticks,
     )
     .await;
-    let ok_requests = warm_ok + measured.ok_requests;
     print_line(name, &measured);
-    let status = tokio::task::spawn_blocking(move || capture.terminate())
-        .await
-        .expect("terminate capture");
-    if !status.success() {
-        println!("  {name} exited with {status}");
-    }
-    let expected = ok_requests * scenario.events_per_request;
-    let topic = topics.events.clone();
-    let kafka = tokio::task::spawn_blocking(move || check_topic(&topic, expected))
-        .await
-        .expect("read the topic back");
-    println!(
-        "  kafka: {} of {} acknowledged events read back in {:.1} s, {} distinct uuids, {}, values well-formed: {}: {}",
-        kafka.read_back,
-        kafka.expected,
-        kafka.read_time.as_secs_f64(),
-        kafka.distinct_uuids,
-        if kafka.extra {
-            "EXTRA messages found"
-        } else {
-            "no extra messages"
-        },
-        kafka.shape_ok,
-        if kafka.ok() { "OK" } else { "MISMATCH" }
-    );
+    let kafka = running
+        .stop(name, scenario, warm_ok + measured.ok_requests)
+        .await;
     (measured, kafka)
 }
 
-/// Capture with quotas, cluster-wide rate limits, hot-key buckets and dedup
-/// on, against a fresh `redis-server`. Limits sit far above the load.
-async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64) -> PolicyRun {
+/// A capture process on its own fresh topics.
+struct Running {
+    topics: common::Topics,
+    capture: common::Capture,
+}
+
+impl Running {
+    async fn start(settings: &Settings, extra: &[String]) -> Running {
+        let topics = common::Topics::create(settings.partitions).await;
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let capture = common::capture_for(&topics, &extra);
+        Running { topics, capture }
+    }
+
+    /// Stops capture (SIGTERM flushes the producer) and reads its events
+    /// topic back, expecting the events of `ok_requests` requests.
+    async fn stop(self, name: &str, scenario: &Scenario, ok_requests: usize) -> KafkaCheck {
+        let Running { topics, mut capture } = self;
+        let status = tokio::task::spawn_blocking(move || capture.terminate())
+            .await
+            .expect("terminate capture");
+        if !status.success() {
+            println!("  {name} exited with {status}");
+        }
+        let expected = ok_requests * scenario.events_per_request;
+        let topic = topics.events.clone();
+        let kafka = tokio::task::spawn_blocking(move || check_topic(&topic, expected))
+            .await
+            .expect("read the topic back");
+        println!(
+            "  kafka ({name}): {} of {} acknowledged events read back in {:.1} s, {} distinct uuids, {}, values well-formed: {}: {}",
+            kafka.read_back,
+            kafka.expected,
+            kafka.read_time.as_secs_f64(),
+            kafka.distinct_uuids,
+            if kafka.extra {
+                "EXTRA messages found"
+            } else {
+                "no extra messages"
+            },
+            kafka.shape_ok,
+            if kafka.ok() { "OK" } else { "MISMATCH" }
+        );
+        kafka
+    }
+}
+
+/// Capture with no policy, and capture with quotas, cluster-wide rate
+/// limits, hot-key buckets and dedup on against a fresh `redis-server`
+/// (limits far above the load), both running at once and measured in
+/// alternating slices.
+async fn run_with_policies(
+    settings: &Settings,
+    scenario: &Scenario,
+    ticks: f64,
+) -> ((Measurement, KafkaCheck), PolicyRun) {
     let redis = common::redis::RedisServer::start();
     let status = Command::new(env!("CARGO_BIN_EXE_capture"))
         .args([
@@ -445,7 +483,15 @@ async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64)
     let reads_before = redis_reads(&redis);
     let (memory_before, keys_before) = redis_memory(&redis);
     let redis_cpu_before = cpu_time_ticks(redis.pid());
-    let (measured, kafka) = run_capture("policies", settings, scenario, ticks, &extra).await;
+    let plain = Running::start(settings, &settings.capture_args).await;
+    let policies = Running::start(settings, &extra).await;
+    let servers = [
+        (plain.capture.url(scenario.path), plain.capture.pid()),
+        (policies.capture.url(scenario.path), policies.capture.pid()),
+    ];
+    let (warm_ok, measured) = measure_interleaved(&servers, scenario, settings, ticks).await;
+    print_line("capture", &measured[0]);
+    print_line("policies", &measured[1]);
     let redis_cpu = (cpu_time_ticks(redis.pid()) - redis_cpu_before) as f64 * 1000.0 / ticks;
     let commands_after = redis_commands(&redis);
     let reads = redis_reads(&redis).saturating_sub(reads_before);
@@ -459,6 +505,12 @@ async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64)
         memory_after.saturating_sub(memory_before) as f64 / 1_048_576.0,
         per_marker,
     );
+    let plain_kafka = plain
+        .stop("capture", scenario, warm_ok[0] + measured[0].ok_requests)
+        .await;
+    let kafka = policies
+        .stop("policies", scenario, warm_ok[1] + measured[1].ok_requests)
+        .await;
     let requests = kafka.expected / scenario.events_per_request;
     let mut commands_per_request: Vec<(String, f64)> = commands_after
         .iter()
@@ -481,13 +533,17 @@ async fn run_with_policies(settings: &Settings, scenario: &Scenario, ticks: f64)
         listed.join(", "),
         redis_cpu * 1000.0 / kafka.expected.max(1) as f64
     );
-    PolicyRun {
-        capture: measured,
-        redis_cpu_per_1000: redis_cpu * 1000.0 / kafka.expected.max(1) as f64,
-        reads_per_request: reads as f64 / requests.max(1) as f64,
-        kafka,
-        commands_per_request,
-    }
+    let [plain_measured, policies_measured] = measured;
+    (
+        (plain_measured, plain_kafka),
+        PolicyRun {
+            capture: policies_measured,
+            redis_cpu_per_1000: redis_cpu * 1000.0 / kafka.expected.max(1) as f64,
+            reads_per_request: reads as f64 / requests.max(1) as f64,
+            kafka,
+            commands_per_request,
+        },
+    )
 }
 
 /// `used_memory` and the number of keys.
@@ -599,6 +655,91 @@ async fn measure(
         client_cpu_ms: (own_after - own_before) as f64 * 1000.0 / ticks,
         peak_rss_kib: peak_rss_kib(pid),
     }
+}
+
+/// Warms each of `servers` (url, pid) up, then measures them in
+/// `settings.slices` rounds: each round sends a slice of the measured
+/// requests to each server in turn, the order reversed every other round
+/// (A B, B A, ...), so a change in the machine's speed during the run
+/// weighs on both alike. Returns each server's warm-up successes and its
+/// slices summed into one measurement.
+async fn measure_interleaved<const N: usize>(
+    servers: &[(String, u32); N],
+    scenario: &Scenario,
+    settings: &Settings,
+    ticks: f64,
+) -> ([usize; N], [Measurement; N]) {
+    let clients: Vec<reqwest::Client> = servers
+        .iter()
+        .map(|_| http_client(settings.concurrency))
+        .collect();
+    let mut warm_ok = [0; N];
+    for (i, (url, _)) in servers.iter().enumerate() {
+        let warm = drive(
+            &clients[i],
+            url,
+            scenario,
+            scenario.warmup,
+            settings.concurrency,
+        )
+        .await;
+        warm_ok[i] = warm.ok;
+    }
+    let own_pid = std::process::id();
+    let mut totals: [(Load, Duration, u64, u64); N] = std::array::from_fn(|_| {
+        (
+            Load {
+                ok: 0,
+                failed: 0,
+                first_failure: None,
+                latencies: Vec::with_capacity(scenario.requests),
+            },
+            Duration::ZERO,
+            0,
+            0,
+        )
+    });
+    let slices = settings.slices.min(scenario.requests.max(1));
+    for round in 0..slices {
+        let requests =
+            scenario.requests * (round + 1) / slices - scenario.requests * round / slices;
+        let mut order: Vec<usize> = (0..N).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (url, pid) = &servers[i];
+            let cpu_before = cpu_time_ticks(*pid);
+            let own_before = cpu_time_ticks(own_pid);
+            let started = Instant::now();
+            let load = drive(&clients[i], url, scenario, requests, settings.concurrency).await;
+            let (total, elapsed, cpu, own) = &mut totals[i];
+            *elapsed += started.elapsed();
+            *cpu += cpu_time_ticks(*pid) - cpu_before;
+            *own += cpu_time_ticks(own_pid) - own_before;
+            total.ok += load.ok;
+            total.failed += load.failed;
+            total.first_failure = total.first_failure.take().or(load.first_failure);
+            total.latencies.extend(load.latencies);
+        }
+    }
+    let measured = std::array::from_fn(|i| {
+        let (load, elapsed, cpu, own) = &mut totals[i];
+        load.latencies.sort_unstable();
+        Measurement {
+            ok_requests: load.ok,
+            failed_requests: load.failed,
+            first_failure: load.first_failure.take(),
+            events: load.ok * scenario.events_per_request,
+            elapsed: *elapsed,
+            p50: percentile(&load.latencies, 50.0),
+            p99: percentile(&load.latencies, 99.0),
+            cpu_ms: *cpu as f64 * 1000.0 / ticks,
+            client_cpu_ms: *own as f64 * 1000.0 / ticks,
+            peak_rss_kib: peak_rss_kib(servers[i].1),
+        }
+    });
+    (warm_ok, measured)
 }
 
 /// What one run of the load produced.
