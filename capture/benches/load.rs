@@ -409,7 +409,10 @@ impl Running {
     /// Stops capture (SIGTERM flushes the producer) and reads its events
     /// topic back, expecting the events of `ok_requests` requests.
     async fn stop(self, name: &str, scenario: &Scenario, ok_requests: usize) -> KafkaCheck {
-        let Running { topics, mut capture } = self;
+        let Running {
+            topics,
+            mut capture,
+        } = self;
         let status = tokio::task::spawn_blocking(move || capture.terminate())
             .await
             .expect("terminate capture");

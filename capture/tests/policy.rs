@@ -751,24 +751,19 @@ async fn quotas_dedup_and_rates_work_on_a_redis_cluster() {
     );
     // Every token's requests go at once, so checks of tokens on different
     // masters meet in one batch and must be split by slot.
+    let send_all = |batches: Vec<Vec<Value>>| {
+        futures::future::join_all(
+            tokens
+                .iter()
+                .zip(batches)
+                .map(|(token, batch)| node.batch(token, batch)),
+        )
+    };
     let batches: Vec<Vec<Value>> = tokens.iter().map(|_| events(2, "e", "u")).collect();
-    let first = futures::future::join_all(
-        tokens
-            .iter()
-            .zip(&batches)
-            .map(|(t, b)| node.batch(t, b.clone())),
-    )
-    .await;
+    let first = send_all(batches.clone()).await;
     // The same events again: duplicates, dropped without using quota.
-    let again = futures::future::join_all(
-        tokens
-            .iter()
-            .zip(&batches)
-            .map(|(t, b)| node.batch(t, b.clone())),
-    )
-    .await;
-    let over =
-        futures::future::join_all(tokens.iter().map(|t| node.batch(t, events(2, "e", "u")))).await;
+    let again = send_all(batches).await;
+    let over = send_all(tokens.iter().map(|_| events(2, "e", "u")).collect()).await;
     for (i, token) in tokens.iter().enumerate() {
         assert_eq!(first[i].body, json!({"status": "Ok"}), "token {token}");
         assert_eq!(again[i].body, json!({"status": "Ok"}), "token {token}");
