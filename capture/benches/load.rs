@@ -492,7 +492,8 @@ async fn run_with_policies(
         (plain.capture.url(scenario.path), plain.capture.pid()),
         (policies.capture.url(scenario.path), policies.capture.pid()),
     ];
-    let (warm_ok, measured) = measure_interleaved(&servers, scenario, settings, ticks).await;
+    let (warm_ok, measured) =
+        measure_interleaved(&servers, scenario, settings, ticks, settings.slices).await;
     print_line("capture", &measured[0]);
     print_line("policies", &measured[1]);
     let redis_cpu = (cpu_time_ticks(redis.pid()) - redis_cpu_before) as f64 * 1000.0 / ticks;
@@ -599,8 +600,8 @@ fn http_client(concurrency: usize) -> reqwest::Client {
 }
 
 /// The measured phase: CPU and wall time around one run of the load.
-/// Warms the server at `url` up, then measures it on a fresh client;
-/// returns the warm-up's successful requests and the measurement.
+/// Warms the server at `url` up, then measures it in one slice; returns the
+/// warm-up's successful requests and the measurement.
 async fn warm_and_measure(
     url: &str,
     scenario: &Scenario,
@@ -608,60 +609,13 @@ async fn warm_and_measure(
     settings: &Settings,
     ticks: f64,
 ) -> (usize, Measurement) {
-    let client = http_client(settings.concurrency);
-    let warm = drive(
-        &client,
-        url,
-        scenario,
-        scenario.warmup,
-        settings.concurrency,
-    )
-    .await;
-    let measured = measure(&client, url, scenario, pid, settings, ticks).await;
-    (warm.ok, measured)
+    let ([warm_ok], [measured]) =
+        measure_interleaved(&[(url.to_owned(), pid)], scenario, settings, ticks, 1).await;
+    (warm_ok, measured)
 }
 
-async fn measure(
-    client: &reqwest::Client,
-    url: &str,
-    scenario: &Scenario,
-    pid: u32,
-    settings: &Settings,
-    ticks: f64,
-) -> Measurement {
-    let own_pid = std::process::id();
-    let cpu_before = cpu_time_ticks(pid);
-    let own_before = cpu_time_ticks(own_pid);
-    let started = Instant::now();
-    let load = drive(
-        client,
-        url,
-        scenario,
-        scenario.requests,
-        settings.concurrency,
-    )
-    .await;
-    let elapsed = started.elapsed();
-    let cpu_after = cpu_time_ticks(pid);
-    let own_after = cpu_time_ticks(own_pid);
-    let mut latencies = load.latencies;
-    latencies.sort_unstable();
-    Measurement {
-        ok_requests: load.ok,
-        failed_requests: load.failed,
-        first_failure: load.first_failure,
-        events: load.ok * scenario.events_per_request,
-        elapsed,
-        p50: percentile(&latencies, 50.0),
-        p99: percentile(&latencies, 99.0),
-        cpu_ms: (cpu_after - cpu_before) as f64 * 1000.0 / ticks,
-        client_cpu_ms: (own_after - own_before) as f64 * 1000.0 / ticks,
-        peak_rss_kib: peak_rss_kib(pid),
-    }
-}
-
-/// Warms each of `servers` (url, pid) up, then measures them in
-/// `settings.slices` rounds: each round sends a slice of the measured
+/// Warms each of `servers` (url, pid) up, then measures them in `slices`
+/// rounds: each round sends a slice of the measured
 /// requests to each server in turn, the order reversed every other round
 /// (A B, B A, ...), so a change in the machine's speed during the run
 /// weighs on both alike. Returns each server's warm-up successes and its
@@ -671,6 +625,7 @@ async fn measure_interleaved<const N: usize>(
     scenario: &Scenario,
     settings: &Settings,
     ticks: f64,
+    slices: usize,
 ) -> ([usize; N], [Measurement; N]) {
     let clients: Vec<reqwest::Client> = servers
         .iter()
@@ -702,7 +657,7 @@ async fn measure_interleaved<const N: usize>(
             0,
         )
     });
-    let slices = settings.slices.min(scenario.requests.max(1));
+    let slices = slices.min(scenario.requests).max(1);
     for round in 0..slices {
         let requests =
             scenario.requests * (round + 1) / slices - scenario.requests * round / slices;

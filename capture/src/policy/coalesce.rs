@@ -236,15 +236,8 @@ mod tests {
     #[test]
     fn one_group_stays_one_pipeline_in_order() {
         let groups = split_by_group((0..5).map(|n| pending(None, n)).collect());
-        assert_eq!(groups.len(), 1);
-        let order: Vec<Vec<u8>> = groups[0]
-            .iter()
-            .map(|p| p.command.get_packed_command())
-            .collect();
-        let expected: Vec<Vec<u8>> = (0..5)
-            .map(|n| pending(None, n).command.get_packed_command())
-            .collect();
-        assert_eq!(order, expected);
+        let expected = ids(&[(0..5).map(|n| pending(None, n)).collect()]);
+        assert_eq!(ids(&groups), expected);
     }
 
     #[test]
