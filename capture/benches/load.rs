@@ -28,6 +28,7 @@
 //! | `LOAD_BENCH_BATCH_RATE` | 0 | pace `/batch` likewise |
 //! | `LOAD_BENCH_POLICIES` | 0 | 1: also run capture with quotas, rate limits, hot-key buckets and dedup on (a real `redis-server`), in the same run |
 //! | `LOAD_BENCH_PLUGINS` | 0 | 1: also run capture with a realistic plugin pipeline (redact 5 keys, one drop rule, sampling), in the same run |
+//! | `LOAD_BENCH_BARE_DELAY_MS` | 20 | also measure a bare server that answers this long after reading the body, as capture answers after the producer's linger (0: skip it) |
 //!
 //! With `LOAD_BENCH_POLICIES=1` every event carries a client `uuid`, unique
 //! per request sent (stamped into the body just before sending), so dedup
@@ -101,6 +102,7 @@ struct Settings {
     event_rate: f64,
     batch_rate: f64,
     slices: usize,
+    bare_delay: Duration,
 }
 
 impl Settings {
@@ -128,6 +130,7 @@ impl Settings {
             event_rate: env_or("LOAD_BENCH_E_RATE", 0.0),
             batch_rate: env_or("LOAD_BENCH_BATCH_RATE", 0.0),
             slices: env_or::<usize>("LOAD_BENCH_SLICES", 10).max(1),
+            bare_delay: Duration::from_millis(env_or("LOAD_BENCH_BARE_DELAY_MS", 20)),
         }
     }
 
@@ -223,6 +226,8 @@ struct ScenarioResult {
     posthog_ms: f64,
     capture: Measurement,
     bare: Measurement,
+    /// The bare server answering `bare_delay` after reading the body.
+    bare_delayed: Option<(Duration, Measurement)>,
     kafka: KafkaCheck,
     policies: Option<PolicyRun>,
     plugins: Option<(Measurement, KafkaCheck)>,
@@ -343,7 +348,7 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         None
     };
 
-    let bare = bare::Bare::start();
+    let bare = bare::Bare::start(Duration::ZERO);
     let (_, bare_measured) = warm_and_measure(
         &bare.url(scenario.path),
         scenario,
@@ -354,6 +359,21 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
     .await;
     print_line("bare", &bare_measured);
     drop(bare);
+    let bare_delayed = if settings.bare_delay.is_zero() {
+        None
+    } else {
+        let bare = bare::Bare::start(settings.bare_delay);
+        let (_, measured) = warm_and_measure(
+            &bare.url(scenario.path),
+            scenario,
+            bare.pid(),
+            settings,
+            ticks,
+        )
+        .await;
+        print_line("bare+wait", &measured);
+        Some((settings.bare_delay, measured))
+    };
     ScenarioResult {
         label: scenario.label,
         events_per_request: scenario.events_per_request,
@@ -361,6 +381,7 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         posthog_ms: scenario.posthog_ms,
         capture: measured,
         bare: bare_measured,
+        bare_delayed,
         kafka,
         policies,
         plugins,
@@ -911,7 +932,7 @@ fn check_topic(topic: &str, expected: usize) -> KafkaCheck {
 
 fn print_line(server: &str, m: &Measurement) {
     println!(
-        "  {server:<8} {:>9.0} events/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>7.0} ms = {:>6.2} ms/1k events  peak RSS {}  (load generator CPU {:.0} ms)",
+        "  {server:<9} {:>9.0} events/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>7.0} ms = {:>6.2} ms/1k events  peak RSS {}  (load generator CPU {:.0} ms)",
         m.events_per_second(),
         millis(m.p50),
         millis(m.p99),
@@ -922,16 +943,25 @@ fn print_line(server: &str, m: &Measurement) {
     );
     if m.cpu_ms < 200.0 {
         println!(
-            "  {server:<8} note: CPU time is counted in clock ticks (10 ms at CLK_TCK 100); under 200 ms it is imprecise, raise the request counts"
+            "  {server:<9} note: CPU time is counted in clock ticks (10 ms at CLK_TCK 100); under 200 ms it is imprecise, raise the request counts"
         );
     }
     if m.failed_requests > 0 {
         println!(
-            "  {server:<8} {} of {} requests failed; first: {}",
+            "  {server:<9} {} of {} requests failed; first: {}",
             m.failed_requests,
             m.failed_requests + m.ok_requests,
             m.first_failure.as_deref().unwrap_or("?")
         );
+    }
+}
+
+/// `cpu` (ms per 1,000 events) as a multiple of `base`'s.
+fn cpu_ratio(cpu: f64, base: &Measurement) -> String {
+    if base.cpu_ms > 0.0 {
+        format!("{:.1}x", cpu / base.cpu_per_1000())
+    } else {
+        "n/a (CPU below one clock tick)".into()
     }
 }
 
@@ -942,14 +972,18 @@ fn report(results: &[ScenarioResult]) {
         "server", "events/s", "p50 ms", "p99 ms", "CPU ms/1k ev", "peak RSS", "target", "PostHog"
     );
     for r in results {
-        let mut rows = vec![("capture", &r.capture, true)];
+        let mut rows: Vec<(String, &Measurement, bool)> =
+            vec![("capture".into(), &r.capture, true)];
         if let Some(p) = &r.policies {
-            rows.push(("+policies", &p.capture, true));
+            rows.push(("+policies".into(), &p.capture, true));
         }
         if let Some((m, _)) = &r.plugins {
-            rows.push(("+plugins", m, true));
+            rows.push(("+plugins".into(), m, true));
         }
-        rows.push(("bare axum", &r.bare, false));
+        rows.push(("bare axum".into(), &r.bare, false));
+        if let Some((delay, m)) = &r.bare_delayed {
+            rows.push((format!("bare +{}ms", delay.as_millis()), m, false));
+        }
         for (server, m, is_capture) in rows {
             let (target, posthog) = if is_capture {
                 (
@@ -977,13 +1011,17 @@ fn report(results: &[ScenarioResult]) {
         let cpu = r.capture.cpu_per_1000();
         let verdict = if cpu <= r.target_ms { "MET" } else { "NOT MET" };
         println!(
-            "{:<7} capture {cpu:.2} ms CPU per 1k events vs target {:.0}: {verdict}; capture/bare CPU ratio {}; {} event(s)/request; kafka check {}",
+            "{:<7} capture {cpu:.2} ms CPU per 1k events vs target {:.0}: {verdict}; capture/bare CPU ratio {}{}; {} event(s)/request; kafka check {}",
             r.label,
             r.target_ms,
-            if r.bare.cpu_ms > 0.0 {
-                format!("{:.1}x", cpu / r.bare.cpu_per_1000())
-            } else {
-                "n/a (bare CPU below one clock tick)".into()
+            cpu_ratio(cpu, &r.bare),
+            match &r.bare_delayed {
+                Some((delay, m)) => format!(
+                    ", to bare answering after {} ms {}",
+                    delay.as_millis(),
+                    cpu_ratio(cpu, m)
+                ),
+                None => String::new(),
             },
             r.events_per_request,
             if r.kafka.ok() { "OK" } else { "MISMATCH" },
@@ -1171,19 +1209,25 @@ fn stamp_uuids(body: &Bytes, events: usize) -> Bytes {
 }
 
 /// The comparison server: axum that reads the body and answers 200, in its
-/// own process so its CPU is measured the same way as capture's.
+/// own process so its CPU is measured the same way as capture's. Started
+/// with a delay, it answers that long after reading the body: the same
+/// load shape as capture waiting for Kafka, with none of the work.
 mod bare {
     use super::*;
 
     use axum::Router;
-    use axum::extract::DefaultBodyLimit;
+    use axum::extract::{DefaultBodyLimit, State};
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::post;
     use axum::serve::ListenerExt;
 
+    /// The env var that carries the delay to the child, in milliseconds.
+    const DELAY_VAR: &str = "LOAD_BENCH_BARE_ANSWER_AFTER_MS";
+
     /// Runs the server; prints its address on stdout, exits when stdin closes.
     pub fn serve() {
+        let delay = Duration::from_millis(env_or(DELAY_VAR, 0));
         std::thread::spawn(|| {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
             std::process::exit(0);
@@ -1203,13 +1247,17 @@ mod bare {
             let app = Router::new()
                 .route("/e", post(read_body))
                 .route("/batch", post(read_body))
-                .layer(DefaultBodyLimit::max(20_000_000));
+                .layer(DefaultBodyLimit::max(20_000_000))
+                .with_state(delay);
             axum::serve(listener, app).await.expect("serve");
         });
     }
 
-    async fn read_body(body: Bytes) -> impl IntoResponse {
+    async fn read_body(State(delay): State<Duration>, body: Bytes) -> impl IntoResponse {
         std::hint::black_box(body.len());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -1225,10 +1273,12 @@ mod bare {
     }
 
     impl Bare {
-        pub fn start() -> Bare {
+        /// Starts it; it answers `delay` after reading each body.
+        pub fn start(delay: Duration) -> Bare {
             let exe = std::env::current_exe().expect("path of the bench binary");
             let mut child = Command::new(exe)
                 .env(ROLE_VAR, "bare")
+                .env(DELAY_VAR, delay.as_millis().to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
