@@ -289,7 +289,23 @@ pub struct Payload<'a> {
 }
 
 /// Parses decoded JSON bytes into a payload that borrows from them.
+///
+/// Arrays of events and batch objects whose envelope comes in the usual
+/// shape are read by [`Cursor`], one pass over each event. Everything
+/// else, including every body with a problem, goes through
+/// [`parse_checked`], which names what is wrong; both give the same
+/// payload for any body the cursor accepts.
 pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
+    let text = std::str::from_utf8(bytes).ok();
+    if let Some(payload) = text.and_then(|text| Cursor::new(text).payload()) {
+        return Ok(payload);
+    }
+    parse_checked(bytes)
+}
+
+/// [`parse`] the general way: the body in one pass, then each event of an
+/// array or batch in a second pass over its text.
+fn parse_checked(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
     let invalid_json =
         |err: serde_json::Error| CaptureError::Payload(format!("invalid JSON: {err}"));
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
@@ -346,6 +362,160 @@ pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
         return Err(CaptureError::Payload("request contains no events".into()));
     }
     Ok(payload)
+}
+
+/// Reads arrays of events and batch objects from JSON text in one pass:
+/// each event is deserialized where it starts, and its text is the span
+/// the deserializer consumed. Any shape it does not expect, and any
+/// invalid JSON, makes it give up (`None`) so that [`parse_checked`]
+/// decides, and words the error.
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Self {
+        Cursor { text, at: 0 }
+    }
+
+    /// The whole body: an array of events or a batch object, and nothing
+    /// after it.
+    fn payload(mut self) -> Option<Payload<'a>> {
+        let payload = match self.peek()? {
+            b'[' => Payload {
+                events: self.events()?,
+                ..Payload::default()
+            },
+            b'{' => self.batch()?,
+            _ => return None,
+        };
+        (self.peek().is_none() && !payload.events.is_empty()).then_some(payload)
+    }
+
+    /// The next byte that is not JSON whitespace, left in place.
+    fn peek(&mut self) -> Option<u8> {
+        let bytes = self.text.as_bytes();
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.at) {
+            self.at += 1;
+        }
+        bytes.get(self.at).copied()
+    }
+
+    /// Takes `byte` if it comes next.
+    fn eat(&mut self, byte: u8) -> bool {
+        let next = self.peek() == Some(byte);
+        if next {
+            self.at += 1;
+        }
+        next
+    }
+
+    /// The next value as `T`, and its text.
+    fn value<T: Deserialize<'a>>(&mut self) -> Option<(T, &'a str)> {
+        self.peek()?;
+        let rest = &self.text[self.at..];
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<T>();
+        let value = values.next()?.ok()?;
+        let length = values.byte_offset();
+        self.at += length;
+        Some((value, &rest[..length]))
+    }
+
+    /// An array of event objects. An event is read like `parse_checked`
+    /// reads it, by its own deserializer, so nesting counts from the event
+    /// for serde_json's recursion limit as it does there.
+    fn events(&mut self) -> Option<Vec<Event<'a>>> {
+        if !self.eat(b'[') {
+            return None;
+        }
+        let mut events = Vec::new();
+        if self.eat(b']') {
+            return Some(events);
+        }
+        loop {
+            if self.peek()? != b'{' {
+                return None;
+            }
+            let (fields, raw) = self.value::<EventFields<'a>>()?;
+            events.push(Event { raw, fields });
+            if self.eat(b']') {
+                return Some(events);
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// A batch object: `batch` and the envelope fields, each at most once
+    /// (as the derived `EventFields` requires). A key outside the envelope
+    /// before `batch` means the body is more likely a single event, which
+    /// `parse_checked` reads in one pass anyway; after `batch`, other keys
+    /// are skipped as `EventFields` skips them.
+    fn batch(&mut self) -> Option<Payload<'a>> {
+        if !self.eat(b'{') {
+            return None;
+        }
+        // Bits of `seen`, one per envelope field.
+        const API_KEY: u8 = 1;
+        const TOKEN: u8 = 2;
+        const SENT_AT: u8 = 4;
+        const HISTORICAL: u8 = 8;
+        let mut top = EventFields::default();
+        let mut events = None;
+        let mut seen = 0u8;
+        let mut more = !self.eat(b'}');
+        while more {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            // An escaped key fails to borrow and leaves it to parse_checked.
+            let (key, _) = self.value::<&'a str>()?;
+            if !self.eat(b':') {
+                return None;
+            }
+            let (bit, slot) = match key {
+                "batch" if events.is_none() => {
+                    events = Some(self.events()?);
+                    (0, None)
+                }
+                "api_key" => (API_KEY, Some(&mut top.api_key)),
+                "token" => (TOKEN, Some(&mut top.token)),
+                "sent_at" => (SENT_AT, Some(&mut top.sent_at)),
+                "historical_migration" => (HISTORICAL, Some(&mut top.historical_migration)),
+                "batch" | "event" | "distinct_id" | "$distinct_id" | "uuid" | "timestamp"
+                | "offset" | "$token" | "properties" => return None,
+                _ if events.is_some() => {
+                    self.value::<IgnoredAny>()?;
+                    (0, None)
+                }
+                _ => return None,
+            };
+            if let Some(slot) = slot {
+                if seen & bit != 0 {
+                    return None;
+                }
+                seen |= bit;
+                let (raw, _) = self.value::<&'a RawValue>()?;
+                // As `Option` deserializes it: `null` is absent.
+                *slot = (!is_null(raw)).then_some(raw);
+            }
+            more = self.eat(b',');
+            if !more && !self.eat(b'}') {
+                return None;
+            }
+        }
+        Some(Payload {
+            events: events?,
+            token: batch_token(&top).ok()?,
+            sent_at: top
+                .sent_at
+                .and_then(as_str)
+                .and_then(|text| timestamp::parse(&text)),
+            historical_migration: top.historical_migration.and_then(as_bool).unwrap_or(false),
+        })
+    }
 }
 
 fn events_from<'a>(
@@ -477,6 +647,206 @@ mod tests {
                 err.to_string().contains(expected),
                 "{err} should mention {expected}"
             );
+        }
+    }
+
+    /// The cursor's payload for `body`, checked against `parse_checked`'s.
+    fn one_pass(body: &str) -> Option<Payload<'_>> {
+        let payload = Cursor::new(body).payload();
+        if let Some(fast) = &payload {
+            let checked = parse_checked(body.as_bytes()).expect("parse_checked accepts it too");
+            assert_eq!(format!("{fast:?}"), format!("{checked:?}"), "{body}");
+        }
+        payload
+    }
+
+    #[test]
+    fn arrays_and_batch_objects_are_read_in_one_pass_with_the_same_result() {
+        let bodies = [
+            r#"[{"event":"a","token":"t"}, {"event":"b","properties":{"token":"t","x":[1]}}]"#,
+            r#"{"api_key":"phc_x","batch":[{"event":"a","uuid":"u"}],"sent_at":"2024-01-01T00:00:00Z"}"#,
+            r#" { "batch" : [ {"event":"a"} ,{"event":"b"} ] , "historical_migration" : true , "sent_at" : null , "api_key" : "t" } "#,
+            r#"{"token":null,"api_key":"t","batch":[{"event":"a","batch":"its own"}],"extra":{"n":1}}"#,
+            "[{\"event\":\"caf\u{e9} \\\" \\ud83d\\ude00\"}]",
+        ];
+        for body in bodies {
+            let payload = one_pass(body).unwrap_or_else(|| panic!("one pass: {body}"));
+            assert!(!payload.events.is_empty());
+        }
+        let batch = one_pass(bodies[2]).expect("batch");
+        assert_eq!(batch.events[1].raw, r#"{"event":"b"}"#);
+        assert_eq!(batch.token.as_deref(), Some("t"));
+        assert!(batch.historical_migration);
+    }
+
+    #[test]
+    fn other_bodies_are_left_to_the_general_parser() {
+        for body in [
+            r#"{"event":"a","token":"t"}"#,
+            r#"{"batch":null,"event":"a"}"#,
+            r#"{"api\u005fkey":"t","batch":[{"event":"a"}]}"#,
+            r#"{"api_key":"t","api_key":null,"batch":[{"event":"a"}]}"#,
+            r#"{"batch":[{"event":"a"}],"batch":[{"event":"b"}]}"#,
+            r#"{"batch":[{"event":"a"}],"properties":{}}"#,
+            r#"[{"event":"a"},]"#,
+            r#"[{"event":"a"}, 3]"#,
+            r#"[{"event":"a"}] x"#,
+            r#"[{"event":"a","event":"b"}]"#,
+            r#"[{"event":"a"}"#,
+            "[]",
+            r#"{"batch":[]}"#,
+            r#"{"api_key":1,"batch":[{"event":"a"}]}"#,
+        ] {
+            assert!(one_pass(body).is_none(), "{body}");
+            // And `parse` answers what `parse_checked` answers.
+            let (ours, general) = (parse(body.as_bytes()), parse_checked(body.as_bytes()));
+            match (ours, general) {
+                (Ok(ours), Ok(general)) => assert_eq!(format!("{ours:?}"), format!("{general:?}")),
+                (Err(ours), Err(general)) => assert_eq!(ours.to_string(), general.to_string()),
+                (ours, general) => panic!("{body}: {ours:?} vs {general:?}"),
+            }
+        }
+    }
+
+    fn json_value() -> proptest::strategy::BoxedStrategy<String> {
+        one_of(&[
+            r#""s""#,
+            "null",
+            "1",
+            "-2.5e3",
+            "true",
+            "{}",
+            r#"{"a":[1,{"b":null}]}"#,
+            r#""q\"u\u0041\\""#,
+            "[]",
+            r#""é""#,
+            r#""\ud800""#,
+            r#"{"token":"t","distinct_id":"d","$session_id":[1]}"#,
+        ])
+    }
+
+    fn whitespace() -> proptest::strategy::BoxedStrategy<&'static str> {
+        proptest::strategy::Strategy::boxed(proptest::sample::select(vec![
+            "", "", " ", "\n", "\t ",
+        ]))
+    }
+
+    /// One of `values`, or now and then an invalid value.
+    fn one_of(values: &[&'static str]) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        let invalid = proptest::sample::select(vec![r#""bad\x""#, "{", "tru", "01"]);
+        prop_oneof![150 => proptest::sample::select(values.to_vec()), 1 => invalid]
+            .prop_map(str::to_owned)
+            .boxed()
+    }
+
+    /// An object of some of `entries`, in any order, each at most once
+    /// except now and then the first one again.
+    fn object(
+        entries: Vec<(&'static str, proptest::strategy::BoxedStrategy<String>)>,
+    ) -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        let count = entries.len();
+        let entry = |(key, value): (&'static str, BoxedStrategy<String>)| {
+            (Just(key), value, whitespace(), whitespace()).prop_map(
+                |(key, value, before, after)| {
+                    format!("{before}\"{key}\"{after}:{before}{value}{after}")
+                },
+            )
+        };
+        (
+            proptest::sample::subsequence(entries, 0..=count).prop_shuffle(),
+            proptest::bool::weighted(0.05),
+        )
+            .prop_flat_map(move |(mut entries, repeat)| {
+                if repeat && !entries.is_empty() {
+                    entries.push(entries[0].clone());
+                }
+                entries.into_iter().map(entry).collect::<Vec<_>>()
+            })
+            .prop_map(|entries| format!("{{{}}}", entries.join(",")))
+            .boxed()
+    }
+
+    const TOKENS: &[&str] = &[r#""phc_a""#, r#""phc_b""#, r#""phc_\u0062""#, "null"];
+
+    fn event() -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        let properties = object(vec![
+            ("token", one_of(TOKENS)),
+            ("distinct_id", json_value()),
+            ("$session_id", json_value()),
+            ("y", json_value()),
+        ]);
+        let entries = vec![
+            (
+                "event",
+                one_of(&[r#""$pageview""#, r#""$exception""#, "null", "1"]),
+            ),
+            ("distinct_id", json_value()),
+            ("$distinct_id", json_value()),
+            ("uuid", json_value()),
+            (
+                "properties",
+                prop_oneof![4 => properties, 1 => json_value()].boxed(),
+            ),
+            ("token", one_of(TOKENS)),
+            ("$token", one_of(TOKENS)),
+            ("batch", json_value()),
+            ("x", json_value()),
+        ];
+        prop_oneof![20 => object(entries), 1 => json_value()].boxed()
+    }
+
+    fn events() -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        (
+            prop::collection::vec(event(), 1..4),
+            whitespace(),
+            proptest::bool::weighted(0.02),
+        )
+            .prop_map(|(events, space, trailing_comma)| {
+                let comma = if trailing_comma { "," } else { "" };
+                format!(
+                    "[{space}{}{comma}{space}]",
+                    events.join(&format!("{space},"))
+                )
+            })
+            .boxed()
+    }
+
+    fn body() -> proptest::strategy::BoxedStrategy<String> {
+        use proptest::prelude::*;
+        let envelope = object(vec![
+            ("api_key", one_of(TOKENS)),
+            ("token", one_of(TOKENS)),
+            ("t\\u006fken", one_of(TOKENS)),
+            (
+                "sent_at",
+                one_of(&[r#""2024-01-01T00:00:00Z""#, "null", r#""x""#]),
+            ),
+            (
+                "historical_migration",
+                one_of(&["true", "false", "null", r#""yes""#]),
+            ),
+            (
+                "batch",
+                prop_oneof![10 => events(), 1 => json_value()].boxed(),
+            ),
+            ("extra", json_value()),
+        ]);
+        let tail = prop_oneof![20 => Just(""), 1 => Just(" x"), 1 => Just(",")];
+        (prop_oneof![events(), envelope], whitespace(), tail)
+            .prop_map(|(body, space, tail)| format!("{space}{body}{space}{tail}"))
+            .boxed()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        #[test]
+        fn one_pass_agrees_with_the_general_parser(body in body()) {
+            // `one_pass` asserts agreement whenever the cursor accepts.
+            let _ = one_pass(&body);
         }
     }
 
