@@ -83,8 +83,7 @@ fn main() {
         for _ in 0..5 {
             let started = Instant::now();
             for i in 0..requests {
-                let payload =
-                    capture::parse::parse(bodies[i % bodies.len()].as_bytes()).expect("parses");
+                let payload = capture::parse::parse(&bodies[i % bodies.len()]).expect("parses");
                 if build {
                     let prepared =
                         capture::process::analytics_messages(payload, &ctx).expect("messages");

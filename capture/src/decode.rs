@@ -127,7 +127,7 @@ pub struct Encoded<'a> {
 }
 
 /// Decodes a request into JSON bytes. See the module docs for the rules.
-pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, [u8]>, DecodeError> {
+pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, str>, DecodeError> {
     let mut hint = Compression::from_hint(input.compression_hint.unwrap_or(""))?;
     let mut bytes: Cow<'a, [u8]> = if !input.body.is_empty() {
         Cow::Borrowed(input.body)
@@ -167,13 +167,17 @@ pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, [u
         });
     }
 
-    if let Err(err) = std::str::from_utf8(&bytes) {
-        return Err(DecodeError::Utf8 {
-            offset: err.valid_up_to(),
-        });
-    }
-    check_depth(&bytes, limits.max_json_depth)?;
-    Ok(bytes)
+    let utf8 = |err: std::str::Utf8Error| DecodeError::Utf8 {
+        offset: err.valid_up_to(),
+    };
+    let text = match bytes {
+        Cow::Borrowed(bytes) => Cow::Borrowed(std::str::from_utf8(bytes).map_err(utf8)?),
+        Cow::Owned(bytes) => {
+            Cow::Owned(String::from_utf8(bytes).map_err(|err| utf8(err.utf8_error()))?)
+        }
+    };
+    check_depth(text.as_bytes(), limits.max_json_depth)?;
+    Ok(text)
 }
 
 fn is_gzip(bytes: &[u8]) -> bool {
@@ -318,7 +322,7 @@ mod tests {
     #[test]
     fn plain_json_passes_through_untouched() {
         let out = decode(body(br#"{"event":"a"}"#), LIMITS).expect("decodes");
-        assert_eq!(&*out, br#"{"event":"a"}"#);
+        assert_eq!(out.as_bytes(), br#"{"event":"a"}"#);
         assert!(matches!(out, Cow::Borrowed(_)));
     }
 
@@ -331,7 +335,7 @@ mod tests {
                 ..body(&compressed)
             };
             assert_eq!(
-                &*decode(input, LIMITS).expect("decodes"),
+                decode(input, LIMITS).expect("decodes").as_bytes(),
                 br#"[{"event":"a"}]"#
             );
         }
@@ -347,7 +351,7 @@ mod tests {
             ..body(form.as_bytes())
         };
         assert_eq!(
-            &*decode(input, LIMITS).expect("decodes"),
+            decode(input, LIMITS).expect("decodes").as_bytes(),
             br#"{"event":"a"}"#
         );
     }
@@ -363,7 +367,7 @@ mod tests {
             form: true,
             ..body(form.as_bytes())
         };
-        assert_eq!(&*decode(input, LIMITS).expect("decodes"), json);
+        assert_eq!(decode(input, LIMITS).expect("decodes").as_bytes(), json);
     }
 
     #[test]
@@ -374,7 +378,7 @@ mod tests {
             ..body(form.as_bytes())
         };
         assert_eq!(
-            &*decode(input, LIMITS).expect("decodes"),
+            decode(input, LIMITS).expect("decodes").as_bytes(),
             br#"{"event":"a"}"#
         );
     }
@@ -387,7 +391,10 @@ mod tests {
             compression_hint: Some("lz64"),
             ..body(packed.as_bytes())
         };
-        assert_eq!(&*decode(input, LIMITS).expect("decodes"), json.as_bytes());
+        assert_eq!(
+            decode(input, LIMITS).expect("decodes").as_bytes(),
+            json.as_bytes()
+        );
 
         let form: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("data", &packed)
@@ -397,7 +404,10 @@ mod tests {
             form: true,
             ..body(form.as_bytes())
         };
-        assert_eq!(&*decode(input, LIMITS).expect("decodes"), json.as_bytes());
+        assert_eq!(
+            decode(input, LIMITS).expect("decodes").as_bytes(),
+            json.as_bytes()
+        );
     }
 
     #[test]
@@ -407,7 +417,7 @@ mod tests {
             ..body(br#"{"event":"a"}"#)
         };
         assert_eq!(
-            &*decode(input, LIMITS).expect("decodes"),
+            decode(input, LIMITS).expect("decodes").as_bytes(),
             br#"{"event":"a"}"#
         );
     }
@@ -420,7 +430,7 @@ mod tests {
             ..body(b"")
         };
         assert_eq!(
-            &*decode(input, LIMITS).expect("decodes"),
+            decode(input, LIMITS).expect("decodes").as_bytes(),
             br#"{"event":"a"}"#
         );
     }

@@ -288,30 +288,29 @@ pub struct Payload<'a> {
     pub historical_migration: bool,
 }
 
-/// Parses decoded JSON bytes into a payload that borrows from them.
+/// Parses a decoded JSON body into a payload that borrows from it.
 ///
 /// Arrays of events and batch objects whose envelope comes in the usual
 /// shape are read by [`Cursor`], one pass over each event. Everything
 /// else, including every body with a problem, goes through
 /// [`parse_checked`], which names what is wrong; both give the same
 /// payload for any body the cursor accepts.
-pub fn parse(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
-    let text = std::str::from_utf8(bytes).ok();
-    if let Some(payload) = text.and_then(|text| Cursor::new(text).payload()) {
+pub fn parse(text: &str) -> Result<Payload<'_>, CaptureError> {
+    if let Some(payload) = Cursor::new(text).payload() {
         return Ok(payload);
     }
-    parse_checked(bytes)
+    parse_checked(text)
 }
 
 /// [`parse`] the general way: the body in one pass, then each event of an
 /// array or batch in a second pass over its text.
-fn parse_checked(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
+fn parse_checked(text: &str) -> Result<Payload<'_>, CaptureError> {
     let invalid_json =
         |err: serde_json::Error| CaptureError::Payload(format!("invalid JSON: {err}"));
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let first = text.bytes().find(|b| !b.is_ascii_whitespace());
     let payload = match first {
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(invalid_json)?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(invalid_json)?;
             Payload {
                 events: events_from(items, "the array")?,
                 ..Payload::default()
@@ -320,7 +319,7 @@ fn parse_checked(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
         Some(b'{') => {
             // One pass reads a batch's envelope or a single event's fields:
             // the object is one or the other, and both share `token`.
-            let mut top: EventFields<'_> = serde_json::from_slice(bytes).map_err(invalid_json)?;
+            let mut top: EventFields<'_> = serde_json::from_str(text).map_err(invalid_json)?;
             match std::mem::take(&mut top.batch) {
                 Batch::Events(items) => Payload {
                     events: events_from(items, "`batch`")?,
@@ -339,20 +338,18 @@ fn parse_checked(bytes: &[u8]) -> Result<Payload<'_>, CaptureError> {
                         "`batch` must be an array of events".into(),
                     ));
                 }
-                Batch::Absent => {
-                    // Valid JSON (just parsed) and UTF-8 (checked by decode).
-                    let raw = std::str::from_utf8(bytes.trim_ascii())
-                        .map_err(|err| CaptureError::Payload(format!("invalid UTF-8: {err}")))?;
-                    Payload {
-                        events: vec![Event { raw, fields: top }],
-                        ..Payload::default()
-                    }
-                }
+                Batch::Absent => Payload {
+                    events: vec![Event {
+                        raw: text.trim_ascii(),
+                        fields: top,
+                    }],
+                    ..Payload::default()
+                },
             }
         }
         _ => {
             // Let the parser name what is wrong with non-JSON input.
-            serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(invalid_json)?;
+            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(invalid_json)?;
             return Err(CaptureError::Payload(
                 "body must be an event object, an array of events or a batch object".into(),
             ));
@@ -577,10 +574,10 @@ mod tests {
 
     #[test]
     fn the_three_shapes_give_the_same_events() {
-        let single = parse(br#"{"event":"a","token":"t"}"#).expect("single");
-        let array = parse(br#"[{"event":"a","token":"t"}]"#).expect("array");
+        let single = parse(r#"{"event":"a","token":"t"}"#).expect("single");
+        let array = parse(r#"[{"event":"a","token":"t"}]"#).expect("array");
         let batch =
-            parse(br#"{"api_key":"t","batch":[{"event":"a"}],"sent_at":"2024-01-01T00:00:00Z"}"#)
+            parse(r#"{"api_key":"t","batch":[{"event":"a"}],"sent_at":"2024-01-01T00:00:00Z"}"#)
                 .expect("batch");
         assert_eq!(single.events.len(), 1);
         assert_eq!(array.events.len(), 1);
@@ -593,7 +590,7 @@ mod tests {
 
     #[test]
     fn events_keep_their_exact_text_and_expose_their_fields() {
-        let body = br#"{"batch": [ {"uuid":"x", "n": 12345678901234567890123, "b": {"z":1,"a":2},
+        let body = r#"{"batch": [ {"uuid":"x", "n": 12345678901234567890123, "b": {"z":1,"a":2},
             "properties": {"token": "phc_\u0041", "$cookieless_mode": true}} ]}"#;
         let payload = parse(body).expect("batch");
         let event = &payload.events[0];
@@ -609,7 +606,7 @@ mod tests {
     fn properties_that_are_not_an_object_count_as_none() {
         for properties in ["null", "\"x\"", "[1,{\"token\":\"t\"}]", "3", "true", "1.5"] {
             let body = format!(r#"{{"event":"a","properties":{properties},"distinct_id":"d"}}"#);
-            let payload = parse(body.as_bytes()).expect("parse");
+            let payload = parse(&body).expect("parse");
             let fields = &payload.events[0].fields;
             assert!(fields.properties.token.is_none(), "{properties}");
             assert_eq!(fields.distinct_id.and_then(as_str).as_deref(), Some("d"));
@@ -618,7 +615,7 @@ mod tests {
 
     #[test]
     fn an_event_may_carry_a_batch_field_of_its_own() {
-        let body = br#"{"batch":[{"event":"a","batch":"not mine","distinct_id":"d"}]}"#;
+        let body = r#"{"batch":[{"event":"a","batch":"not mine","distinct_id":"d"}]}"#;
         let payload = parse(body).expect("parse");
         assert_eq!(payload.events.len(), 1);
         assert!(payload.events[0].raw.contains("not mine"));
@@ -626,20 +623,20 @@ mod tests {
 
     #[test]
     fn historical_migration_is_read_from_the_batch() {
-        let batch = parse(br#"{"token":"t","historical_migration":true,"batch":[{"event":"a"}]}"#)
+        let batch = parse(r#"{"token":"t","historical_migration":true,"batch":[{"event":"a"}]}"#)
             .expect("batch");
         assert!(batch.historical_migration);
     }
 
     #[test]
     fn wrong_shapes_name_the_problem() {
-        let cases: [(&[u8], &str); 6] = [
-            (b"[]", "no events"),
-            (b"42", "must be an event object"),
-            (br#"{"batch":{}}"#, "`batch` must be an array"),
-            (br#"{"batch":"x"}"#, "`batch` must be an array"),
-            (br#"[{"event":"a"}, 3]"#, "element 1 of the array"),
-            (b"{\"event\":", "invalid JSON"),
+        let cases: [(&str, &str); 6] = [
+            ("[]", "no events"),
+            ("42", "must be an event object"),
+            (r#"{"batch":{}}"#, "`batch` must be an array"),
+            (r#"{"batch":"x"}"#, "`batch` must be an array"),
+            (r#"[{"event":"a"}, 3]"#, "element 1 of the array"),
+            ("{\"event\":", "invalid JSON"),
         ];
         for (body, expected) in cases {
             let err = parse(body).expect_err("invalid");
@@ -654,7 +651,7 @@ mod tests {
     fn one_pass(body: &str) -> Option<Payload<'_>> {
         let payload = Cursor::new(body).payload();
         if let Some(fast) = &payload {
-            let checked = parse_checked(body.as_bytes()).expect("parse_checked accepts it too");
+            let checked = parse_checked(body).expect("parse_checked accepts it too");
             assert_eq!(format!("{fast:?}"), format!("{checked:?}"), "{body}");
         }
         payload
@@ -699,7 +696,7 @@ mod tests {
         ] {
             assert!(one_pass(body).is_none(), "{body}");
             // And `parse` answers what `parse_checked` answers.
-            let (ours, general) = (parse(body.as_bytes()), parse_checked(body.as_bytes()));
+            let (ours, general) = (parse(body), parse_checked(body));
             match (ours, general) {
                 (Ok(ours), Ok(general)) => assert_eq!(format!("{ours:?}"), format!("{general:?}")),
                 (Err(ours), Err(general)) => assert_eq!(ours.to_string(), general.to_string()),
@@ -852,26 +849,25 @@ mod tests {
 
     #[test]
     fn tokens_come_from_the_batch_the_event_or_its_properties() {
-        let from_props =
-            parse(br#"[{"event":"a","properties":{"token":"phc_p"}}]"#).expect("parse");
+        let from_props = parse(r#"[{"event":"a","properties":{"token":"phc_p"}}]"#).expect("parse");
         assert_eq!(request_token(&from_props).expect("token"), "phc_p");
-        let from_dollar = parse(br#"{"event":"a","$token":"phc_d"}"#).expect("parse");
+        let from_dollar = parse(r#"{"event":"a","$token":"phc_d"}"#).expect("parse");
         assert_eq!(request_token(&from_dollar).expect("token"), "phc_d");
         let mixed =
-            parse(br#"[{"event":"a","token":"x"},{"event":"b","token":"y"}]"#).expect("parse");
+            parse(r#"[{"event":"a","token":"x"},{"event":"b","token":"y"}]"#).expect("parse");
         assert!(matches!(
             request_token(&mixed),
             Err(CaptureError::Token(TokenError::Mixed))
         ));
         let null_key =
-            parse(br#"{"api_key":null,"token":"phc_t","batch":[{"event":"a"}]}"#).expect("parse");
+            parse(r#"{"api_key":null,"token":"phc_t","batch":[{"event":"a"}]}"#).expect("parse");
         assert_eq!(request_token(&null_key).expect("token"), "phc_t");
-        let missing = parse(br#"[{"event":"a"}]"#).expect("parse");
+        let missing = parse(r#"[{"event":"a"}]"#).expect("parse");
         assert!(matches!(
             request_token(&missing),
             Err(CaptureError::Token(TokenError::Missing))
         ));
-        let personal = parse(br#"{"api_key":"phx_1","batch":[{"event":"a"}]}"#).expect("parse");
+        let personal = parse(r#"{"api_key":"phx_1","batch":[{"event":"a"}]}"#).expect("parse");
         assert!(matches!(
             request_token(&personal),
             Err(CaptureError::Token(TokenError::PersonalKey))

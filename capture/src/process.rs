@@ -288,7 +288,7 @@ mod tests {
     fn run(body: serde_json::Value, endpoint: Endpoint) -> Result<Vec<Message>, CaptureError> {
         let topics = Topics::default();
         let text = body.to_string();
-        analytics_messages(parse(text.as_bytes())?, &ctx(&topics, endpoint)).map(|p| p.messages)
+        analytics_messages(parse(&text)?, &ctx(&topics, endpoint)).map(|p| p.messages)
     }
 
     fn value(message: &Message) -> CapturedEvent<'static> {
@@ -347,12 +347,10 @@ mod tests {
         let topics = Topics::default();
         let event = r#"{ "z": 1, "event":"e" ,"distinct_id":"d","n":12345678901234567890123,"s":"\u00e9\/","token":"phc_t"}"#;
         let body = format!("[{event} ]");
-        let messages = analytics_messages(
-            parse(body.as_bytes()).expect("parse"),
-            &ctx(&topics, Endpoint::Event),
-        )
-        .expect("valid")
-        .messages;
+        let messages =
+            analytics_messages(parse(&body).expect("parse"), &ctx(&topics, Endpoint::Event))
+                .expect("valid")
+                .messages;
         assert_eq!(value(&messages[0]).data, event);
     }
 
@@ -366,11 +364,9 @@ mod tests {
             {"event": "c", "distinct_id": "u"},
         ]})
         .to_string();
-        let prepared = analytics_messages(
-            parse(body.as_bytes()).expect("parse"),
-            &ctx(&topics, Endpoint::Batch),
-        )
-        .expect("valid");
+        let prepared =
+            analytics_messages(parse(&body).expect("parse"), &ctx(&topics, Endpoint::Batch))
+                .expect("valid");
         assert_eq!(
             prepared.dedup_ids,
             [
@@ -383,8 +379,7 @@ mod tests {
             dedup_ids: false,
             ..ctx(&topics, Endpoint::Batch)
         };
-        let prepared =
-            analytics_messages(parse(body.as_bytes()).expect("parse"), &without).expect("valid");
+        let prepared = analytics_messages(parse(&body).expect("parse"), &without).expect("valid");
         assert!(
             prepared.dedup_ids.is_empty(),
             "no ids collected when dedup is off"
@@ -469,7 +464,7 @@ mod tests {
         let text =
             json!({"event": "e", "distinct_id": "u", "token": "phc_t", "properties": {"big": big}})
                 .to_string();
-        let payload = parse(text.as_bytes()).expect("parse");
+        let payload = parse(&text).expect("parse");
         let small = RequestContext {
             max_message_bytes: 1000,
             ..ctx(&topics, Endpoint::Event)

@@ -177,7 +177,7 @@ mod tests {
             dedup_ids: false,
             runtime: crate::live::Applied::empty(),
         };
-        recording_message(parse(body.to_string().as_bytes())?, &ctx)
+        recording_message(parse(&body.to_string())?, &ctx)
     }
 
     fn snapshot(session: &str, data: Value) -> Value {
