@@ -348,30 +348,11 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         None
     };
 
-    let bare = bare::Bare::start(Duration::ZERO);
-    let (_, bare_measured) = warm_and_measure(
-        &bare.url(scenario.path),
-        scenario,
-        bare.pid(),
-        settings,
-        ticks,
-    )
-    .await;
-    print_line("bare", &bare_measured);
-    drop(bare);
+    let bare_measured = run_bare("bare", Duration::ZERO, scenario, settings, ticks).await;
     let bare_delayed = if settings.bare_delay.is_zero() {
         None
     } else {
-        let bare = bare::Bare::start(settings.bare_delay);
-        let (_, measured) = warm_and_measure(
-            &bare.url(scenario.path),
-            scenario,
-            bare.pid(),
-            settings,
-            ticks,
-        )
-        .await;
-        print_line("bare+wait", &measured);
+        let measured = run_bare("bare+wait", settings.bare_delay, scenario, settings, ticks).await;
         Some((settings.bare_delay, measured))
     };
     ScenarioResult {
@@ -386,6 +367,28 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         policies,
         plugins,
     }
+}
+
+/// A fresh bare server answering `delay` after each body: warm-up and
+/// measured phase.
+async fn run_bare(
+    label: &str,
+    delay: Duration,
+    scenario: &Scenario,
+    settings: &Settings,
+    ticks: f64,
+) -> Measurement {
+    let bare = bare::Bare::start(delay);
+    let (_, measured) = warm_and_measure(
+        &bare.url(scenario.path),
+        scenario,
+        bare.pid(),
+        settings,
+        ticks,
+    )
+    .await;
+    print_line(label, &measured);
+    measured
 }
 
 /// One capture process on fresh topics: warm-up, measured phase, stop, and
