@@ -1,4 +1,4 @@
-//! Turns a request body (or a GET `?data=` value) into JSON bytes.
+//! Turns a request body (or a GET `?data=` value) into JSON text.
 //!
 //! Every route goes through [`decode`], so the rules for compression hints,
 //! form bodies, base64 and size caps live in one place. PostHog SDKs are not
@@ -126,7 +126,8 @@ pub struct Encoded<'a> {
     pub form: bool,
 }
 
-/// Decodes a request into JSON bytes. See the module docs for the rules.
+/// Decodes a request into JSON text, checked as UTF-8 and for depth. See
+/// the module docs for the rules.
 pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, str>, DecodeError> {
     let mut hint = Compression::from_hint(input.compression_hint.unwrap_or(""))?;
     let mut bytes: Cow<'a, [u8]> = if !input.body.is_empty() {

@@ -321,18 +321,7 @@ fn parse_checked(text: &str) -> Result<Payload<'_>, CaptureError> {
             // the object is one or the other, and both share `token`.
             let mut top: EventFields<'_> = serde_json::from_str(text).map_err(invalid_json)?;
             match std::mem::take(&mut top.batch) {
-                Batch::Events(items) => Payload {
-                    events: events_from(items, "`batch`")?,
-                    token: batch_token(&top)?,
-                    sent_at: top
-                        .sent_at
-                        .and_then(as_str)
-                        .and_then(|text| timestamp::parse(&text)),
-                    historical_migration: top
-                        .historical_migration
-                        .and_then(as_bool)
-                        .unwrap_or(false),
-                },
+                Batch::Events(items) => batch_payload(events_from(items, "`batch`")?, &top)?,
                 Batch::NotAnArray => {
                     return Err(CaptureError::Payload(
                         "`batch` must be an array of events".into(),
@@ -481,6 +470,9 @@ impl<'a> Cursor<'a> {
                 "token" => (TOKEN, Some(&mut top.token)),
                 "sent_at" => (SENT_AT, Some(&mut top.sent_at)),
                 "historical_migration" => (HISTORICAL, Some(&mut top.historical_migration)),
+                // The other fields `EventFields` reads: at the top of a body
+                // they mean a single event before `batch`, and after it a
+                // repeated one is an error there, so neither is skipped.
                 "batch" | "event" | "distinct_id" | "$distinct_id" | "uuid" | "timestamp"
                 | "offset" | "$token" | "properties" => return None,
                 _ if events.is_some() => {
@@ -503,16 +495,25 @@ impl<'a> Cursor<'a> {
                 return None;
             }
         }
-        Some(Payload {
-            events: events?,
-            token: batch_token(&top).ok()?,
-            sent_at: top
-                .sent_at
-                .and_then(as_str)
-                .and_then(|text| timestamp::parse(&text)),
-            historical_migration: top.historical_migration.and_then(as_bool).unwrap_or(false),
-        })
+        batch_payload(events?, &top).ok()
     }
+}
+
+/// A batch body's payload: its events, and what its envelope (`top`) says
+/// about all of them.
+fn batch_payload<'a>(
+    events: Vec<Event<'a>>,
+    top: &EventFields<'_>,
+) -> Result<Payload<'a>, CaptureError> {
+    Ok(Payload {
+        events,
+        token: batch_token(top)?,
+        sent_at: top
+            .sent_at
+            .and_then(as_str)
+            .and_then(|text| timestamp::parse(&text)),
+        historical_migration: top.historical_migration.and_then(as_bool).unwrap_or(false),
+    })
 }
 
 fn events_from<'a>(
