@@ -103,6 +103,7 @@ struct Settings {
     batch_rate: f64,
     slices: usize,
     bare_delay: Duration,
+    idle: Duration,
 }
 
 impl Settings {
@@ -131,6 +132,7 @@ impl Settings {
             batch_rate: env_or("LOAD_BENCH_BATCH_RATE", 0.0),
             slices: env_or::<usize>("LOAD_BENCH_SLICES", 10).max(1),
             bare_delay: Duration::from_millis(env_or("LOAD_BENCH_BARE_DELAY_MS", 20)),
+            idle: Duration::from_secs(env_or("LOAD_BENCH_IDLE_SECS", 5)),
         }
     }
 
@@ -281,6 +283,9 @@ async fn run(settings: Settings) {
         }
     }
 
+    if !settings.idle.is_zero() {
+        measure_idle(&settings, ticks).await;
+    }
     let mut results = Vec::new();
     for name in &settings.scenarios {
         let scenario = match name.as_str() {
@@ -367,6 +372,28 @@ async fn run_scenario(settings: &Settings, scenario: &Scenario, ticks: f64) -> S
         policies,
         plugins,
     }
+}
+
+/// CPU of a capture process that has started and gets no requests: what a
+/// replica costs before any traffic (the producer's polling thread, the
+/// health checks, timers).
+async fn measure_idle(settings: &Settings, ticks: f64) {
+    let running = Running::start(settings, &settings.capture_args).await;
+    let pid = running.capture.pid();
+    // Past the start-up work (metadata, connections).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_time_ticks(pid);
+    tokio::time::sleep(settings.idle).await;
+    let used_ms = (cpu_time_ticks(pid) - before) as f64 * 1000.0 / ticks;
+    println!(
+        "  idle capture: {:.1} ms CPU per second with no requests ({used_ms:.0} ms in {} s)",
+        used_ms / settings.idle.as_secs_f64(),
+        settings.idle.as_secs()
+    );
+    let mut capture = running.capture;
+    tokio::task::spawn_blocking(move || capture.terminate())
+        .await
+        .expect("terminate capture");
 }
 
 /// A fresh bare server answering `delay` after each body: warm-up and
