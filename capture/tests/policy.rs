@@ -709,6 +709,71 @@ async fn a_slow_redis_never_holds_a_request_past_the_timeout() {
     sleeper.join().expect("debug sleep");
 }
 
+/// A password and a database number in the URL reach every connection
+/// capture opens (the checks have one of their own), a server that lost
+/// the script gets it again, and a wrong password fails open without
+/// showing the password.
+#[tokio::test]
+async fn password_database_and_a_flushed_script_on_a_standalone_server() {
+    let redis = RedisServer::start_with(common::free_port(), &["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-a", "s3cret", "--no-auth-warning", "-n", "3"];
+        all.extend_from_slice(args);
+        redis.cli(&all)
+    };
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    set_events_limit(&url, &prefix, &token, 2, "1h");
+    assert_eq!(
+        cli(&["exists", &format!("{prefix}quota-config:{{{token}}}")]).trim(),
+        "1",
+        "the limit is in database 3"
+    );
+    let node = Node::start(&url, &prefix, &["--quota-recheck-interval", "100ms"]);
+    assert_eq!(
+        node.batch(&token, events(3, "e", "u")).await.body["quota_limited"],
+        json!(["events"]),
+        "checked against database 3 after AUTH"
+    );
+    assert_eq!(node.lines().len(), 2);
+
+    assert_eq!(cli(&["script", "flush"]).trim(), "OK");
+    let scripts = || {
+        cli(&["info", "memory"])
+            .lines()
+            .find_map(|line| line.strip_prefix("number_of_cached_scripts:"))
+            .map(|n| n.trim().to_owned())
+    };
+    assert_eq!(scripts().as_deref(), Some("0"));
+    // Past the local recheck interval, so Redis is asked.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..2 {
+        let reply = node.batch(&token, events(1, "e", "u")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.body["quota_limited"],
+            json!(["events"]),
+            "enforced by the reloaded script: {:?}",
+            reply.body
+        );
+    }
+    assert_eq!(scripts().as_deref(), Some("1"), "loaded again");
+    let metrics = node.metrics().await;
+    assert!(
+        !metrics.contains("capture_policy_fallback_total"),
+        "no check failed open: {metrics}"
+    );
+
+    let wrong = format!("redis://:wrong-pw@127.0.0.1:{}/3", redis.port);
+    let refused = Node::start(&wrong, &prefix, &["--redis-timeout", "300ms"]);
+    let reply = refused.batch(&token, events(1, "e", "u")).await;
+    assert_eq!(reply.body, json!({"status": "Ok"}), "failed open");
+    let log = refused
+        .capture
+        .wait_for_log("redis is not answering; policies fail open");
+    assert!(!log.contains("wrong-pw"), "{log}");
+}
+
 #[tokio::test]
 async fn quotas_dedup_and_rates_work_on_a_redis_cluster() {
     let cluster = RedisCluster::start();

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -19,6 +20,9 @@ pub const RESOURCES: [&str; 3] = ["events", "recordings", "exceptions"];
 pub struct BillingLimits {
     prefix: String,
     limited: RwLock<HashMap<&'static str, HashMap<String, i64>>>,
+    /// Whether the snapshot names any token, so that the usual case (no
+    /// token limited) takes no lock.
+    any: AtomicBool,
 }
 
 impl BillingLimits {
@@ -27,11 +31,15 @@ impl BillingLimits {
         BillingLimits {
             prefix: prefix.to_owned(),
             limited: RwLock::new(HashMap::new()),
+            any: AtomicBool::new(false),
         }
     }
 
     /// Whether `token` is limited for `resource` at `now_secs`.
     pub fn is_limited(&self, token: &str, resource: &str, now_secs: i64) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
         let limited = self.limited.read().unwrap_or_else(|p| p.into_inner());
         limited
             .get(resource)
@@ -42,7 +50,7 @@ impl BillingLimits {
     /// Reads every set once; on error the previous snapshot stays.
     pub async fn refresh(&self, store: &Store, now_secs: i64) -> redis::RedisResult<()> {
         let mut conn = store.clone();
-        let mut fresh = HashMap::new();
+        let mut fresh: HashMap<&'static str, HashMap<String, i64>> = HashMap::new();
         for resource in RESOURCES {
             let key = format!("{}{resource}", self.prefix);
             let members: Vec<(String, f64)> = conn
@@ -56,7 +64,12 @@ impl BillingLimits {
                     .collect(),
             );
         }
-        *self.limited.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        let mut limited = self.limited.write().unwrap_or_else(|p| p.into_inner());
+        self.any.store(
+            fresh.values().any(|tokens| !tokens.is_empty()),
+            Ordering::Relaxed,
+        );
+        *limited = fresh;
         Ok(())
     }
 

@@ -7,15 +7,14 @@
 
 use std::time::Duration;
 
-use redis::{Cmd, RedisResult, Script, Value};
+use redis::{RedisResult, Script, Value};
 
 use super::coalesce::Coalescer;
 use super::keys::{Keys, QuotaType};
+use super::resp::Packer;
 
-/// The policy script, loaded once per process.
-pub fn script() -> Script {
-    Script::new(include_str!("check.lua"))
-}
+/// The policy script.
+pub const SOURCE: &str = include_str!("check.lua");
 
 /// What happens to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +87,20 @@ pub struct TypeCheck {
 pub struct CheckedEvent<'a> {
     /// Index into the request's [`TypeCheck`]s.
     pub type_index: usize,
-    /// The dedup marker key, when dedup applies to it.
-    pub marker: Option<&'a str>,
+    /// What its dedup marker is made of, when dedup applies to it.
+    pub marker: Option<Marker<'a>>,
+}
+
+/// The parts of an event's dedup marker key besides the token (see
+/// [`Keys::dedup`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Marker<'a> {
+    /// Its distinct id.
+    pub distinct_id: &'a str,
+    /// Its event name.
+    pub event: &'a str,
+    /// The id the client gave it.
+    pub id: &'a str,
 }
 
 /// Everything one check needs.
@@ -148,26 +159,25 @@ pub async fn run(
     parse_reply(reply, request.events.len())
 }
 
-/// The `EVALSHA` of `script` for `request`: the token's settings, counter
-/// and rate keys per type, then each event's dedup marker; the arguments
-/// the script reads after them.
-fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Cmd {
+/// The `EVALSHA` of `script` for `request`, packed for the wire: the
+/// token's settings, counter and rate keys per type, then each event's
+/// dedup marker; the arguments the script reads after them.
+fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Vec<u8> {
     debug_assert!(request.types.len() <= 9, "types are sent as one digit");
+    let token = request.token;
     let markers = request.events.iter().filter(|e| e.marker.is_some()).count();
     let key_count = 1 + 2 * request.types.len() + markers;
-    let mut command = Cmd::with_capacity(
-        key_count + 8 + 4 * request.types.len(),
-        64 * key_count + 2 * request.events.len() + 128,
-    );
+    let args = 3 + key_count + 5 + 4 * request.types.len() + 2;
+    let mut command = Packer::new(args, 64 * key_count + 3 * request.events.len() + 160);
     command
         .arg("EVALSHA")
         .arg(script.get_hash())
-        .arg(key_count)
-        .arg(keys.quota_config(request.token));
+        .int(key_count as i64)
+        .parts(&keys.quota_config_parts(token));
     for check in request.types {
         command
-            .arg(keys.quota(request.token, check.kind))
-            .arg(keys.rate(request.token, check.kind));
+            .parts(&keys.quota_parts(token, check.kind))
+            .parts(&keys.rate_parts(token, check.kind));
     }
     let mut kinds = String::with_capacity(request.events.len());
     let mut mask = String::with_capacity(request.events.len());
@@ -175,16 +185,21 @@ fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Cmd {
         kinds.push(char::from(b'1' + event.type_index as u8));
         match event.marker {
             Some(marker) => {
-                command.arg(marker);
+                command.parts(&keys.dedup_parts(
+                    token,
+                    marker.distinct_id,
+                    marker.event,
+                    marker.id,
+                ));
                 mask.push('1');
             }
             None => mask.push('0'),
         }
     }
     command
-        .arg(request.now_ms)
-        .arg(request.dedup_ttl.as_secs().max(1))
-        .arg(request.types.len())
+        .int(request.now_ms)
+        .int(request.dedup_ttl.as_secs().max(1) as i64)
+        .int(request.types.len() as i64)
         .arg(request.quota_action.as_str())
         .arg(match request.rate_action {
             RateAction::Overflow => "overflow",
@@ -194,11 +209,11 @@ fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Cmd {
         command
             .arg(check.kind.as_str())
             .arg(if check.quota { "1" } else { "0" })
-            .arg(check.rate)
-            .arg(check.burst);
+            .float(check.rate)
+            .int(check.burst as i64);
     }
-    command.arg(kinds).arg(mask);
-    command
+    command.arg(&kinds).arg(&mask);
+    command.finish()
 }
 
 fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {

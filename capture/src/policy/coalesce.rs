@@ -26,6 +26,8 @@ use futures::stream::FuturesUnordered;
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::pipe::{Pipe, Target};
+use super::resp::{self, Reply};
 use super::store::Store;
 
 /// Most checks in one pipeline.
@@ -36,25 +38,31 @@ struct Pending {
     /// Which pipeline it may share: the token on a cluster, `None` on a
     /// standalone server (where any checks may share one).
     group: Option<String>,
-    command: Cmd,
+    /// The `EVALSHA`, packed.
+    command: Vec<u8>,
     reply: oneshot::Sender<RedisResult<Value>>,
 }
 
 /// The handle requests submit their checks through.
 pub struct Coalescer {
     store: Store,
+    /// The checks' own connection, on a plain standalone server.
+    lean: Option<Target>,
     script: Arc<Script>,
+    source: &'static str,
     /// Started by the first check, so on the runtime that serves requests.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
 }
 
 impl Coalescer {
-    /// A coalescer for `script` on `store`; its driver starts with the
-    /// first check.
-    pub fn new(store: Store, script: Script) -> Self {
+    /// A coalescer for the script `source` on `store`, or on a connection
+    /// of its own to `lean`; its driver starts with the first check.
+    pub fn new(store: Store, lean: Option<Target>, source: &'static str) -> Self {
         Coalescer {
             store,
-            script: Arc::new(script),
+            lean,
+            script: Arc::new(Script::new(source)),
+            source,
             queue: OnceLock::new(),
         }
     }
@@ -64,9 +72,9 @@ impl Coalescer {
         &self.script
     }
 
-    /// Runs `command` (an `EVALSHA` of the driver's script) for a request of
-    /// `token`, in the next pipeline, and returns its reply.
-    pub async fn run(&self, token: &str, command: Cmd) -> RedisResult<Value> {
+    /// Runs `command` (a packed `EVALSHA` of the driver's script) for a
+    /// request of `token`, in the next pipeline, and returns its reply.
+    pub async fn run(&self, token: &str, command: Vec<u8>) -> RedisResult<Value> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             group: matches!(self.store, Store::Cluster(_)).then(|| token.to_owned()),
@@ -75,11 +83,15 @@ impl Coalescer {
         };
         let queue = self.queue.get_or_init(|| {
             let (queue, requests) = mpsc::unbounded_channel();
-            tokio::spawn(drive(
-                requests,
-                self.store.clone(),
-                Arc::clone(&self.script),
-            ));
+            let backend = match &self.lean {
+                Some(target) => Backend::Lean(Box::new(Pipe::new(target.clone(), self.source))),
+                None => Backend::Shared {
+                    store: self.store.clone(),
+                    script: Arc::clone(&self.script),
+                    in_flight: FuturesUnordered::new(),
+                },
+            };
+            tokio::spawn(drive(requests, backend));
             queue
         });
         if queue.send(pending).is_err() {
@@ -93,15 +105,73 @@ fn stopped() -> RedisError {
     RedisError::from((redis::ErrorKind::Client, "policy check driver stopped"))
 }
 
+/// Where the driver sends pipelines.
+enum Backend {
+    /// The checks' own connection.
+    Lean(Box<Pipe>),
+    /// The `redis` crate's connection, shared with everything else.
+    Shared {
+        store: Store,
+        script: Arc<Script>,
+        in_flight: FuturesUnordered<BoxFuture<'static, ()>>,
+    },
+}
+
+impl Backend {
+    /// Sends `batch` as one pipeline or more.
+    fn send(&mut self, batch: Vec<Pending>) {
+        match self {
+            Backend::Lean(pipe) => {
+                pipe.send(
+                    batch
+                        .into_iter()
+                        .map(|pending| (pending.command, pending.reply)),
+                );
+            }
+            Backend::Shared {
+                store,
+                script,
+                in_flight,
+            } => {
+                for mut group in split_by_group(batch) {
+                    while !group.is_empty() {
+                        let rest = group.split_off(group.len().min(MOST_PER_PIPELINE));
+                        in_flight.push(Box::pin(send(store.clone(), Arc::clone(script), group)));
+                        group = rest;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves pipelines in flight along; pending while there are none.
+    async fn progress(&mut self) {
+        match self {
+            Backend::Lean(pipe) => pipe.progress().await,
+            Backend::Shared { in_flight, .. } => {
+                if in_flight.next().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        match self {
+            Backend::Lean(pipe) => pipe.busy(),
+            Backend::Shared { in_flight, .. } => !in_flight.is_empty(),
+        }
+    }
+}
+
 /// Collects checks into pipelines and keeps them in flight until every
 /// handle is gone and every answer is delivered.
-async fn drive(mut requests: mpsc::UnboundedReceiver<Pending>, store: Store, script: Arc<Script>) {
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+async fn drive(mut requests: mpsc::UnboundedReceiver<Pending>, mut backend: Backend) {
     let mut batch: Vec<Pending> = Vec::new();
     loop {
         tokio::select! {
             biased;
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            () = backend.progress() => {}
             received = requests.recv_many(&mut batch, MOST_PER_PIPELINE) => {
                 if received == 0 {
                     break;
@@ -123,17 +193,15 @@ async fn drive(mut requests: mpsc::UnboundedReceiver<Pending>, store: Store, scr
                 // failed open or closed already; its check would only spend
                 // quota.
                 batch.retain(|pending| !pending.reply.is_closed());
-                for mut group in split_by_group(std::mem::take(&mut batch)) {
-                    while !group.is_empty() {
-                        let rest = group.split_off(group.len().min(MOST_PER_PIPELINE));
-                        in_flight.push(Box::pin(send(store.clone(), Arc::clone(&script), group)));
-                        group = rest;
-                    }
+                if !batch.is_empty() {
+                    backend.send(std::mem::take(&mut batch));
                 }
             }
         }
     }
-    while in_flight.next().await.is_some() {}
+    while backend.busy() {
+        backend.progress().await;
+    }
 }
 
 /// Splits `batch` into runs that may share a pipeline, keeping each
@@ -164,7 +232,7 @@ async fn send(mut store: Store, script: Arc<Script>, group: Vec<Pending>) {
     pipeline.ignore_errors();
     let mut waiting = Vec::with_capacity(group.len());
     for pending in group {
-        pipeline.add_command(pending.command);
+        pipeline.add_command(unpack(&pending.command));
         waiting.push(pending.reply);
     }
     for attempt in 0..2 {
@@ -209,6 +277,22 @@ async fn send(mut store: Store, script: Arc<Script>, group: Vec<Pending>) {
     }
 }
 
+/// The `redis` crate's command for a packed one.
+fn unpack(packed: &[u8]) -> Cmd {
+    let mut command = Cmd::new();
+    match resp::parse(packed) {
+        Ok(Some((Reply::Array(args), _))) => {
+            for arg in args {
+                if let Reply::Bulk(bytes) = arg {
+                    command.arg(bytes);
+                }
+            }
+        }
+        other => unreachable!("a packed command reads back as an array: {other:?}"),
+    }
+    command
+}
+
 fn answer_all(waiting: Vec<oneshot::Sender<RedisResult<Value>>>, err: &RedisError) {
     for answer in waiting {
         let _ = answer.send(Err(err.clone()));
@@ -221,8 +305,7 @@ mod tests {
 
     fn pending(group: Option<&str>, n: usize) -> Pending {
         let (reply, _) = oneshot::channel();
-        let mut command = redis::cmd("ECHO");
-        command.arg(n);
+        let command = resp::pack(&["ECHO", &n.to_string()]);
         Pending {
             group: group.map(str::to_owned),
             command,
@@ -236,7 +319,7 @@ mod tests {
             .map(|group| {
                 group
                     .iter()
-                    .map(|p| (p.group.clone(), p.command.get_packed_command()))
+                    .map(|p| (p.group.clone(), p.command.clone()))
                     .collect()
             })
             .collect()
@@ -262,5 +345,11 @@ mod tests {
             vec![pending(Some("b"), 0), pending(Some("b"), 2)],
         ]);
         assert_eq!(ids(&split_by_group(batch)), expected);
+    }
+
+    #[test]
+    fn packed_commands_unpack_to_the_same_bytes() {
+        let packed = resp::pack(&["EVALSHA", "abc", "1", "quota:{t}", ""]);
+        assert_eq!(unpack(&packed).get_packed_command(), packed);
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! Buckets live in sharded maps; a shard that grows past its cap drops the
 //! buckets that have refilled completely (they hold no state worth keeping),
-//! so memory follows the number of keys that are actually hot.
+//! so memory follows the number of keys that are actually hot. A bucket is
+//! found by a seeded 64-bit hash of its key, not the key itself: no string
+//! is built or kept per event, and two keys meet in one bucket only if
+//! their hashes collide (about one pair in 2^32 with 2^16 hot keys alive).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -35,7 +38,7 @@ pub struct HotKeys {
 
 #[derive(Debug)]
 struct Shard {
-    buckets: HashMap<String, Bucket, RandomState>,
+    buckets: HashMap<u64, Bucket, RandomState>,
     /// Size at which the next sweep runs: doubled past what a sweep left,
     /// so a shard of keys that are all busy is not rescanned on every insert.
     sweep_at: usize,
@@ -60,14 +63,20 @@ impl HotKeys {
         }
     }
 
-    /// Takes one event from `key`'s bucket; false when it is empty.
-    pub fn take(&self, key: &str, now: Instant) -> bool {
-        // High bits pick the shard; the map inside uses the low ones.
-        let shard = &self.shards[(self.hasher.hash_one(key) >> 60) as usize % SHARDS];
+    /// Takes one event from the bucket of `token:distinct_id`; false when
+    /// it is empty.
+    pub fn take(&self, token: &str, distinct_id: &str, now: Instant) -> bool {
+        let mut hasher = self.hasher.build_hasher();
+        // `str`'s `Hash` ends each string, so the pair is unambiguous.
+        token.hash(&mut hasher);
+        distinct_id.hash(&mut hasher);
+        let key = hasher.finish();
+        // High bits pick the shard; the map inside hashes the key again.
+        let shard = &self.shards[(key >> 60) as usize % SHARDS];
         let mut shard = shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(bucket) = shard.buckets.get_mut(key) {
+        if let Some(bucket) = shard.buckets.get_mut(&key) {
             let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
             bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
             bucket.updated = now;
@@ -85,7 +94,7 @@ impl HotKeys {
             shard.sweep_at = (shard.buckets.len() * 2).max(SWEEP_AT);
         }
         shard.buckets.insert(
-            key.to_owned(),
+            key,
             Bucket {
                 tokens: self.burst - 1.0,
                 updated: now,
@@ -118,13 +127,16 @@ mod tests {
     fn a_hot_key_runs_dry_and_refills_while_others_pass() {
         let keys = HotKeys::new(10.0, 3);
         let start = Instant::now();
-        assert!((0..3).all(|_| keys.take("t:hot", start)));
-        assert!(!keys.take("t:hot", start));
-        assert!(keys.take("t:cold", start));
+        assert!((0..3).all(|_| keys.take("t", "hot", start)));
+        assert!(!keys.take("t", "hot", start));
+        assert!(keys.take("t", "cold", start));
+        // The pair, not the joined text, names the bucket.
+        assert!(keys.take("t:", "hot", start));
+        assert!(keys.take("t:h", "ot", start));
         // 10 per second: one more after 100 ms.
         let later = start + Duration::from_millis(100);
-        assert!(keys.take("t:hot", later));
-        assert!(!keys.take("t:hot", later));
+        assert!(keys.take("t", "hot", later));
+        assert!(!keys.take("t", "hot", later));
     }
 
     #[test]
@@ -133,7 +145,7 @@ mod tests {
         let start = Instant::now();
         let busy = SWEEP_AT * SHARDS * 2;
         for i in 0..busy {
-            keys.take(&format!("t:{i}"), start);
+            keys.take("t", &i.to_string(), start);
         }
         // Busy buckets (not yet refilled) are all kept.
         assert_eq!(keys.len(), busy);
@@ -141,7 +153,7 @@ mod tests {
         let later = start + Duration::from_secs(5);
         let mut inserted = 0;
         while keys.len() >= busy {
-            keys.take(&format!("u:{inserted}"), later);
+            keys.take("u", &inserted.to_string(), later);
             inserted += 1;
             assert!(inserted < busy, "no sweep after {inserted} new keys");
         }

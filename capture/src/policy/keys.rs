@@ -128,51 +128,73 @@ impl Keys {
 
     /// `quota-config:{token}`: the limits the operator wrote (a hash).
     pub fn quota_config(&self, token: &str) -> String {
-        self.tagged("quota-config:{", token, None)
+        self.quota_config_parts(token).concat()
     }
 
     /// `quota:{token}:{type}`: what remains of the window (a string).
     pub fn quota(&self, token: &str, kind: QuotaType) -> String {
-        self.tagged("quota:{", token, Some(kind))
+        self.quota_parts(token, kind).concat()
     }
 
     /// `rate:{token}:{type}`: the rate limiter's state (a string).
     pub fn rate(&self, token: &str, kind: QuotaType) -> String {
-        self.tagged("rate:{", token, Some(kind))
-    }
-
-    /// `{prefix}{name}{token}}` and `:{kind}` if given; built by hand, as
-    /// every policy check builds several.
-    fn tagged(&self, name: &str, token: &str, kind: Option<QuotaType>) -> String {
-        let kind = kind.map_or("", QuotaType::as_str);
-        let mut key =
-            String::with_capacity(self.prefix.len() + name.len() + token.len() + 2 + kind.len());
-        key.push_str(&self.prefix);
-        key.push_str(name);
-        key.push_str(token);
-        key.push('}');
-        if !kind.is_empty() {
-            key.push(':');
-            key.push_str(kind);
-        }
-        key
+        self.rate_parts(token, kind).concat()
     }
 
     /// `event:{token}:{distinct_id}:{event}:{id}`: a dedup marker.
     pub fn dedup(&self, token: &str, distinct_id: &str, event: &str, id: &str) -> String {
-        let mut key = String::with_capacity(
-            self.prefix.len() + 10 + token.len() + distinct_id.len() + event.len() + id.len(),
-        );
-        key.push_str(&self.prefix);
-        key.push_str("event:{");
-        key.push_str(token);
-        key.push_str("}:");
-        key.push_str(distinct_id);
-        key.push(':');
-        key.push_str(event);
-        key.push(':');
-        key.push_str(id);
-        key
+        self.dedup_parts(token, distinct_id, event, id).concat()
+    }
+
+    // The keys as pieces to join: every policy check writes several keys,
+    // and it writes them piece by piece into the packed command instead of
+    // building each as a string first.
+
+    /// [`Keys::quota_config`] in pieces.
+    pub fn quota_config_parts<'a>(&'a self, token: &'a str) -> [&'a str; 6] {
+        self.tagged("quota-config:{", token, None)
+    }
+
+    /// [`Keys::quota`] in pieces.
+    pub fn quota_parts<'a>(&'a self, token: &'a str, kind: QuotaType) -> [&'a str; 6] {
+        self.tagged("quota:{", token, Some(kind))
+    }
+
+    /// [`Keys::rate`] in pieces.
+    pub fn rate_parts<'a>(&'a self, token: &'a str, kind: QuotaType) -> [&'a str; 6] {
+        self.tagged("rate:{", token, Some(kind))
+    }
+
+    /// [`Keys::dedup`] in pieces.
+    pub fn dedup_parts<'a>(
+        &'a self,
+        token: &'a str,
+        distinct_id: &'a str,
+        event: &'a str,
+        id: &'a str,
+    ) -> [&'a str; 9] {
+        [
+            &self.prefix,
+            "event:{",
+            token,
+            "}:",
+            distinct_id,
+            ":",
+            event,
+            ":",
+            id,
+        ]
+    }
+
+    /// `{prefix}{name}{token}}` and `:{kind}` if given.
+    fn tagged<'a>(
+        &'a self,
+        name: &'static str,
+        token: &'a str,
+        kind: Option<QuotaType>,
+    ) -> [&'a str; 6] {
+        let (colon, kind) = kind.map_or(("", ""), |kind| (":", kind.as_str()));
+        [&self.prefix, name, token, "}", colon, kind]
     }
 }
 

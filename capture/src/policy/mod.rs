@@ -15,6 +15,8 @@ pub mod cli;
 mod coalesce;
 mod hot_keys;
 pub mod keys;
+mod pipe;
+mod resp;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -35,7 +37,7 @@ use crate::event::header;
 use crate::metrics as m;
 use crate::route::{DataType, Topics};
 use crate::sink::Message;
-use check::{CheckRequest, CheckedEvent, TypeCheck};
+use check::{CheckRequest, CheckedEvent, Marker, TypeCheck};
 
 /// What to do when Redis cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -241,7 +243,11 @@ impl Policy {
                 })?;
                 Some(RedisPolicy {
                     settings: redis.clone(),
-                    checks: coalesce::Coalescer::new(store.clone(), check::script()),
+                    checks: coalesce::Coalescer::new(
+                        store.clone(),
+                        pipe::Target::new(&redis.store),
+                        check::SOURCE,
+                    ),
                     store,
                     keys,
                     billing: redis
@@ -345,14 +351,19 @@ impl Policy {
             if message.kind == DataType::Recordings {
                 continue;
             }
-            pair.clear();
-            pair.push_str(token);
-            pair.push(':');
-            pair.push_str(header_value(message, header::DISTINCT_ID));
-            let (cause, over) = if forced_token || self.force_overflow.contains(&pair) {
+            let distinct_id = header_value(message, header::DISTINCT_ID);
+            let forced = forced_token
+                || (!self.force_overflow.is_empty() && {
+                    pair.clear();
+                    pair.push_str(token);
+                    pair.push(':');
+                    pair.push_str(distinct_id);
+                    self.force_overflow.contains(&pair)
+                });
+            let (cause, over) = if forced {
                 ("forced", true)
             } else if let Some(hot) = &self.hot_keys {
-                ("hot_key", !hot.take(&pair, now))
+                ("hot_key", !hot.take(token, distinct_id, now))
             } else {
                 ("", false)
             };
@@ -425,7 +436,7 @@ impl RedisPolicy {
         }
         let mut types: Vec<TypeCheck> = Vec::with_capacity(2);
         let mut type_index = vec![usize::MAX; messages.len()];
-        let mut markers: Vec<Option<String>> = vec![None; messages.len()];
+        let mut markers: Vec<Option<Marker<'_>>> = vec![None; messages.len()];
         for (i, message) in messages.iter().enumerate() {
             let kind = quota_type(message.kind);
             if let Some((_, action)) = local_limited.iter().find(|(k, _)| *k == kind) {
@@ -456,12 +467,11 @@ impl RedisPolicy {
                 && message.kind != DataType::Recordings
                 && let Some(id) = dedup_ids.get(i).and_then(Option::as_deref)
             {
-                markers[i] = Some(self.keys.dedup(
-                    token,
-                    header_value(message, header::DISTINCT_ID),
-                    header_value(message, header::EVENT),
+                markers[i] = Some(Marker {
+                    distinct_id: header_value(message, header::DISTINCT_ID),
+                    event: header_value(message, header::EVENT),
                     id,
-                ));
+                });
             }
         }
         if types.is_empty() {
@@ -476,7 +486,7 @@ impl RedisPolicy {
                     i,
                     CheckedEvent {
                         type_index: t,
-                        marker: markers[i].as_deref(),
+                        marker: markers[i],
                     },
                 )
             })
