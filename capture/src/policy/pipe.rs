@@ -16,12 +16,11 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -38,7 +37,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Target {
-    addr: Addr,
+    host: String,
+    port: u16,
     /// `AUTH` and `SELECT` as the URL asks, packed; sent before anything.
     prelude: Vec<u8>,
     /// How many replies the prelude gets.
@@ -47,16 +47,10 @@ pub struct Target {
     response_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
-enum Addr {
-    Tcp(String, u16),
-    Unix(PathBuf),
-}
-
 impl Target {
     /// The target for `settings`, when this connection can serve them: one
-    /// plain `redis://` (or `unix://`) server. `None` for a cluster or
-    /// anything else, which the `redis` crate serves.
+    /// plain `redis://` server. `None` for a cluster or anything else
+    /// (`rediss://`), which the `redis` crate serves.
     pub fn new(settings: &StoreSettings) -> Option<Target> {
         let [url] = settings.urls.as_slice() else {
             return None;
@@ -65,10 +59,8 @@ impl Target {
             return None;
         }
         let info = url.as_str().into_connection_info().ok()?;
-        let addr = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
-            ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
-            _ => return None,
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
         };
         let redis = info.redis_settings();
         let mut prelude = Vec::new();
@@ -85,7 +77,8 @@ impl Target {
             prelude_replies += 1;
         }
         Some(Target {
-            addr,
+            host: host.clone(),
+            port: *port,
             prelude,
             prelude_replies,
             connect_timeout: settings.connect_timeout,
@@ -114,8 +107,8 @@ enum State {
     Down {
         retry_at: Option<Instant>,
     },
-    Connecting(BoxFuture<'static, RedisResult<Stream>>),
-    Up(Stream),
+    Connecting(BoxFuture<'static, RedisResult<TcpStream>>),
+    Up(TcpStream),
 }
 
 /// The connection and the checks on it.
@@ -228,7 +221,7 @@ impl Pipe {
     /// cancelling it loses nothing.
     pub async fn progress(&mut self) {
         enum Event {
-            Connected(RedisResult<Stream>),
+            Connected(RedisResult<TcpStream>),
             Readable(io::Result<()>),
             Writable(io::Result<()>),
             Tick,
@@ -384,54 +377,12 @@ fn unavailable(what: &'static str) -> RedisError {
     RedisError::from((ErrorKind::Io, what))
 }
 
-/// A socket to Redis.
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    async fn readable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.readable().await,
-            Stream::Unix(s) => s.readable().await,
-        }
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.writable().await,
-            Stream::Unix(s) => s.writable().await,
-        }
-    }
-
-    fn try_read_buf(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
-            Stream::Unix(s) => s.try_read_buf(buf),
-        }
-    }
-
-    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_write(bytes),
-            Stream::Unix(s) => s.try_write(bytes),
-        }
-    }
-}
-
 /// Opens a socket to `target` and runs its prelude, within the connect
 /// timeout.
-async fn connect(target: Target) -> RedisResult<Stream> {
+async fn connect(target: Target) -> RedisResult<TcpStream> {
     let opening = async {
-        let stream = match &target.addr {
-            Addr::Tcp(host, port) => {
-                let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                stream.set_nodelay(true)?;
-                Stream::Tcp(stream)
-            }
-            Addr::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
-        };
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        stream.set_nodelay(true)?;
         let mut written = 0;
         while written < target.prelude.len() {
             stream.writable().await?;
@@ -502,7 +453,7 @@ mod tests {
     #[test]
     fn plain_standalone_servers_get_their_own_connection() {
         let target = Target::new(&settings(&["redis://:pw@h:7/2"], false)).expect("served");
-        assert!(matches!(&target.addr, Addr::Tcp(host, 7) if host == "h"));
+        assert_eq!((target.host.as_str(), target.port), ("h", 7));
         let mut prelude = resp::pack(&["AUTH", "pw"]);
         prelude.extend(resp::pack(&["SELECT", "2"]));
         assert_eq!(target.prelude, prelude);
