@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -300,13 +301,7 @@ impl Pipe {
                     }
                 }
                 Ok(None) => break,
-                Err(err) => {
-                    return self.broken(RedisError::from((
-                        ErrorKind::Parse,
-                        "malformed reply from redis",
-                        err.to_string(),
-                    )));
-                }
+                Err(err) => return self.broken(err.into()),
             }
         }
         self.input.drain(..used);
@@ -381,48 +376,29 @@ fn unavailable(what: &'static str) -> RedisError {
 /// timeout.
 async fn connect(target: Target) -> RedisResult<TcpStream> {
     let opening = async {
-        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
         stream.set_nodelay(true)?;
-        let mut written = 0;
-        while written < target.prelude.len() {
-            stream.writable().await?;
-            match stream.try_write(&target.prelude[written..]) {
-                Ok(n) => written += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
+        stream.write_all(&target.prelude).await?;
         let mut input = Vec::with_capacity(256);
         let mut used = 0;
         let mut replies = 0;
         while replies < target.prelude_replies {
-            match resp::parse(&input[used..]) {
-                Ok(Some((Reply::Error(text), _))) => {
+            match resp::parse(&input[used..])? {
+                Some((Reply::Error(text), _)) => {
                     return Err(RedisError::from((
                         ErrorKind::AuthenticationFailed,
                         "redis refused the connection's AUTH or SELECT",
                         text,
                     )));
                 }
-                Ok(Some((_, took))) => {
+                Some((_, took)) => {
                     used += took;
                     replies += 1;
                 }
-                Ok(None) => {
-                    stream.readable().await?;
-                    match stream.try_read_buf(&mut input) {
-                        Ok(0) => return Err(unavailable("redis closed the connection")),
-                        Ok(_) => {}
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(err) => return Err(err.into()),
+                None => {
+                    if stream.read_buf(&mut input).await? == 0 {
+                        return Err(unavailable("redis closed the connection"));
                     }
-                }
-                Err(err) => {
-                    return Err(RedisError::from((
-                        ErrorKind::Parse,
-                        "malformed reply from redis",
-                        err.to_string(),
-                    )));
                 }
             }
         }

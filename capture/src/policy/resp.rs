@@ -141,6 +141,16 @@ impl std::fmt::Display for Malformed {
     }
 }
 
+impl From<Malformed> for redis::RedisError {
+    fn from(err: Malformed) -> Self {
+        redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "malformed reply from redis",
+            err.0.to_owned(),
+        ))
+    }
+}
+
 /// Reads the first reply in `bytes`: the reply and how many bytes it took,
 /// or `None` when it has not arrived whole yet.
 pub fn parse(bytes: &[u8]) -> Result<Option<(Reply, usize)>, Malformed> {
