@@ -4,7 +4,7 @@
 //!   the event's JSON text into the `data` string);
 //! - parsing a 100-event `/batch` body (`parse::parse`);
 //! - parsing it and building every message (`parse` then
-//!   `process::analytics_messages`), as the request path does.
+//!   `process::analytics_candidates`), as the request path does.
 //!
 //! Prints nanoseconds per event, the best of five rounds; asserts nothing
 //! about timings.
@@ -85,9 +85,9 @@ fn main() {
             for i in 0..requests {
                 let payload = capture::parse::parse(&bodies[i % bodies.len()]).expect("parses");
                 if build {
-                    let prepared =
-                        capture::process::analytics_messages(payload, &ctx).expect("messages");
-                    black_box(prepared.messages.len());
+                    let candidates =
+                        capture::process::analytics_candidates(payload, &ctx).expect("messages");
+                    black_box(candidates.events.len());
                 } else {
                     black_box(payload.events.len());
                 }

@@ -608,6 +608,10 @@ impl Config {
                 quota_action: p.quota_action,
                 quota_recheck: p.quota_recheck_interval,
                 dedup_ttl: p.dedup.then_some(p.dedup_ttl),
+                // The longest a request waits between its check and its
+                // settle: the sink's deadline (message timeout and 5 s),
+                // a round trip to Redis each way, and room to spare.
+                hold: self.kafka.message_timeout + Duration::from_secs(10) + 2 * r.redis_timeout,
                 rate_limit: p.rate_limit,
                 rate_burst: p.rate_limit_burst,
                 billing_prefix: (p.quotas && p.billing_limits)

@@ -65,6 +65,14 @@ pub enum CaptureError {
     /// wrong.
     #[error("{0}")]
     Signature(#[from] crate::signing::SignatureError),
+    /// An event of the request is held by another request still waiting for
+    /// Kafka (a retry racing its original): sent again later, it is either
+    /// a duplicate of a delivered event or produced.
+    #[error("an event of this request is being captured by another request; retry after {}s", retry_secs(*retry_after))]
+    InFlight {
+        /// When the other request's hold lapses at the latest.
+        retry_after: std::time::Duration,
+    },
     /// Redis did not answer and policies fail closed.
     #[error("quota and rate limit checks are unavailable")]
     PolicyUnavailable,
@@ -108,9 +116,9 @@ impl CaptureError {
             CaptureError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             CaptureError::Token(_) | CaptureError::Signature(_) => StatusCode::UNAUTHORIZED,
             CaptureError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            CaptureError::Sink(_) | CaptureError::PolicyUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            CaptureError::Sink(_)
+            | CaptureError::PolicyUnavailable
+            | CaptureError::InFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CaptureError::RateLimited { .. } | CaptureError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -134,6 +142,7 @@ impl CaptureError {
             CaptureError::RateLimited { .. } => "rate_limited",
             CaptureError::QuotaExceeded { .. } => "quota_exceeded",
             CaptureError::PolicyUnavailable => "policy_unavailable",
+            CaptureError::InFlight { .. } => "in_flight",
         }
     }
 }
@@ -160,6 +169,11 @@ impl IntoResponse for CaptureError {
             CaptureError::RateLimited { retry_after }
             | CaptureError::QuotaExceeded { retry_after } => {
                 Some(HeaderValue::from(retry_secs(*retry_after)))
+            }
+            // The other request usually settles within a round trip to
+            // Kafka; its hold is only the bound.
+            CaptureError::InFlight { retry_after } => {
+                Some(HeaderValue::from(retry_secs(*retry_after).min(5)))
             }
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(HeaderValue::from_static("5")),
             _ => None,

@@ -11,12 +11,15 @@
 //! - [`decode`]: body bytes to JSON bytes (gzip, lz64, base64, forms);
 //!   [`lzstring`] is its bounded lz-string decompressor.
 //! - [`parse`]: JSON to events and the request's token.
-//! - [`process`]: validation and enrichment into messages; [`recordings`]
-//!   does the same for `/s`.
+//! - [`process`]: validation and enrichment into one candidate per event,
+//!   with its message; [`recordings`] does the same for `/s`.
+//! - [`verdict`]: each event's candidate and verdict, from parsing to
+//!   Kafka's answer; the HTTP answer renders them.
 //! - [`event`]: the Kafka message contract (value, key, headers).
 //! - [`route`]: data types and their topics.
 //! - [`policy`]: quotas, deduplication, rate limits and overflow (Redis and
-//!   local state), and the quota admin library.
+//!   local state), reserved at check and settled once the sink answered,
+//!   and the quota admin library.
 //! - [`runtime_config`]: the document the operator renders and capture
 //!   reloads (token policies, restrictions, plugins, limits, routing);
 //!   [`live`] keeps the one in force and reloads it.
@@ -48,6 +51,7 @@ pub mod sink;
 pub mod timestamp;
 pub mod tls;
 pub mod token;
+pub mod verdict;
 
 pub use config::Config;
 pub use event::CapturedEvent;

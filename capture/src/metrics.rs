@@ -34,6 +34,13 @@ pub const KAFKA_TX_MESSAGES: &str = "capture_kafka_tx_messages_total";
 pub const KAFKA_TX_BYTES: &str = "capture_kafka_tx_bytes_total";
 /// Errors reported by the Kafka client.
 pub const KAFKA_CLIENT_ERRORS: &str = "capture_kafka_client_errors_total";
+/// Fatal producer errors; each replaces the producer with a new one.
+pub const KAFKA_PRODUCER_FATAL: &str = "capture_kafka_producer_fatal_errors_total";
+/// Deliveries refused for their topic, by `error` (`unknown_topic`,
+/// `not_authorized`).
+pub const KAFKA_TOPIC_ERRORS: &str = "capture_kafka_topic_errors_total";
+/// Topics Kafka currently refuses (readiness fails while above 0).
+pub const KAFKA_TOPICS_FAILING: &str = "capture_kafka_topics_failing";
 /// Tasks alive in the async runtime.
 pub const RUNTIME_ALIVE_TASKS: &str = "capture_runtime_alive_tasks";
 /// Quota checks by `event_type` and `source` (`redis`, or `local` for
@@ -47,6 +54,15 @@ pub const EVENTS_RATE_LIMITED: &str = "capture_events_rate_limited_total";
 pub const EVENTS_OVERFLOWED: &str = "capture_events_overflowed_total";
 /// Events dropped as duplicates.
 pub const EVENTS_DUPLICATE: &str = "capture_events_duplicate_total";
+/// Events of requests refused because another request held one of them
+/// (its dedup marker pending while that request waited for Kafka).
+pub const EVENTS_IN_FLIGHT: &str = "capture_events_in_flight_elsewhere_total";
+/// Events whose policy reservations (marker, quota, rate) were given back
+/// because the sink did not acknowledge them.
+pub const POLICY_RELEASED_EVENTS: &str = "capture_policy_released_events_total";
+/// Settle round trips (commit delivered, give back the rest) by `result`
+/// (`ok`, `error`).
+pub const POLICY_SETTLES: &str = "capture_policy_settles_total";
 /// Time of the policy round trip to Redis.
 pub const REDIS_SECONDS: &str = "capture_redis_duration_seconds";
 /// Failed policy round trips by `kind` (`error`, `timeout`).
@@ -134,6 +150,30 @@ fn describe() {
         "Events acknowledged by the sink, by data type"
     );
     describe_counter!(EVENTS_DROPPED, "Events not produced, by cause");
+    describe_counter!(
+        KAFKA_PRODUCER_FATAL,
+        "Fatal Kafka producer errors, each answered by a new producer"
+    );
+    describe_counter!(
+        KAFKA_TOPIC_ERRORS,
+        "Deliveries Kafka refused for their topic, by error"
+    );
+    describe_gauge!(
+        KAFKA_TOPICS_FAILING,
+        "Topics Kafka currently refuses; readiness fails while above 0"
+    );
+    describe_counter!(
+        EVENTS_IN_FLIGHT,
+        "Events refused because another request held them while waiting for Kafka"
+    );
+    describe_counter!(
+        POLICY_RELEASED_EVENTS,
+        "Events whose policy reservations were given back because the sink did not acknowledge them"
+    );
+    describe_counter!(
+        POLICY_SETTLES,
+        "Policy settle round trips to Redis by result"
+    );
     describe_histogram!(
         SINK_ACK_SECONDS,
         "Time for a request's messages to be acknowledged"

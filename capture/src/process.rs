@@ -1,4 +1,5 @@
-//! Validation and enrichment: from a [`Payload`] to the messages to produce.
+//! Validation and enrichment: from a [`Payload`] to the events' candidates
+//! (see [`crate::verdict`]), each with the message to produce.
 //!
 //! Every event of a request is checked before any message is built, so a
 //! request is either accepted whole or refused whole: a 400 never leaves half
@@ -17,10 +18,11 @@ use uuid::Uuid;
 use crate::error::CaptureError;
 use crate::event::CapturedEvent;
 use crate::parse::{EventFields, Payload, as_bool, as_i64, as_str, present, request_token};
-use crate::plugins::{Event, Verdict};
+use crate::plugins::{self, Event};
 use crate::route::{DataType, Topics};
 use crate::sink::Message;
 use crate::timestamp::{self, ClientTime};
+use crate::verdict::{Candidate, Candidates, DedupId, Verdict};
 
 /// Longest distinct id kept, in characters; longer ones are truncated.
 pub const MAX_DISTINCT_ID_CHARS: usize = 200;
@@ -72,34 +74,18 @@ pub struct RequestContext<'a> {
     pub runtime: &'a crate::live::Applied,
 }
 
-/// A request's messages, with what deduplication keys each one on.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    /// One message per event.
-    pub messages: Vec<Message>,
-    /// Per message (empty unless [`RequestContext::dedup_ids`]), the
-    /// client's own id for it: its `uuid`, else its
-    /// `timestamp` text; `None` when the client sent neither (a server-made
-    /// uuid never repeats, so there is nothing to deduplicate on).
-    pub dedup_ids: Vec<Option<String>>,
-}
-
-/// Builds one message per analytics event of the payload.
-pub fn analytics_messages(
+/// Builds one candidate per analytics event of the payload: its message,
+/// or, when a plugin dropped it, the reason.
+pub fn analytics_candidates(
     payload: Payload<'_>,
     ctx: &RequestContext<'_>,
-) -> Result<Prepared, CaptureError> {
+) -> Result<Candidates, CaptureError> {
     let token = request_token(&payload)?;
     ctx.runtime.check_token(&token)?;
     let sent_at = payload.sent_at.or(ctx.query_sent_at);
     let now_text = timestamp::format(ctx.now);
     let sent_at_text = sent_at.map(timestamp::format);
-    let mut messages = Vec::with_capacity(payload.events.len());
-    let mut dedup_ids = Vec::with_capacity(if ctx.dedup_ids {
-        payload.events.len()
-    } else {
-        0
-    });
+    let mut events = Vec::with_capacity(payload.events.len());
     for (index, event) in payload.events.iter().enumerate() {
         let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
         let fields = &event.fields;
@@ -118,25 +104,28 @@ pub fn analytics_messages(
         let mut kind = DataType::for_event(&name, payload.historical_migration);
         let mut topic = Arc::clone(ctx.topics.topic(kind));
         let mut keyed = true;
+        let mut verdict = Verdict::Accepted;
         let mut ip = ctx.ip.clone();
         let data = if ctx.runtime.pipeline.is_empty() {
             data
         } else {
             let mut event = Event::new(&token, &name, &distinct_id, &mut ip, data);
-            let (verdict, by) = ctx.runtime.pipeline.run(&mut event);
+            let (decision, by) = ctx.runtime.pipeline.run(&mut event);
             let data = event.into_body();
-            let dropped = verdict == Verdict::Drop;
-            let label = match verdict {
-                Verdict::Keep => None,
-                Verdict::Drop => Some("drop"),
-                Verdict::Overflow => {
+            let dropped = decision == plugins::Verdict::Drop;
+            let label = match decision {
+                plugins::Verdict::Keep => None,
+                plugins::Verdict::Drop => Some("drop"),
+                plugins::Verdict::Overflow => {
                     kind = DataType::Overflow;
                     topic = Arc::clone(&ctx.topics.overflow);
                     keyed = false;
+                    verdict = Verdict::Overflowed;
                     Some("overflow")
                 }
-                Verdict::Topic(to) => {
+                plugins::Verdict::Topic(to) => {
                     topic = to;
+                    verdict = Verdict::Rerouted;
                     Some("redirect")
                 }
             };
@@ -145,20 +134,25 @@ pub fn analytics_messages(
                     .increment(1);
             }
             if dropped {
+                events.push(Candidate::dropped(kind, distinct_id, by));
                 continue;
             }
             data
         };
-        if ctx.dedup_ids {
-            dedup_ids.push(if present(fields.uuid).is_some() {
-                Some(uuid.to_string())
-            } else {
-                fields.timestamp.and_then(as_str).map(Cow::into_owned)
-            });
+        let dedup = if !ctx.dedup_ids {
+            None
+        } else if present(fields.uuid).is_some() {
+            Some(uuid.to_string())
+        } else {
+            fields.timestamp.and_then(as_str).map(Cow::into_owned)
         }
+        .map(|id| DedupId {
+            event: name.clone(),
+            id,
+        });
         let captured = CapturedEvent {
             uuid,
-            distinct_id,
+            distinct_id: distinct_id.clone(),
             ip,
             data,
             now: now_text.clone(),
@@ -171,12 +165,11 @@ pub fn analytics_messages(
         let key = keyed.then(|| captured.key());
         let message = captured.into_message(kind, topic, key);
         check_size(&message, ctx.max_message_bytes)?;
-        messages.push(message);
+        let mut candidate = Candidate::new(message, distinct_id, dedup);
+        candidate.verdict = verdict;
+        events.push(candidate);
     }
-    Ok(Prepared {
-        messages,
-        dedup_ids,
-    })
+    Ok(Candidates { token, events })
 }
 
 /// The event's time from its `timestamp` and `offset`, corrected by the
@@ -288,7 +281,15 @@ mod tests {
     fn run(body: serde_json::Value, endpoint: Endpoint) -> Result<Vec<Message>, CaptureError> {
         let topics = Topics::default();
         let text = body.to_string();
-        analytics_messages(parse(&text)?, &ctx(&topics, endpoint)).map(|p| p.messages)
+        analytics_candidates(parse(&text)?, &ctx(&topics, endpoint)).map(messages)
+    }
+
+    fn messages(candidates: Candidates) -> Vec<Message> {
+        candidates
+            .events
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect()
     }
 
     fn value(message: &Message) -> CapturedEvent<'static> {
@@ -347,10 +348,10 @@ mod tests {
         let topics = Topics::default();
         let event = r#"{ "z": 1, "event":"e" ,"distinct_id":"d","n":12345678901234567890123,"s":"\u00e9\/","token":"phc_t"}"#;
         let body = format!("[{event} ]");
-        let messages =
-            analytics_messages(parse(&body).expect("parse"), &ctx(&topics, Endpoint::Event))
-                .expect("valid")
-                .messages;
+        let messages = messages(
+            analytics_candidates(parse(&body).expect("parse"), &ctx(&topics, Endpoint::Event))
+                .expect("valid"),
+        );
         assert_eq!(value(&messages[0]).data, event);
     }
 
@@ -364,14 +365,21 @@ mod tests {
             {"event": "c", "distinct_id": "u"},
         ]})
         .to_string();
+        let ids = |candidates: Candidates| -> Vec<Option<(String, String)>> {
+            candidates
+                .events
+                .into_iter()
+                .map(|e| e.dedup.map(|d| (d.event, d.id)))
+                .collect()
+        };
         let prepared =
-            analytics_messages(parse(&body).expect("parse"), &ctx(&topics, Endpoint::Batch))
+            analytics_candidates(parse(&body).expect("parse"), &ctx(&topics, Endpoint::Batch))
                 .expect("valid");
         assert_eq!(
-            prepared.dedup_ids,
+            ids(prepared),
             [
-                Some(uuid.to_owned()),
-                Some("2024-01-01T00:00:01Z".to_owned()),
+                Some(("a".to_owned(), uuid.to_owned())),
+                Some(("b".to_owned(), "2024-01-01T00:00:01Z".to_owned())),
                 None
             ]
         );
@@ -379,9 +387,10 @@ mod tests {
             dedup_ids: false,
             ..ctx(&topics, Endpoint::Batch)
         };
-        let prepared = analytics_messages(parse(&body).expect("parse"), &without).expect("valid");
-        assert!(
-            prepared.dedup_ids.is_empty(),
+        let prepared = analytics_candidates(parse(&body).expect("parse"), &without).expect("valid");
+        assert_eq!(
+            ids(prepared),
+            [None, None, None],
             "no ids collected when dedup is off"
         );
     }
@@ -469,7 +478,7 @@ mod tests {
             max_message_bytes: 1000,
             ..ctx(&topics, Endpoint::Event)
         };
-        let err = analytics_messages(payload, &small).expect_err("too large");
+        let err = analytics_candidates(payload, &small).expect_err("too large");
         assert_eq!(err.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

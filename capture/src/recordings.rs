@@ -13,8 +13,8 @@ use crate::event::{CapturedEvent, header};
 use crate::parse::{Payload, as_str, request_token};
 use crate::process::{RequestContext, check_size, distinct_id, event_time, event_uuid};
 use crate::route::DataType;
-use crate::sink::Message;
 use crate::timestamp;
+use crate::verdict::{Candidate, Candidates};
 
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_CHARS: usize = 70;
@@ -42,11 +42,11 @@ struct SnapshotProperties<'a> {
     items: Vec<&'a RawValue>,
 }
 
-/// Builds the one message for a recordings request.
-pub fn recording_message(
+/// Builds the one candidate of a recordings request: its one message.
+pub fn recording_candidates(
     payload: Payload<'_>,
     ctx: &RequestContext<'_>,
-) -> Result<Message, CaptureError> {
+) -> Result<Candidates, CaptureError> {
     let token = request_token(&payload)?;
     ctx.runtime.check_token(&token)?;
     let first = payload
@@ -117,12 +117,12 @@ pub fn recording_message(
 
     let captured = CapturedEvent {
         uuid,
-        distinct_id,
+        distinct_id: distinct_id.clone(),
         ip: ctx.ip.clone(),
         data: data.into(),
         now: timestamp::format(ctx.now),
         sent_at: sent_at.map(timestamp::format),
-        token,
+        token: token.clone(),
         event: "$snapshot_items".into(),
         timestamp: timestamp::format(ts),
         is_cookieless_mode: false,
@@ -135,7 +135,12 @@ pub fn recording_message(
     );
     message.headers.push((header::SESSION_ID, session_id));
     check_size(&message, ctx.max_message_bytes)?;
-    Ok(message)
+    // Recordings are neither deduplicated nor moved by hot keys: one
+    // message per request, keyed by session.
+    Ok(Candidates {
+        token,
+        events: vec![Candidate::new(message, distinct_id, None)],
+    })
 }
 
 fn validate_session_id(session_id: &str) -> Result<(), CaptureError> {
@@ -162,6 +167,7 @@ mod tests {
     use crate::parse::parse;
     use crate::process::Endpoint;
     use crate::route::Topics;
+    use crate::sink::Message;
 
     use super::*;
 
@@ -177,7 +183,12 @@ mod tests {
             dedup_ids: false,
             runtime: crate::live::Applied::empty(),
         };
-        recording_message(parse(&body.to_string())?, &ctx)
+        let mut candidates = recording_candidates(parse(&body.to_string())?, &ctx)?;
+        Ok(candidates
+            .events
+            .pop()
+            .and_then(|e| e.message)
+            .expect("one message"))
     }
 
     fn snapshot(session: &str, data: Value) -> Value {

@@ -3,8 +3,10 @@
 //!
 //! [`app`] builds the whole router from an [`AppState`], so tests drive it
 //! with `tower::ServiceExt::oneshot` and no socket. The pipeline is
-//! read body -> decode -> parse -> validate and enrich -> sink, and the
-//! response is sent only after the sink acknowledged every message.
+//! read body -> decode -> parse -> validate and enrich (one candidate per
+//! event) -> policies -> sink -> settle, and the response renders the
+//! events' verdicts (see [`crate::verdict`]): 200 only when every event to
+//! produce was acknowledged.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,13 +32,14 @@ use crate::decode::{DecodeLimits, Encoded, decode};
 use crate::error::CaptureError;
 use crate::metrics as m;
 use crate::parse::parse;
-use crate::policy::{Outcome, Policy};
-use crate::process::{Endpoint, Prepared, RequestContext, analytics_messages};
-use crate::recordings::recording_message;
+use crate::policy::Policy;
+use crate::process::{Endpoint, RequestContext, analytics_candidates};
+use crate::recordings::recording_candidates;
 use crate::route::{DataType, Topics};
-use crate::sink::{Health, Sink};
+use crate::sink::{Health, Sink, SinkError};
 use crate::timestamp;
 use crate::token::Masked;
+use crate::verdict::{Answer, Candidates, Verdict};
 
 /// The capture endpoints; each is served with and without a trailing slash.
 pub const CAPTURE_ROUTES: [(&str, Endpoint); 7] = [
@@ -242,7 +245,20 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     } else {
         StatusCode::OK
     };
-    let result = handle(&state, endpoint, req, query).await;
+    // On a task of its own, so a client that goes away does not cancel the
+    // request half way: once its policies reserved something in Redis, it
+    // runs on to the settle, whatever happens to the connection.
+    let task = {
+        let state = state.clone();
+        let work = async move { handle(&state, endpoint, req, query).await };
+        // The request's span (its request id) goes along into the task.
+        tokio::spawn(tracing::Instrument::in_current_span(work))
+    };
+    let result = match task.await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(CaptureError::Sink(SinkError::Timeout)),
+    };
     let status = result
         .as_ref()
         .map_or_else(CaptureError::status, |_| success);
@@ -252,13 +268,13 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(_) if success == StatusCode::NO_CONTENT => success.into_response(),
-        Ok(outcome) if outcome.quota_limited.is_empty() => {
+        Ok(answer) if answer.quota_limited.is_empty() => {
             ([(header::CONTENT_TYPE, "application/json")], SUCCESS_BODY).into_response()
         }
-        Ok(outcome) => {
+        Ok(answer) => {
             // PostHog's shape, `status` first: {"status":"Ok","quota_limited":["events"]}.
             let mut body = String::from(r#"{"status":"Ok","quota_limited":["#);
-            for (i, kind) in outcome.quota_limited.iter().enumerate() {
+            for (i, kind) in answer.quota_limited.iter().enumerate() {
                 if i > 0 {
                     body.push(',');
                 }
@@ -283,7 +299,7 @@ async fn handle(
     endpoint: Endpoint,
     req: Request,
     query: CaptureQuery,
-) -> Result<Outcome, CaptureError> {
+) -> Result<Answer, CaptureError> {
     let inner = &state.0;
     let now = inner.clock.now();
     let (parts, body) = req.into_parts();
@@ -339,61 +355,81 @@ async fn handle(
         dedup_ids: inner.policy.dedups(&runtime.overrides),
         runtime: &runtime,
     };
-    let produced = async {
-        let Prepared {
-            mut messages,
-            dedup_ids,
-        } = match endpoint {
-            Endpoint::Recordings => Prepared {
-                messages: vec![recording_message(payload, &ctx)?],
-                dedup_ids: Vec::new(),
-            },
-            _ => analytics_messages(payload, &ctx)?,
-        };
-        let outcome = inner
-            .policy
-            .apply(
-                &mut messages,
-                &dedup_ids,
-                &runtime.topics,
-                now,
-                &runtime.overrides,
-            )
-            .await?;
-        if messages.is_empty() {
-            return Ok(outcome);
-        }
-        // Only for the debug line below: not copied unless it is logged.
-        let token = tracing::enabled!(tracing::Level::DEBUG)
-            .then(|| messages.first().and_then(|m| m.headers.first()))
-            .flatten()
-            .map(|(_, t)| t.clone())
-            .unwrap_or_default();
-        // Per data type, so the counters are touched once per request.
-        let mut produced: Vec<(DataType, u64)> = Vec::with_capacity(2);
-        for message in &messages {
-            match produced.iter_mut().find(|(kind, _)| *kind == message.kind) {
-                Some((_, count)) => *count += 1,
-                None => produced.push((message.kind, 1)),
-            }
-        }
-        inner.sink.send(messages).await.map_err(|err| {
-            metrics::counter!(m::SINK_ERRORS, "sink" => inner.sink.name(), "error" => err.label())
-                .increment(1);
-            CaptureError::from(err)
-        })?;
-        for (kind, count) in produced {
-            metrics::counter!(m::EVENTS_PRODUCED, "data_type" => kind.label()).increment(count);
-        }
-        tracing::debug!(token = %Masked(&token), events, "request accepted");
-        Ok(outcome)
-    };
-    produced.await.inspect_err(|err: &CaptureError| {
+    let mut request = match endpoint {
+        Endpoint::Recordings => recording_candidates(payload, &ctx),
+        _ => analytics_candidates(payload, &ctx),
+    }
+    .inspect_err(|err| {
         metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(events as u64);
         if let Some(verified) = &signed {
             inner.replays.forget(verified);
         }
-    })
+    })?;
+    let answer = deliver(inner, &mut request, &runtime, now).await;
+    if let Err(err) = &answer {
+        let not_produced = request
+            .events
+            .iter()
+            .filter(|e| e.verdict == Verdict::Failed || e.verdict.produces())
+            .count();
+        metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(not_produced as u64);
+        if let Some(verified) = &signed {
+            inner.replays.forget(verified);
+        }
+    } else {
+        tracing::debug!(token = %Masked(&request.token), events, "request accepted");
+    }
+    answer
+}
+
+/// Policies, sink, settle: sets every event's final verdict and renders the
+/// v0 answer from them.
+async fn deliver(
+    inner: &Inner,
+    request: &mut Candidates,
+    runtime: &crate::live::Applied,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Answer, CaptureError> {
+    let reservation = inner
+        .policy
+        .check(request, &runtime.topics, now, &runtime.overrides)
+        .await?;
+    let mut error = None;
+    if request.any_to_produce() {
+        let messages = request.take_messages();
+        // Per data type, so the counters are touched once per request.
+        let mut kinds: Vec<(DataType, u64)> = Vec::with_capacity(2);
+        let sent: Vec<DataType> = messages.iter().map(|m| m.kind).collect();
+        let delivery = inner.sink.send(messages).await;
+        for (kind, acked) in sent.into_iter().zip(&delivery.acked) {
+            if !*acked {
+                continue;
+            }
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, count)) => *count += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        for (kind, count) in kinds {
+            metrics::counter!(m::EVENTS_PRODUCED, "data_type" => kind.label()).increment(count);
+        }
+        request.delivered(&delivery);
+        error = delivery.error;
+    }
+    // Before answering: a client told 503 may send again at once, and its
+    // retry must find the markers released and the quota given back.
+    if let Some(reservation) = reservation {
+        inner.policy.settle(request, reservation).await;
+    }
+    match (request.answer(), error) {
+        (Some(answer), None) => Ok(answer),
+        (_, error) => {
+            let err = error.unwrap_or(SinkError::Timeout);
+            metrics::counter!(m::SINK_ERRORS, "sink" => inner.sink.name(), "error" => err.label())
+                .increment(1);
+            Err(CaptureError::from(err))
+        }
+    }
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, CaptureError> {

@@ -66,6 +66,11 @@ pub enum StartError {
     },
 }
 
+/// How long before the drain deadline the sink gives up on what it has not
+/// acknowledged, so the requests waiting for it are still answered (503)
+/// before their connections are closed.
+const ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeSettings {
@@ -192,6 +197,8 @@ pub async fn run(
     let delay = config.http.shutdown_delay;
     let drain_started = Arc::new(std::sync::OnceLock::new());
     let started = Arc::clone(&drain_started);
+    let abandoned = Arc::clone(&sink);
+    let timeout = config.http.shutdown_timeout;
     serve(listener, app(state), settings, tls, async move {
         shutdown.await;
         draining.begin_shutdown();
@@ -199,6 +206,15 @@ pub async fn run(
         tokio::time::sleep(delay).await;
         let _ = started.set(Instant::now());
         tracing::info!("stopped accepting; draining in-flight requests");
+        // Requests still waiting for Kafka near the drain deadline (during
+        // an outage they would wait for the message timeout) are answered
+        // 503 instead of having their connections closed unanswered.
+        let answer_by = timeout.saturating_sub(ANSWER_MARGIN.min(timeout / 4));
+        tokio::spawn(async move {
+            tokio::time::sleep(answer_by).await;
+            tracing::warn!("drain deadline near; giving up on events kafka has not acknowledged");
+            abandoned.abandon();
+        });
     })
     .await;
     let spent = drain_started.get().map_or(Duration::ZERO, Instant::elapsed);

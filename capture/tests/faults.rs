@@ -212,3 +212,54 @@ async fn received_events(metrics_url: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// An idempotent producer that lost its sequence with the broker hits a
+/// fatal error, after which librdkafka refuses every produce. Capture
+/// notices, builds a new producer in the same process, and takes events
+/// again; nothing answered 200 is missing from the topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fatal_producer_error_is_recovered_from_without_a_restart() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let capture = mock_capture(&cluster, &["--kafka-message-timeout", "3s"]);
+    let pid = capture.pid();
+    let (status, _, text) = send(capture.url("/e"), event("before")).await;
+    assert_eq!(status, 200, "{text}");
+
+    // The head-of-line produce request fails with a sequence error: fatal
+    // for an idempotent producer.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let (status, _, text) = send(capture.url("/e"), event("fatal")).await;
+    assert_eq!(status, 503, "{text}");
+    capture.wait_for_log("kafka producer unusable after a fatal error");
+    capture.wait_for_log("new kafka producer in use");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, text) = send(capture.url("/e"), event("after")).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(Instant::now() < deadline, "no 200 after the fatal error");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for_readiness(&capture, 200).await;
+    assert_eq!(capture.pid(), pid, "the same process");
+    let metrics = reqwest::get(capture.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "capture_kafka_producer_fatal_errors_total 1"),
+        "{metrics}"
+    );
+}

@@ -266,18 +266,26 @@ async fn concurrent_checks_of_different_tokens_each_get_their_own_answer() {
     }
     let node = Node::start(&redis.url(), &prefix, &["--dedup"]);
     let sent = 24;
+    let node = &node;
     let requests = tokens.iter().flat_map(|(token, _)| {
-        (0..sent).map(|n| {
+        (0..sent).map(move |n| async move {
             // Every fourth request repeats the event before it: a duplicate.
             let uuid = uuid::Uuid::from_u128((n - n % 4 / 3) as u128 + 1);
-            node.batch(
-                token,
-                vec![json!({"event": "e", "distinct_id": "u", "uuid": uuid.to_string()})],
-            )
+            let event = json!({"event": "e", "distinct_id": "u", "uuid": uuid.to_string()});
+            // A copy racing its original is told to retry (503 in_flight)
+            // until the original settled, as an SDK would.
+            for _ in 0..50 {
+                let reply = node.batch(token, vec![event.clone()]).await;
+                if reply.status != 503 || reply.body["code"] != "in_flight" {
+                    return reply;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("a duplicate was held for over a second");
         })
     });
     let replies = futures::future::join_all(requests).await;
-    assert!(replies.iter().all(|r| r.status == 200));
+    assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
     let lines = node.lines();
     for (token, limit) in &tokens {
         // 24 requests, 6 of them duplicates: 18 distinct events.

@@ -1,5 +1,7 @@
-//! A request's Redis check: `check.lua` run with the request's keys and
-//! settings, and its answer read back into Rust types.
+//! A request's Redis round trips: `policy.lua` run with the request's keys
+//! and settings, once to check and reserve, and once more (only when
+//! something must be committed or given back) to settle; and the script's
+//! answers read back into Rust types.
 //!
 //! The script is sent by hash (`EVALSHA`) and loaded on the first miss, so a
 //! request costs one small command once each server has it. Concurrent
@@ -13,15 +15,15 @@ use super::coalesce::Coalescer;
 use super::keys::{Keys, QuotaType};
 use super::resp::Packer;
 
-/// The policy script.
-pub const SOURCE: &str = include_str!("check.lua");
+/// The policy script: check (and reserve) or settle.
+pub const SOURCE: &str = include_str!("policy.lua");
 
-/// What happens to one event.
+/// What the script decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Produce it to its topic.
     Accept,
-    /// Already seen within the dedup TTL: drop it.
+    /// Already captured within the dedup TTL: drop it.
     Duplicate,
     /// Over its quota: drop it.
     OverQuota,
@@ -110,29 +112,50 @@ pub struct CheckRequest<'a> {
     pub token: &'a str,
     /// Server time, unix milliseconds.
     pub now_ms: i64,
+    /// Written into the dedup markers this check reserves, so only this
+    /// request's settle removes them.
+    pub reservation: u64,
+    /// How long a reserved marker lives unless settled first.
+    pub hold: Duration,
     /// The types present, at most nine.
     pub types: &'a [TypeCheck],
     /// The events, in request order.
     pub events: &'a [CheckedEvent<'a>],
-    /// Dedup marker lifetime.
-    pub dedup_ttl: Duration,
     /// Default over-quota action.
     pub quota_action: QuotaAction,
     /// Rate limit action.
     pub rate_action: RateAction,
 }
 
-/// The script's answer.
+/// What a check charged one type, to give back for events not delivered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Charge {
+    /// Whether each accepted or overflowed event took one unit of quota.
+    pub quota: bool,
+    /// Milliseconds of rate budget each accepted event took (0: none).
+    pub interval_ms: f64,
+}
+
+/// The script's answer to a check.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    /// Per-event decisions, and the types left with nothing this window.
+pub enum Reply {
+    /// Per-event decisions, what each type was charged, and the types left
+    /// with nothing this window.
     Decided {
         /// One per event, in order.
         decisions: Vec<Decision>,
+        /// Per type of the request, in its order.
+        charges: Vec<Charge>,
         /// Exhausted types and how long until their windows end.
         exhausted: Vec<(QuotaType, Duration)>,
         /// The token's over-quota action.
         action: QuotaAction,
+    },
+    /// An event of the request is held by another request still waiting
+    /// for Kafka: nothing was charged; the request must be sent again.
+    InFlight {
+        /// Until that reservation lapses at the latest.
+        retry_after: Duration,
     },
     /// Some events are over quota and the token's action is `reject`.
     OverQuota {
@@ -152,7 +175,7 @@ pub async fn run(
     coalescer: &Coalescer,
     keys: &Keys,
     request: &CheckRequest<'_>,
-) -> RedisResult<Verdict> {
+) -> RedisResult<Reply> {
     let reply = coalescer
         .run(request.token, command(coalescer.script(), keys, request))
         .await?;
@@ -167,8 +190,8 @@ fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Vec<u8> 
     let token = request.token;
     let markers = request.events.iter().filter(|e| e.marker.is_some()).count();
     let key_count = 1 + 2 * request.types.len() + markers;
-    let args = 3 + key_count + 5 + 4 * request.types.len() + 2;
-    let mut command = Packer::new(args, 64 * key_count + 3 * request.events.len() + 160);
+    let args = 3 + key_count + 7 + 4 * request.types.len() + 2;
+    let mut command = Packer::new(args, 64 * key_count + 3 * request.events.len() + 200);
     command
         .arg("EVALSHA")
         .arg(script.get_hash())
@@ -197,8 +220,10 @@ fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Vec<u8> 
         }
     }
     command
+        .arg("check")
         .int(request.now_ms)
-        .int(request.dedup_ttl.as_secs().max(1) as i64)
+        .int(request.hold.as_millis().max(1) as i64)
+        .int(request.reservation as i64)
         .int(request.types.len() as i64)
         .arg(request.quota_action.as_str())
         .arg(match request.rate_action {
@@ -216,14 +241,111 @@ fn command(script: &Script, keys: &Keys, request: &CheckRequest<'_>) -> Vec<u8> 
     command.finish()
 }
 
-fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
-    let malformed = |what: &str| {
-        redis::RedisError::from((
-            redis::ErrorKind::Parse,
-            "unexpected policy script reply",
-            what.to_owned(),
-        ))
-    };
+/// What one request gives back or confirms once its events' fates are
+/// known.
+#[derive(Debug)]
+pub struct SettleRequest<'a> {
+    /// The request's token.
+    pub token: &'a str,
+    /// Server time, unix milliseconds.
+    pub now_ms: i64,
+    /// The id its check wrote into the markers it reserved.
+    pub reservation: u64,
+    /// Lifetime of a committed marker.
+    pub dedup_ttl: Duration,
+    /// Per type: its kind, what its check charged, and how many events
+    /// not delivered took quota and rate budget.
+    pub refunds: &'a [Refund],
+    /// The reserved markers: commit (delivered) or release (not).
+    pub markers: &'a [(Marker<'a>, bool)],
+}
+
+/// What to give back to one type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refund {
+    /// Which type.
+    pub kind: QuotaType,
+    /// Events not delivered that took a unit of quota.
+    pub quota: u64,
+    /// Events not delivered that took rate budget.
+    pub rate: u64,
+    /// Their rate budget per event, milliseconds.
+    pub interval_ms: f64,
+}
+
+impl SettleRequest<'_> {
+    /// Whether there is anything to do in Redis.
+    pub fn is_empty(&self) -> bool {
+        self.markers.is_empty() && self.refunds.iter().all(|r| r.quota == 0 && r.rate == 0)
+    }
+}
+
+/// Settles a request's reservation, in the same pipeline as other
+/// requests' checks.
+pub async fn settle(
+    coalescer: &Coalescer,
+    keys: &Keys,
+    request: &SettleRequest<'_>,
+) -> RedisResult<()> {
+    let reply = coalescer
+        .run(
+            request.token,
+            settle_command(coalescer.script(), keys, request),
+        )
+        .await?;
+    match reply {
+        Value::BulkString(bytes) if bytes == b"ok" => Ok(()),
+        Value::SimpleString(text) if text == "ok" => Ok(()),
+        _ => Err(malformed("not ok")),
+    }
+}
+
+/// The settle `EVALSHA`: each refunded type's counter and rate keys, then
+/// the markers; the refunds and one commit/release byte per marker.
+fn settle_command(script: &Script, keys: &Keys, request: &SettleRequest<'_>) -> Vec<u8> {
+    let token = request.token;
+    let key_count = 2 * request.refunds.len() + request.markers.len();
+    let args = 3 + key_count + 5 + 3 * request.refunds.len() + 1;
+    let mut command = Packer::new(args, 64 * key_count + 160);
+    command
+        .arg("EVALSHA")
+        .arg(script.get_hash())
+        .int(key_count as i64);
+    for refund in request.refunds {
+        command
+            .parts(&keys.quota_parts(token, refund.kind))
+            .parts(&keys.rate_parts(token, refund.kind));
+    }
+    let mut ops = String::with_capacity(request.markers.len());
+    for (marker, delivered) in request.markers {
+        command.parts(&keys.dedup_parts(token, marker.distinct_id, marker.event, marker.id));
+        ops.push(if *delivered { 'c' } else { 'r' });
+    }
+    command
+        .arg("settle")
+        .int(request.now_ms)
+        .int(request.reservation as i64)
+        .int(request.dedup_ttl.as_secs().max(1) as i64)
+        .int(request.refunds.len() as i64);
+    for refund in request.refunds {
+        command
+            .int(refund.quota as i64)
+            .int(refund.rate as i64)
+            .float(refund.interval_ms);
+    }
+    command.arg(&ops);
+    command.finish()
+}
+
+fn malformed(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected policy script reply",
+        what.to_owned(),
+    ))
+}
+
+fn parse_reply(reply: Value, events: usize) -> RedisResult<Reply> {
     let text = match reply {
         Value::BulkString(bytes) => String::from_utf8(bytes).map_err(|_| malformed("not UTF-8"))?,
         Value::SimpleString(text) => text,
@@ -236,8 +358,9 @@ fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
     let decisions = next()?;
     let retry_after = Duration::from_millis(number(next()?)?.max(0) as u64);
     match verdict {
-        "quota" => return Ok(Verdict::OverQuota { retry_after }),
-        "rate" => return Ok(Verdict::RateLimited { retry_after }),
+        "quota" => return Ok(Reply::OverQuota { retry_after }),
+        "rate" => return Ok(Reply::RateLimited { retry_after }),
+        "busy" => return Ok(Reply::InFlight { retry_after }),
         "ok" => {}
         other => return Err(malformed(other)),
     }
@@ -255,14 +378,29 @@ fn parse_reply(reply: Value, events: usize) -> RedisResult<Verdict> {
         })
         .collect::<RedisResult<Vec<_>>>()?;
     let action = QuotaAction::from_name(next()?).ok_or_else(|| malformed("unknown action"))?;
+    let charges = next()?
+        .split(',')
+        .map(|charge| {
+            let (quota, interval) = charge.split_once('/').ok_or_else(|| malformed("charge"))?;
+            Ok(Charge {
+                quota: quota == "1",
+                interval_ms: interval
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                    .ok_or_else(|| malformed("charge interval"))?,
+            })
+        })
+        .collect::<RedisResult<Vec<_>>>()?;
     let mut exhausted = Vec::new();
     while let Ok(name) = next() {
         let kind = name.parse().map_err(|_| malformed("unknown type"))?;
         let ttl = number(next()?)?;
         exhausted.push((kind, Duration::from_millis(ttl.max(0) as u64)));
     }
-    Ok(Verdict::Decided {
+    Ok(Reply::Decided {
         decisions,
+        charges,
         exhausted,
         action,
     })
@@ -279,22 +417,40 @@ mod tests {
     #[test]
     fn decided_replies_are_read_in_event_order() {
         assert_eq!(
-            parse_reply(text("ok adqo 1500 reject events 1500"), 4).expect("valid reply"),
-            Verdict::Decided {
+            parse_reply(
+                text("ok adqo 1500 reject 1/0.000000,0/12.500000 events 1500"),
+                4
+            )
+            .expect("valid reply"),
+            Reply::Decided {
                 decisions: vec![
                     Decision::Accept,
                     Decision::Duplicate,
                     Decision::OverQuota,
                     Decision::Overflow
                 ],
+                charges: vec![
+                    Charge {
+                        quota: true,
+                        interval_ms: 0.0
+                    },
+                    Charge {
+                        quota: false,
+                        interval_ms: 12.5
+                    }
+                ],
                 exhausted: vec![(QuotaType::Events, Duration::from_millis(1500))],
                 action: QuotaAction::Reject,
             }
         );
         assert_eq!(
-            parse_reply(text("ok aa 0 drop"), 2).expect("valid reply"),
-            Verdict::Decided {
+            parse_reply(text("ok aa 0 drop 0/0"), 2).expect("valid reply"),
+            Reply::Decided {
                 decisions: vec![Decision::Accept; 2],
+                charges: vec![Charge {
+                    quota: false,
+                    interval_ms: 0.0
+                }],
                 exhausted: vec![],
                 action: QuotaAction::Drop,
             }
@@ -305,14 +461,20 @@ mod tests {
     fn refusals_carry_their_wait() {
         assert_eq!(
             parse_reply(text("rate  250"), 3).expect("valid reply"),
-            Verdict::RateLimited {
+            Reply::RateLimited {
                 retry_after: Duration::from_millis(250)
             }
         );
         assert_eq!(
             parse_reply(text("quota  60000"), 1).expect("valid reply"),
-            Verdict::OverQuota {
+            Reply::OverQuota {
                 retry_after: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            parse_reply(text("busy  4000"), 1).expect("valid reply"),
+            Reply::InFlight {
+                retry_after: Duration::from_secs(4)
             }
         );
     }
@@ -328,9 +490,13 @@ mod tests {
             text("ok aa x drop"),
             text("ok aa 0 maybe"),
             text("maybe aa 0 drop"),
-            text("ok aa 0 drop widgets 1"),
-            text("ok aa 0 drop events"),
-            text("ok aa 0 drop events soon"),
+            text("ok aa 0 drop"),
+            text("ok aa 0 drop 1"),
+            text("ok aa 0 drop 1/x"),
+            text("ok aa 0 drop 1/-1"),
+            text("ok aa 0 drop 0/0 widgets 1"),
+            text("ok aa 0 drop 0/0 events"),
+            text("ok aa 0 drop 0/0 events soon"),
         ] {
             assert!(parse_reply(reply.clone(), 2).is_err(), "{reply:?}");
         }

@@ -2,11 +2,20 @@
 //! billing limits), deduplication, cluster-wide rate limits, hot-key buckets
 //! and forced overflow.
 //!
-//! [`Policy::apply`] runs between building a request's messages and handing
-//! them to the sink. It answers from memory what it can (forced overflow, hot
-//! keys, billing limits, tokens known to be out of quota) and asks Redis the
-//! rest in one script call. When Redis is slow or down it fails open (or
-//! closed, if configured) within `--redis-timeout`, logging once per outage.
+//! [`Policy::check`] runs between building a request's candidates and
+//! handing their messages to the sink, and sets each event's verdict. It
+//! answers from memory what it can (forced overflow, hot keys, billing
+//! limits, tokens known to be out of quota) and asks Redis the rest in one
+//! script call, which *reserves* what the request takes: quota units, rate
+//! budget, and dedup markers written as pending. Once the sink answered,
+//! [`Policy::settle`] commits the markers of the events Kafka acknowledged
+//! and gives back what the others took, so a refused request leaves no
+//! trace and its retry is charged once. A request whose events were all
+//! delivered and that holds no marker needs no second call. When Redis is
+//! slow or down the check fails open (or closed, if configured) within
+//! `--redis-timeout`, logging once per outage; a settle that cannot reach
+//! Redis is counted, and what it held lapses on its own (markers after
+//! [`RedisPolicySettings::hold`], quota with its window).
 
 pub mod admin;
 mod billing;
@@ -27,17 +36,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 pub use billing::BillingLimits;
-pub use check::{Decision, QuotaAction, RateAction, Verdict};
+pub use check::{Decision, QuotaAction, RateAction};
 pub use hot_keys::HotKeys;
 pub use keys::{Keys, QuotaType};
 pub use store::{Store, StoreSettings};
 
 use crate::error::CaptureError;
-use crate::event::header;
 use crate::metrics as m;
 use crate::route::{DataType, Topics};
-use crate::sink::Message;
-use check::{CheckRequest, CheckedEvent, Marker, TypeCheck};
+use crate::verdict::{Candidate, Candidates, Verdict};
+use check::{Charge, CheckRequest, CheckedEvent, Marker, Refund, Reply, SettleRequest, TypeCheck};
 
 /// What to do when Redis cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -68,6 +76,10 @@ pub struct RedisPolicySettings {
     pub quota_recheck: Duration,
     /// Dedup marker TTL; `None` turns dedup off.
     pub dedup_ttl: Option<Duration>,
+    /// How long a request's reserved dedup markers live unless it settles
+    /// them first: longer than any request waits for Kafka, so it only
+    /// matters when the settle never reaches Redis.
+    pub hold: Duration,
     /// Cluster-wide rate per token and type, events per second (0: off
     /// unless a token's settings set one).
     pub rate_limit: f64,
@@ -106,11 +118,35 @@ impl Default for PolicySettings {
     }
 }
 
-/// What a request's policies decided, for the response.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Outcome {
-    /// Types with events dropped for quota, in a fixed order.
-    pub quota_limited: Vec<QuotaType>,
+/// What the policies reserved in Redis for one event, to commit once it is
+/// delivered or give back if it is not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// A dedup marker, pending until settled.
+    pub marker: bool,
+    /// A unit of its type's quota.
+    pub quota: bool,
+    /// Its share of its type's rate budget.
+    pub rate: bool,
+}
+
+impl Held {
+    fn any(self) -> bool {
+        self.marker || self.quota || self.rate
+    }
+}
+
+/// What one request holds in Redis until its events' fates are known; see
+/// [`Policy::settle`].
+#[derive(Debug)]
+#[must_use = "a reservation is settled once the sink answered"]
+pub struct Reservation {
+    /// Written into the markers this request reserved.
+    id: u64,
+    /// What each type was charged per event.
+    charges: Vec<(QuotaType, Charge)>,
+    /// Lifetime of a committed marker.
+    dedup_ttl: Duration,
 }
 
 /// The policy layer shared by all requests.
@@ -123,6 +159,9 @@ pub struct Policy {
 
 struct RedisPolicy {
     settings: RedisPolicySettings,
+    /// Reservation ids: a random start, then one more per request, so no
+    /// two requests of any replica are likely to share one.
+    next_reservation: std::sync::atomic::AtomicU64,
     store: Store,
     keys: Keys,
     checks: coalesce::Coalescer,
@@ -168,14 +207,6 @@ pub fn quota_type(kind: DataType) -> QuotaType {
         DataType::Exceptions => QuotaType::Exceptions,
         DataType::Recordings => QuotaType::Recordings,
     }
-}
-
-fn header_value<'a>(message: &'a Message, name: &str) -> &'a str {
-    message
-        .headers
-        .iter()
-        .find(|(key, _)| *key == name)
-        .map_or("", |(_, value)| value.as_str())
 }
 
 /// The runtime config's changes to the static policy settings; `None`
@@ -243,6 +274,9 @@ impl Policy {
                 })?;
                 Some(RedisPolicy {
                     settings: redis.clone(),
+                    next_reservation: std::sync::atomic::AtomicU64::new(
+                        uuid::Uuid::new_v4().as_u64_pair().0,
+                    ),
                     checks: coalesce::Coalescer::new(
                         store.clone(),
                         pipe::Target::new(&redis.store),
@@ -296,74 +330,99 @@ impl Policy {
         })
     }
 
-    /// Whether any policy is on; when not, [`Policy::apply`] is free.
+    /// Whether any policy is on; when not, [`Policy::check`] is free.
     pub fn is_active(&self) -> bool {
         self.redis.is_some() || self.hot_keys.is_some() || !self.force_overflow.is_empty()
     }
 
-    /// Applies every policy to one request's messages: drops duplicates and
-    /// over-quota events, reroutes overflow, or refuses the request.
-    /// `dedup_ids` holds, per message, the client-given id dedup keys on
-    /// (empty when dedup is off).
-    pub async fn apply(
+    /// Applies every policy to one request's events: marks duplicates and
+    /// over-quota events, moves overflow to its topic, or refuses the
+    /// request. What Redis reserved for the events comes back as a
+    /// [`Reservation`] to [`Policy::settle`] once the sink answered.
+    pub async fn check(
         &self,
-        messages: &mut Vec<Message>,
-        dedup_ids: &[Option<String>],
+        request: &mut Candidates,
         topics: &Topics,
         now: DateTime<Utc>,
         overrides: &Overrides,
-    ) -> Result<Outcome, CaptureError> {
-        if !self.is_active() || messages.is_empty() {
-            return Ok(Outcome::default());
+    ) -> Result<Option<Reservation>, CaptureError> {
+        if !self.is_active() || !request.any_to_produce() {
+            return Ok(None);
         }
-        let token = header_value(&messages[0], header::TOKEN).to_owned();
-        let mut decisions = vec![Decision::Accept; messages.len()];
         let rate_action = overrides.rate_action.unwrap_or(self.rate_action);
-        self.local_overflow(&token, messages, &mut decisions, rate_action)?;
+        self.local_overflow(request, rate_action)?;
+        let mut reservation = None;
         if let Some(redis) = &self.redis {
             // The rate action resolved here, so the check needs no default.
             let overrides = Overrides {
                 rate_action: Some(rate_action),
                 ..overrides.clone()
             };
-            redis
-                .check(&token, messages, dedup_ids, &mut decisions, now, &overrides)
-                .await?;
+            reservation = redis.check(request, now, &overrides).await?;
         }
-        Ok(finish(messages, decisions, topics))
+        let mut duplicates = 0u64;
+        for event in &mut request.events {
+            match event.verdict {
+                Verdict::Overflowed => overflow(event, topics),
+                Verdict::Duplicate => duplicates += 1,
+                Verdict::Limited(kind) => {
+                    metrics::counter!(m::EVENTS_QUOTA_LIMITED, "event_type" => kind.as_str())
+                        .increment(1);
+                }
+                _ => {}
+            }
+        }
+        if duplicates > 0 {
+            metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
+        }
+        Ok(reservation)
+    }
+
+    /// Settles what `request`'s check reserved, now that every event has its
+    /// final verdict: markers of produced events are committed, everything
+    /// the others took is given back. Costs a round trip only when there is
+    /// something to commit or give back. Never fails the request: a settle
+    /// Redis does not take is counted and logged, and what it held lapses
+    /// (markers after the hold, quota with its window).
+    pub async fn settle(&self, request: &Candidates, reservation: Reservation) {
+        if let Some(redis) = &self.redis {
+            redis.settle(request, reservation).await;
+        }
     }
 
     /// Forced overflow and hot-key buckets, answered in memory.
     fn local_overflow(
         &self,
-        token: &str,
-        messages: &[Message],
-        decisions: &mut [Decision],
+        request: &mut Candidates,
         rate_action: RateAction,
     ) -> Result<(), CaptureError> {
         if self.hot_keys.is_none() && self.force_overflow.is_empty() {
             return Ok(());
         }
+        let token = request.token.as_str();
         let forced_token = self.force_overflow.contains(token);
         let now = Instant::now();
         let mut pair = String::new();
-        for (message, decision) in messages.iter().zip(decisions.iter_mut()) {
-            if message.kind == DataType::Recordings {
+        let total = request.events.len() as u64;
+        for event in &mut request.events {
+            if event.kind == DataType::Recordings
+                || !event.verdict.produces()
+                || event.verdict == Verdict::Overflowed
+            {
                 continue;
             }
-            let distinct_id = header_value(message, header::DISTINCT_ID);
             let forced = forced_token
                 || (!self.force_overflow.is_empty() && {
                     pair.clear();
                     pair.push_str(token);
                     pair.push(':');
-                    pair.push_str(distinct_id);
+                    pair.push_str(&event.distinct_id);
                     self.force_overflow.contains(&pair)
                 });
             let (cause, over) = if forced {
                 ("forced", true)
             } else if let Some(hot) = &self.hot_keys {
-                ("hot_key", !hot.take(token, distinct_id, now))
+                ("hot_key", !hot.take(token, &event.distinct_id, now))
             } else {
                 ("", false)
             };
@@ -371,86 +430,69 @@ impl Policy {
                 continue;
             }
             if rate_action == RateAction::Reject && cause == "hot_key" {
-                metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => quota_type(message.kind).as_str(), "action" => "reject")
-                    .increment(messages.len() as u64);
+                metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => quota_type(event.kind).as_str(), "action" => "reject")
+                    .increment(total);
                 return Err(CaptureError::RateLimited {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            *decision = Decision::Overflow;
+            event.verdict = Verdict::Overflowed;
             metrics::counter!(m::EVENTS_OVERFLOWED, "cause" => cause).increment(1);
         }
         Ok(())
     }
 }
 
+/// Moves an event to the overflow topic, unkeyed.
+fn overflow(event: &mut Candidate, topics: &Topics) {
+    if let Some(message) = &mut event.message {
+        message.kind = DataType::Overflow;
+        message.topic = Arc::clone(topics.topic(DataType::Overflow));
+        message.key = None;
+    }
+}
+
 impl RedisPolicy {
     async fn check(
         &self,
-        token: &str,
-        messages: &[Message],
-        dedup_ids: &[Option<String>],
-        decisions: &mut [Decision],
+        request: &mut Candidates,
         now: DateTime<Utc>,
         overrides: &Overrides,
-    ) -> Result<(), CaptureError> {
+    ) -> Result<Option<Reservation>, CaptureError> {
         let settings = &self.settings;
+        let token = request.token.as_str();
         let rate_action = overrides.rate_action.unwrap_or(RateAction::Overflow);
         let (rate_limit, rate_burst) = overrides
             .rate
             .unwrap_or((settings.rate_limit, settings.rate_burst));
         let dedup_ttl = overrides.dedup_ttl.unwrap_or(settings.dedup_ttl);
-        // Limits known without asking Redis: billing and exhausted windows.
-        let mut local_limited: Vec<(QuotaType, QuotaAction)> = Vec::new();
-        if settings.quotas {
-            let cached = if !self.any_exhausted.load(Ordering::Relaxed) {
-                Vec::new()
-            } else {
-                let instant = Instant::now();
-                let mut exhausted = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
-                exhausted.retain(|_, (until, _)| *until > instant);
-                if exhausted.is_empty() {
-                    self.any_exhausted.store(false, Ordering::Relaxed);
-                    Vec::new()
-                } else {
-                    QuotaType::ALL
-                        .into_iter()
-                        .filter_map(|kind| {
-                            exhausted
-                                .get(&(token.to_owned(), kind))
-                                .map(|(_, action)| (kind, *action))
-                        })
-                        .collect()
-                }
-            };
-            local_limited.extend(cached);
-            if let Some(billing) = &self.billing {
-                for kind in QuotaType::ALL {
-                    if !local_limited.iter().any(|(k, _)| *k == kind)
-                        && billing.is_limited(token, kind.billing_resource(), now.timestamp())
-                    {
-                        local_limited.push((kind, QuotaAction::Drop));
+        let local_limited = self.local_limits(token, now);
+        if !local_limited.is_empty() {
+            for event in request.events.iter_mut().filter(|e| e.verdict.produces()) {
+                let kind = quota_type(event.kind);
+                if let Some((_, action)) = local_limited.iter().find(|(k, _)| *k == kind) {
+                    if *action == QuotaAction::Reject {
+                        return Err(CaptureError::QuotaExceeded {
+                            retry_after: settings.quota_recheck,
+                        });
                     }
+                    event.decide(Verdict::Limited(kind));
+                    metrics::counter!(m::QUOTA_CHECKS, "event_type" => kind.as_str(), "source" => "local")
+                        .increment(1);
                 }
             }
         }
         let mut types: Vec<TypeCheck> = Vec::with_capacity(2);
-        let mut type_index = vec![usize::MAX; messages.len()];
-        let mut markers: Vec<Option<Marker<'_>>> = vec![None; messages.len()];
-        for (i, message) in messages.iter().enumerate() {
-            let kind = quota_type(message.kind);
-            if let Some((_, action)) = local_limited.iter().find(|(k, _)| *k == kind) {
-                if *action == QuotaAction::Reject {
-                    return Err(CaptureError::QuotaExceeded {
-                        retry_after: settings.quota_recheck,
-                    });
-                }
-                decisions[i] = Decision::OverQuota;
-                metrics::counter!(m::QUOTA_CHECKS, "event_type" => kind.as_str(), "source" => "local")
-                    .increment(1);
+        // The events Redis decides, in order, and per event: its index in
+        // the request, its type's index in `types`, whether it has a marker.
+        let mut events: Vec<CheckedEvent<'_>> = Vec::with_capacity(request.events.len());
+        let mut asked: Vec<(usize, usize, bool)> = Vec::with_capacity(request.events.len());
+        for (i, event) in request.events.iter().enumerate() {
+            if !event.verdict.produces() {
                 continue;
             }
-            type_index[i] = match types.iter().position(|t| t.kind == kind) {
+            let kind = quota_type(event.kind);
+            let type_index = match types.iter().position(|t| t.kind == kind) {
                 Some(index) => index,
                 None => {
                     let analytics = kind != QuotaType::Recordings;
@@ -463,41 +505,29 @@ impl RedisPolicy {
                     types.len() - 1
                 }
             };
-            if dedup_ttl.is_some()
-                && message.kind != DataType::Recordings
-                && let Some(id) = dedup_ids.get(i).and_then(Option::as_deref)
-            {
-                markers[i] = Some(Marker {
-                    distinct_id: header_value(message, header::DISTINCT_ID),
-                    event: header_value(message, header::EVENT),
-                    id,
-                });
-            }
+            let marker = match (&event.dedup, dedup_ttl) {
+                (Some(dedup), Some(_)) if event.kind != DataType::Recordings => Some(Marker {
+                    distinct_id: &event.distinct_id,
+                    event: &dedup.event,
+                    id: &dedup.id,
+                }),
+                _ => None,
+            };
+            asked.push((i, type_index, marker.is_some()));
+            events.push(CheckedEvent { type_index, marker });
         }
         if types.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let checked: Vec<(usize, CheckedEvent<'_>)> = type_index
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t != usize::MAX)
-            .map(|(i, &t)| {
-                (
-                    i,
-                    CheckedEvent {
-                        type_index: t,
-                        marker: markers[i],
-                    },
-                )
-            })
-            .collect();
-        let events: Vec<CheckedEvent<'_>> = checked.iter().map(|(_, e)| *e).collect();
-        let request = CheckRequest {
+
+        let reservation = self.next_reservation.fetch_add(1, Ordering::Relaxed);
+        let check = CheckRequest {
             token,
             now_ms: now.timestamp_millis(),
+            reservation,
+            hold: settings.hold,
             types: &types,
             events: &events,
-            dedup_ttl: dedup_ttl.unwrap_or(Duration::from_secs(1)),
             quota_action: settings.quota_action,
             rate_action,
         };
@@ -507,67 +537,214 @@ impl RedisPolicy {
         let started = Instant::now();
         let result = tokio::time::timeout(
             settings.timeout,
-            check::run(&self.checks, &self.keys, &request),
+            check::run(&self.checks, &self.keys, &check),
         )
         .await;
         self.meters
             .round_trip
             .record(started.elapsed().as_secs_f64());
-        let verdict = match result {
-            Ok(Ok(verdict)) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    self.meters.up.set(1.0);
-                    if self.outage_logged.swap(false, Ordering::Relaxed) {
-                        tracing::info!("redis answers again; policies enforced");
-                    }
-                }
-                verdict
+        let reply = match result {
+            Ok(Ok(reply)) => {
+                self.answered();
+                reply
             }
-            Ok(Err(err)) => return self.fail("error", &err.to_string()),
-            Err(_) => return self.fail("timeout", "no answer within --redis-timeout"),
+            Ok(Err(err)) => return self.fail("error", &err.to_string()).map(|()| None),
+            Err(_) => {
+                return self
+                    .fail("timeout", "no answer within --redis-timeout")
+                    .map(|()| None);
+            }
         };
-        match verdict {
-            Verdict::OverQuota { retry_after } => Err(CaptureError::QuotaExceeded { retry_after }),
-            Verdict::RateLimited { retry_after } => {
+        let (decisions, charges, exhausted, action) = match reply {
+            Reply::OverQuota { retry_after } => {
+                return Err(CaptureError::QuotaExceeded { retry_after });
+            }
+            Reply::RateLimited { retry_after } => {
                 metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => types[0].kind.as_str(), "action" => "reject")
                     .increment(events.len() as u64);
-                Err(CaptureError::RateLimited { retry_after })
+                return Err(CaptureError::RateLimited { retry_after });
             }
-            Verdict::Decided {
-                decisions: decided,
+            Reply::InFlight { retry_after } => {
+                metrics::counter!(m::EVENTS_IN_FLIGHT).increment(events.len() as u64);
+                return Err(CaptureError::InFlight { retry_after });
+            }
+            Reply::Decided {
+                decisions,
+                charges,
                 exhausted,
                 action,
-            } => {
-                for ((i, event), decision) in checked.iter().zip(decided) {
-                    let kind = types[event.type_index].kind;
-                    match decision {
-                        Decision::Accept => {}
-                        Decision::Overflow if kind == QuotaType::Recordings => {}
-                        Decision::Overflow => {
-                            if decisions[*i] != Decision::Overflow {
-                                metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => kind.as_str(), "action" => "overflow")
-                                    .increment(1);
-                                metrics::counter!(m::EVENTS_OVERFLOWED, "cause" => "rate")
-                                    .increment(1);
-                            }
-                            decisions[*i] = Decision::Overflow;
-                        }
-                        Decision::Duplicate | Decision::OverQuota => decisions[*i] = decision,
+            } => (decisions, charges, exhausted, action),
+        };
+        let mut held_any = false;
+        for ((i, type_index, has_marker), decision) in asked.into_iter().zip(decisions) {
+            let event = &mut request.events[i];
+            let kind = types[type_index].kind;
+            let charge = charges.get(type_index).copied().unwrap_or(Charge {
+                quota: false,
+                interval_ms: 0.0,
+            });
+            match decision {
+                Decision::Accept => {}
+                Decision::Overflow if kind == QuotaType::Recordings => {}
+                Decision::Overflow => {
+                    if event.verdict != Verdict::Overflowed {
+                        metrics::counter!(m::EVENTS_RATE_LIMITED, "event_type" => kind.as_str(), "action" => "overflow")
+                            .increment(1);
+                        metrics::counter!(m::EVENTS_OVERFLOWED, "cause" => "rate").increment(1);
                     }
+                    event.verdict = Verdict::Overflowed;
                 }
-                let recheck = settings.quota_recheck;
-                if !exhausted.is_empty() {
-                    let until = Instant::now();
-                    self.any_exhausted.store(true, Ordering::Relaxed);
-                    let mut cache = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
-                    for (kind, left) in exhausted {
-                        cache.insert(
-                            (token.to_owned(), kind),
-                            (until + left.min(recheck), action),
-                        );
-                    }
+                Decision::Duplicate => event.decide(Verdict::Duplicate),
+                Decision::OverQuota => event.decide(Verdict::Limited(kind)),
+            }
+            let taken = matches!(decision, Decision::Accept | Decision::Overflow);
+            event.held = Held {
+                marker: taken && has_marker,
+                quota: taken && charge.quota,
+                rate: decision == Decision::Accept && charge.interval_ms > 0.0,
+            };
+            held_any |= event.held.any();
+        }
+        let recheck = settings.quota_recheck;
+        if !exhausted.is_empty() {
+            let until = Instant::now();
+            self.any_exhausted.store(true, Ordering::Relaxed);
+            let mut cache = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+            for (kind, left) in exhausted {
+                cache.insert(
+                    (token.to_owned(), kind),
+                    (until + left.min(recheck), action),
+                );
+            }
+        }
+        Ok(held_any.then(|| Reservation {
+            id: reservation,
+            charges: types
+                .iter()
+                .zip(charges)
+                .map(|(check, charge)| (check.kind, charge))
+                .collect(),
+            dedup_ttl: dedup_ttl.unwrap_or(Duration::from_secs(1)),
+        }))
+    }
+
+    /// Limits known without asking Redis: exhausted windows and billing.
+    fn local_limits(&self, token: &str, now: DateTime<Utc>) -> Vec<(QuotaType, QuotaAction)> {
+        let mut local_limited: Vec<(QuotaType, QuotaAction)> = Vec::new();
+        if !self.settings.quotas {
+            return local_limited;
+        }
+        if self.any_exhausted.load(Ordering::Relaxed) {
+            let instant = Instant::now();
+            let mut exhausted = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+            exhausted.retain(|_, (until, _)| *until > instant);
+            if exhausted.is_empty() {
+                self.any_exhausted.store(false, Ordering::Relaxed);
+            } else {
+                local_limited.extend(QuotaType::ALL.into_iter().filter_map(|kind| {
+                    exhausted
+                        .get(&(token.to_owned(), kind))
+                        .map(|(_, action)| (kind, *action))
+                }));
+            }
+        }
+        if let Some(billing) = &self.billing {
+            for kind in QuotaType::ALL {
+                if !local_limited.iter().any(|(k, _)| *k == kind)
+                    && billing.is_limited(token, kind.billing_resource(), now.timestamp())
+                {
+                    local_limited.push((kind, QuotaAction::Drop));
                 }
-                Ok(())
+            }
+        }
+        local_limited
+    }
+
+    async fn settle(&self, request: &Candidates, reservation: Reservation) {
+        let token = request.token.as_str();
+        let mut refunds: Vec<Refund> = reservation
+            .charges
+            .iter()
+            .map(|(kind, charge)| Refund {
+                kind: *kind,
+                quota: 0,
+                rate: 0,
+                interval_ms: charge.interval_ms,
+            })
+            .collect();
+        let mut markers: Vec<(Marker<'_>, bool)> = Vec::new();
+        let mut released = 0u64;
+        for event in request.events.iter().filter(|e| e.held.any()) {
+            let delivered = event.verdict.produces();
+            if !delivered {
+                released += 1;
+                let kind = quota_type(event.kind);
+                if let Some(refund) = refunds.iter_mut().find(|r| r.kind == kind) {
+                    refund.quota += u64::from(event.held.quota);
+                    refund.rate += u64::from(event.held.rate);
+                }
+            }
+            if event.held.marker
+                && let Some(dedup) = &event.dedup
+            {
+                let marker = Marker {
+                    distinct_id: &event.distinct_id,
+                    event: &dedup.event,
+                    id: &dedup.id,
+                };
+                markers.push((marker, delivered));
+            }
+        }
+        refunds.retain(|r| r.quota > 0 || r.rate > 0);
+        let settle = SettleRequest {
+            token,
+            now_ms: Utc::now().timestamp_millis(),
+            reservation: reservation.id,
+            dedup_ttl: reservation.dedup_ttl,
+            refunds: &refunds,
+            markers: &markers,
+        };
+        if settle.is_empty() {
+            return;
+        }
+        if released > 0 {
+            metrics::counter!(m::POLICY_RELEASED_EVENTS).increment(released);
+        }
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            self.settings.timeout,
+            check::settle(&self.checks, &self.keys, &settle),
+        )
+        .await;
+        self.meters
+            .round_trip
+            .record(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(Ok(())) => {
+                self.answered();
+                metrics::counter!(m::POLICY_SETTLES, "result" => "ok").increment(1);
+                return;
+            }
+            Ok(Err(err)) => store::redacted(&err.to_string()),
+            Err(_) => "no answer within --redis-timeout".to_owned(),
+        };
+        metrics::counter!(m::POLICY_SETTLES, "result" => "error").increment(1);
+        self.failing.store(true, Ordering::Relaxed);
+        self.meters.up.set(0.0);
+        tracing::warn!(
+            reason = %error,
+            markers = markers.len(),
+            released,
+            "could not settle a request's policy reservation; its markers lapse on their own"
+        );
+    }
+
+    /// Notes a round trip Redis answered.
+    fn answered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            self.meters.up.set(1.0);
+            if self.outage_logged.swap(false, Ordering::Relaxed) {
+                tracing::info!("redis answers again; policies enforced");
             }
         }
     }
@@ -598,111 +775,24 @@ impl RedisPolicy {
     }
 }
 
-/// Applies the decisions: drops, reroutes, and lists quota-limited types.
-fn finish(messages: &mut Vec<Message>, decisions: Vec<Decision>, topics: &Topics) -> Outcome {
-    let mut outcome = Outcome::default();
-    if decisions.iter().all(|d| *d == Decision::Accept) {
-        return outcome;
-    }
-    let mut duplicates = 0u64;
-    let mut index = 0;
-    messages.retain_mut(|message| {
-        let decision = decisions[index];
-        index += 1;
-        match decision {
-            Decision::Accept => true,
-            Decision::Overflow => {
-                message.kind = DataType::Overflow;
-                message.topic = Arc::clone(topics.topic(DataType::Overflow));
-                message.key = None;
-                true
-            }
-            Decision::Duplicate => {
-                duplicates += 1;
-                false
-            }
-            Decision::OverQuota => {
-                let kind = quota_type(message.kind);
-                metrics::counter!(m::EVENTS_QUOTA_LIMITED, "event_type" => kind.as_str())
-                    .increment(1);
-                if !outcome.quota_limited.contains(&kind) {
-                    outcome.quota_limited.push(kind);
-                }
-                false
-            }
-        }
-    });
-    if duplicates > 0 {
-        metrics::counter!(m::EVENTS_DUPLICATE).increment(duplicates);
-    }
-    outcome.quota_limited.sort();
-    outcome
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::Message;
 
-    fn message(kind: DataType, distinct_id: &str) -> Message {
-        Message {
+    fn candidate(kind: DataType, distinct_id: &str) -> Candidate {
+        let message = Message {
             kind,
             topic: "clickhouse_events".into(),
             key: Some(format!("phc_t:{distinct_id}")),
-            headers: vec![
-                (header::TOKEN, "phc_t".into()),
-                (header::DISTINCT_ID, distinct_id.into()),
-            ],
+            headers: Vec::new(),
             payload: "{}".into(),
-        }
-    }
-
-    #[test]
-    fn decisions_drop_reroute_and_name_the_limited_types() {
-        let topics = Topics::default();
-        let mut messages = vec![
-            message(DataType::Events, "a"),
-            message(DataType::Events, "b"),
-            message(DataType::Exceptions, "c"),
-            message(DataType::Events, "d"),
-            message(DataType::Historical, "e"),
-        ];
-        let outcome = finish(
-            &mut messages,
-            vec![
-                Decision::Accept,
-                Decision::Duplicate,
-                Decision::OverQuota,
-                Decision::Overflow,
-                Decision::OverQuota,
-            ],
-            &topics,
-        );
-        assert_eq!(
-            outcome.quota_limited,
-            [QuotaType::Exceptions, QuotaType::Historical]
-        );
-        let kept: Vec<(&str, Option<&str>, DataType)> = messages
-            .iter()
-            .map(|m| {
-                (
-                    header_value(m, header::DISTINCT_ID),
-                    m.key.as_deref(),
-                    m.kind,
-                )
-            })
-            .collect();
-        assert_eq!(
-            kept,
-            [
-                ("a", Some("phc_t:a"), DataType::Events),
-                ("d", None, DataType::Overflow)
-            ]
-        );
-        assert_eq!(&*messages[1].topic, "events_plugin_ingestion_overflow");
+        };
+        Candidate::new(message, distinct_id.into(), None)
     }
 
     #[tokio::test]
-    async fn local_policies_need_no_redis() {
+    async fn local_policies_need_no_redis_and_move_overflow_unkeyed() {
         let policy = Policy::new(&PolicySettings {
             hot_key_rate: 1.0,
             hot_key_burst: 2,
@@ -710,27 +800,64 @@ mod tests {
             ..PolicySettings::default()
         })
         .expect("valid settings");
-        let mut messages: Vec<Message> = ["hot", "hot", "hot", "forced", "cold"]
-            .iter()
-            .map(|d| message(DataType::Events, d))
-            .collect();
-        let outcome = policy
-            .apply(
-                &mut messages,
-                &[],
+        let mut request = Candidates {
+            token: "phc_t".into(),
+            events: ["hot", "hot", "hot", "forced", "cold"]
+                .iter()
+                .map(|d| candidate(DataType::Events, d))
+                .collect(),
+        };
+        let reservation = policy
+            .check(
+                &mut request,
                 &Topics::default(),
                 Utc::now(),
                 &Overrides::default(),
             )
             .await
             .expect("applied");
-        assert!(outcome.quota_limited.is_empty());
-        let overflowed: Vec<&str> = messages
+        assert!(reservation.is_none(), "nothing held without redis");
+        let overflowed: Vec<&str> = request
+            .events
             .iter()
-            .filter(|m| m.kind == DataType::Overflow)
-            .map(|m| header_value(m, header::DISTINCT_ID))
+            .filter(|e| e.verdict == Verdict::Overflowed)
+            .map(|e| e.distinct_id.as_str())
             .collect();
         assert_eq!(overflowed, ["hot", "forced"]);
+        for event in &request.events {
+            let message = event.message.as_ref().expect("still to produce");
+            let moved = event.verdict == Verdict::Overflowed;
+            assert_eq!(&*message.topic == "events_plugin_ingestion_overflow", moved);
+            assert_eq!(message.key.is_none(), moved);
+            assert_eq!(message.kind == DataType::Overflow, moved);
+        }
         assert!(!Policy::disabled().is_active());
+    }
+
+    #[tokio::test]
+    async fn events_a_plugin_dropped_are_left_alone() {
+        let policy = Policy::new(&PolicySettings {
+            force_overflow: vec!["phc_t".into()],
+            ..PolicySettings::default()
+        })
+        .expect("valid settings");
+        let mut request = Candidates {
+            token: "phc_t".into(),
+            events: vec![
+                Candidate::dropped(DataType::Events, "u".into(), "sample"),
+                candidate(DataType::Events, "u"),
+            ],
+        };
+        policy
+            .check(
+                &mut request,
+                &Topics::default(),
+                Utc::now(),
+                &Overrides::default(),
+            )
+            .await
+            .expect("applied");
+        assert_eq!(request.events[0].verdict, Verdict::Dropped("sample"));
+        assert_eq!(request.events[1].verdict, Verdict::Overflowed);
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Message, Sink, SinkError};
+use super::{Delivery, Message, Sink, SinkError};
 
 enum Target {
     Stdout,
@@ -87,8 +87,20 @@ impl Sink for JsonLinesSink {
         self.name
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError> {
-        let bytes = Self::render(&messages)?;
+    async fn send(&self, messages: Vec<Message>) -> Delivery {
+        let count = messages.len();
+        // One write of all lines: a failed write acknowledges none of them
+        // (a retry may repeat lines a partial write left; never the reverse).
+        match self.write(&messages) {
+            Ok(()) => Delivery::all(count),
+            Err(err) => Delivery::none(count, err),
+        }
+    }
+}
+
+impl JsonLinesSink {
+    fn write(&self, messages: &[Message]) -> Result<(), SinkError> {
+        let bytes = Self::render(messages)?;
         let mut target = self.target.lock().unwrap_or_else(|e| e.into_inner());
         match &mut *target {
             Target::Stdout => {
@@ -122,6 +134,7 @@ mod tests {
         };
         sink.send(vec![message.clone(), message])
             .await
+            .into_result()
             .expect("written");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<serde_json::Value> = text

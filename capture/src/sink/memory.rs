@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Message, Sink, SinkError};
+use super::{Delivery, Message, Sink};
 
 /// Collects messages until [`MemorySink::take`] is called.
 #[derive(Debug, Default)]
@@ -26,11 +26,12 @@ impl Sink for MemorySink {
         "memory"
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError> {
+    async fn send(&self, messages: Vec<Message>) -> Delivery {
+        let count = messages.len();
         self.messages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(messages);
-        Ok(())
+        Delivery::all(count)
     }
 }

@@ -3,8 +3,10 @@
 //! for local pipelines, `noop` for load tests of the HTTP path, and an
 //! in-memory sink for tests.
 //!
-//! A sink's `send` returns only when every message of the call is
-//! acknowledged (or one failed): handlers answer 200 only after that.
+//! A sink's `send` returns once it knows, for every message of the call,
+//! whether it was acknowledged: the [`Delivery`] says which were, so the
+//! request commits its policy effects for exactly those (see
+//! [`crate::verdict`]) and answers 200 only when all were.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +77,47 @@ impl SinkError {
     }
 }
 
+/// What a sink did with the messages of one `send`.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Per message, in the order given, whether it was acknowledged.
+    pub acked: Vec<bool>,
+    /// The first failure, when any message was not acknowledged.
+    pub error: Option<SinkError>,
+}
+
+impl Delivery {
+    /// All `count` messages acknowledged.
+    pub fn all(count: usize) -> Self {
+        Delivery {
+            acked: vec![true; count],
+            error: None,
+        }
+    }
+
+    /// None of `count` messages acknowledged, for `error`.
+    pub fn none(count: usize, error: SinkError) -> Self {
+        Delivery {
+            acked: vec![false; count],
+            error: Some(error),
+        }
+    }
+
+    /// Whether every message was acknowledged.
+    pub fn is_complete(&self) -> bool {
+        self.error.is_none() && self.acked.iter().all(|acked| *acked)
+    }
+
+    /// `Ok` when every message was acknowledged, else the first failure.
+    pub fn into_result(self) -> Result<(), SinkError> {
+        match self.error {
+            None if self.acked.iter().all(|acked| *acked) => Ok(()),
+            None => Err(SinkError::Timeout),
+            Some(err) => Err(err),
+        }
+    }
+}
+
 /// Whether the sink can take traffic, and if not why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -90,13 +133,20 @@ pub trait Sink: Send + Sync + 'static {
     /// Short name for logs and metric labels.
     fn name(&self) -> &'static str;
 
-    /// Produces every message and returns once all are acknowledged.
-    async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError>;
+    /// Produces every message and returns once each is acknowledged or
+    /// known to have failed (or its deadline passed, which counts as not
+    /// acknowledged).
+    async fn send(&self, messages: Vec<Message>) -> Delivery;
 
     /// Whether the sink is reachable.
     fn health(&self) -> Health {
         Health::Ready
     }
+
+    /// Gives up on every message not acknowledged yet: the requests waiting
+    /// for them hear at once that they were not (and answer 503). For a
+    /// shutdown whose drain deadline is near.
+    fn abandon(&self) {}
 
     /// Delivers anything still buffered, waiting at most `timeout`.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {

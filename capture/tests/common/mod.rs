@@ -8,6 +8,7 @@
 #![allow(dead_code)] // every test binary uses a different part of it
 
 pub mod broker;
+pub mod ledger;
 pub mod redis;
 pub mod volume;
 
@@ -136,8 +137,13 @@ impl Record {
 /// Reads `topic` from the beginning until `count` distinct messages arrived
 /// or `timeout` passed; returns what arrived, in (partition, offset) order.
 pub fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    read_topic_at(&broker().address, topic, count, timeout)
+}
+
+/// [`read_topic`] from the broker at `address` (a test's own broker).
+pub fn read_topic_at(address: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker().address)
+        .set("bootstrap.servers", address)
         .set("group.id", unique("test-reader"))
         .set("enable.auto.commit", "false")
         .create()

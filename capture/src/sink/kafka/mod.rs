@@ -1,31 +1,41 @@
 //! The Kafka sink, on librdkafka through `rdkafka`.
 //!
-//! Every message of a request is enqueued without blocking, carrying one
-//! shared [`RequestAck`]; the delivery callback counts it down and wakes the
-//! request once, when the last message is acknowledged or the first one
-//! fails. A full local queue answers at once with
-//! [`SinkError::QueueFull`] so clients back off instead of piling up. A
-//! background task checks broker metadata so readiness follows the cluster.
-//! Topic management beyond `--ensure-topics` belongs to the operator.
+//! Every message of a request is enqueued without blocking, each carrying
+//! its place in one shared [`RequestAck`]; the delivery callback records
+//! which messages were acknowledged and wakes the request once every
+//! message has its report (or its deadline passed), so the request knows
+//! exactly which events Kafka has. A full local queue stops enqueueing at
+//! once with [`SinkError::QueueFull`] so clients back off instead of piling
+//! up. A background task checks broker metadata so readiness follows the
+//! cluster, and replaces a producer that hit a fatal error with a new one
+//! (see [`health`]); readiness also fails, with the topic named, while
+//! Kafka refuses a topic as unknown or forbidden. Topic management beyond
+//! `--ensure-topics` belongs to the operator.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+mod health;
+
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
+use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use rdkafka::statistics::Statistics;
 
-use super::{Health, Message, Sink, SinkError};
+use super::{Delivery, Health, Message, Sink, SinkError};
 use crate::config::{Acks, KafkaCompression, KafkaConfig, KafkaSecurityProtocol, SaslMechanism};
 use crate::event::header;
 use crate::metrics as m;
+use health::{SinkHealth, TopicFault};
 
 /// Room librdkafka needs beyond the value for key, headers and framing.
 pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -98,10 +108,13 @@ pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientCo
 }
 
 /// Producer context: turns librdkafka statistics and errors into metrics
-/// and logs, and counts delivery reports down into each request's
-/// [`RequestAck`].
+/// and logs, counts delivery reports down into each request's
+/// [`RequestAck`], and tells the sink's [`SinkHealth`] about fatal errors
+/// and refused topics.
 #[derive(Debug, Default)]
 pub struct KafkaContext {
+    /// The sink's health, shared with the health check and readiness.
+    health: Arc<SinkHealth>,
     /// When a client error was last logged.
     last_logged: Mutex<Option<Instant>>,
     /// Errors not logged since then.
@@ -125,6 +138,12 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_CLIENT_ERRORS).increment(1);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            // The health check rebuilds the producer; wake it now.
+            tracing::error!(error = %error, reason, "kafka producer hit a fatal error");
+            self.health.wake.notify_one();
+            return;
+        }
         let now = Instant::now();
         let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|at| now.duration_since(at) < ERROR_LOG_INTERVAL) {
@@ -138,46 +157,88 @@ impl ClientContext for KafkaContext {
 }
 
 impl ProducerContext for KafkaContext {
-    type DeliveryOpaque = Arc<RequestAck>;
+    type DeliveryOpaque = Box<Slot>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<RequestAck>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<Slot>) {
         match result {
-            Ok(_) => ack.delivered(),
-            Err((err, message)) => ack.failed(err.clone(), message.payload_len()),
+            Ok(message) => {
+                self.health.topic_delivered(message.topic());
+                slot.ack.delivered(slot.index);
+            }
+            Err((err, message)) => {
+                match err.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::MessageTimedOut) => {
+                        self.health.topic_suspect(message.topic());
+                    }
+                    code => {
+                        if let Some(fault) = code.and_then(TopicFault::from_code) {
+                            self.health.topic_failed(message.topic(), fault);
+                        }
+                    }
+                }
+                slot.ack.failed(err.clone(), message.payload_len());
+            }
         }
     }
+}
+
+/// Which message of which request a delivery report is about.
+#[derive(Debug)]
+pub struct Slot {
+    ack: Arc<RequestAck>,
+    index: usize,
 }
 
 /// The acknowledgement state of one request's messages.
 #[derive(Debug)]
 pub struct RequestAck {
-    /// Messages not yet acknowledged.
+    /// Per message, whether Kafka acknowledged it.
+    acked: Vec<AtomicBool>,
+    /// Messages with no report yet.
     remaining: AtomicUsize,
     /// The first failure, with the size of its message.
     failure: Mutex<Option<(KafkaError, usize)>>,
-    /// Woken once: all acknowledged, or a failure.
+    /// Woken once, when every message has its report.
     done: tokio::sync::Notify,
 }
 
 impl RequestAck {
     fn new(messages: usize) -> Self {
         RequestAck {
+            acked: (0..messages).map(|_| AtomicBool::new(false)).collect(),
             remaining: AtomicUsize::new(messages),
             failure: Mutex::new(None),
             done: tokio::sync::Notify::new(),
         }
     }
 
-    fn delivered(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.done.notify_one();
+    fn delivered(&self, index: usize) {
+        if let Some(acked) = self.acked.get(index) {
+            acked.store(true, Ordering::Release);
         }
+        self.reported(1);
     }
 
     fn failed(&self, err: KafkaError, size: usize) {
+        self.note_failure(err, size);
+        self.reported(1);
+    }
+
+    /// `count` messages will get no report (they were never enqueued).
+    fn not_enqueued(&self, count: usize, err: KafkaError, size: usize) {
+        self.note_failure(err, size);
+        self.reported(count);
+    }
+
+    fn note_failure(&self, err: KafkaError, size: usize) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if failure.is_none() {
             *failure = Some((err, size));
+        }
+    }
+
+    fn reported(&self, count: usize) {
+        if count > 0 && self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
             self.done.notify_one();
         }
     }
@@ -187,6 +248,14 @@ impl RequestAck {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// Which messages were acknowledged so far.
+    fn acked(&self) -> Vec<bool> {
+        self.acked
+            .iter()
+            .map(|acked| acked.load(Ordering::Acquire))
+            .collect()
     }
 }
 
@@ -203,26 +272,101 @@ const POLL_SLICE: Duration = Duration::from_secs(1);
 
 type KafkaProducer = BaseProducer<KafkaContext>;
 
-/// Serves the producer's events (delivery reports, errors) on a thread of
-/// its own until `stop` is set; the producer goes when the last handle
-/// does.
-fn spawn_poller(producer: Arc<KafkaProducer>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("kafka-poll".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                producer.poll(POLL_SLICE);
-            }
-        })
-        .map(drop)
+/// A producer and its polling thread, which ends when this goes.
+struct Current {
+    producer: Arc<KafkaProducer>,
+    stop_polling: Arc<AtomicBool>,
 }
 
-/// Produces to Kafka and reports broker reachability.
+impl Current {
+    /// Creates a producer from `client` reporting to `health`, and its
+    /// polling thread.
+    fn start(client: &ClientConfig, health: &Arc<SinkHealth>) -> Result<Self, SinkError> {
+        let context = KafkaContext {
+            health: Arc::clone(health),
+            ..KafkaContext::default()
+        };
+        let producer: Arc<KafkaProducer> = Arc::new(
+            client
+                .create_with_context(context)
+                .map_err(SinkError::Kafka)?,
+        );
+        let stop_polling = Arc::new(AtomicBool::new(false));
+        let (polled, stop) = (Arc::clone(&producer), Arc::clone(&stop_polling));
+        std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    polled.poll(POLL_SLICE);
+                }
+            })
+            .map_err(SinkError::Io)?;
+        Ok(Current {
+            producer,
+            stop_polling,
+        })
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        self.stop_polling.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the sink and its health check share.
+struct Shared {
+    /// The producer in use; replaced whole after a fatal error.
+    current: RwLock<Arc<Current>>,
+    /// How to build another.
+    client: ClientConfig,
+    health: Arc<SinkHealth>,
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Current> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces a producer that hit a fatal error with a new one. The old
+    /// one's queued and in-flight messages are purged, so their requests
+    /// get their reports (not acknowledged: 503, sent again) at once, and
+    /// it is kept polling long enough to deliver those reports.
+    fn rebuild(&self, failed: &Arc<Current>, code: RDKafkaErrorCode, reason: &str) {
+        metrics::counter!(m::KAFKA_PRODUCER_FATAL).increment(1);
+        tracing::error!(error = %code, reason, "kafka producer unusable after a fatal error; building a new one");
+        self.health.set_fatal(Some(format!("{code}: {reason}")));
+        let fresh = match Current::start(&self.client, &self.health) {
+            Ok(fresh) => Arc::new(fresh),
+            Err(err) => {
+                // Stays unready; the next health check tries again.
+                tracing::error!(error = %err, "could not build a new kafka producer");
+                return;
+            }
+        };
+        {
+            let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+            if Arc::ptr_eq(&current, failed) {
+                *current = fresh;
+            }
+        }
+        failed
+            .producer
+            .purge(PurgeConfig::default().queue().inflight());
+        let old = Arc::clone(failed);
+        tokio::spawn(async move {
+            tokio::time::sleep(POLL_SLICE * 3).await;
+            drop(old);
+        });
+        self.health.set_fatal(None);
+        tracing::info!("new kafka producer in use");
+    }
+}
+
+/// Produces to Kafka and reports broker reachability, fatal producer
+/// errors and refused topics.
 pub struct KafkaSink {
-    producer: Arc<KafkaProducer>,
-    /// Ends the polling thread when the sink goes.
-    stop_polling: Arc<AtomicBool>,
-    reachable: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     max_message_bytes: usize,
     ack_timeout: Duration,
 }
@@ -230,7 +374,7 @@ pub struct KafkaSink {
 impl std::fmt::Debug for KafkaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSink")
-            .field("reachable", &self.reachable)
+            .field("health", &self.shared.health)
             .finish_non_exhaustive()
     }
 }
@@ -241,22 +385,18 @@ impl KafkaSink {
     /// error: the pod stays unready until it answers.
     pub async fn start(config: &KafkaConfig, max_message_bytes: usize) -> Result<Self, SinkError> {
         let client = client_config(config, max_message_bytes);
-        let producer: Arc<KafkaProducer> = Arc::new(
-            client
-                .create_with_context(KafkaContext::default())
-                .map_err(SinkError::Kafka)?,
-        );
-        let stop_polling = Arc::new(AtomicBool::new(false));
-        spawn_poller(Arc::clone(&producer), Arc::clone(&stop_polling)).map_err(SinkError::Io)?;
-        let reachable = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(SinkHealth::default());
+        let current = Current::start(&client, &health)?;
         let sink = KafkaSink {
-            producer,
-            stop_polling,
-            reachable,
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(current)),
+                client,
+                health,
+            }),
             max_message_bytes: max_message_bytes + MESSAGE_OVERHEAD_BYTES,
             ack_timeout: config.message_timeout + Duration::from_secs(5),
         };
-        match sink.check_metadata(config.metadata_timeout).await {
+        match check(&sink.shared, config.metadata_timeout).await {
             Ok(brokers) => tracing::info!(brokers, "kafka cluster reachable"),
             Err(err) => {
                 tracing::error!(error = %err, "kafka cluster not reachable at start; staying unready")
@@ -266,20 +406,23 @@ impl KafkaSink {
         Ok(sink)
     }
 
-    async fn check_metadata(&self, timeout: Duration) -> Result<usize, SinkError> {
-        let result = broker_count(&self.producer, timeout).await;
-        self.reachable.store(result.is_ok(), Ordering::Relaxed);
-        result
-    }
-
+    /// Checks the cluster every `interval`, and at once when a fatal error
+    /// is reported; ends when the sink goes.
     fn spawn_health_check(&self, timeout: Duration, interval: Duration) {
-        let producer = Arc::clone(&self.producer);
-        let reachable = Arc::clone(&self.reachable);
+        let shared = Arc::downgrade(&self.shared);
+        let wake = Arc::clone(&self.shared.health);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(interval).await;
-                let ok = broker_count(&producer, timeout).await.is_ok();
-                if reachable.swap(ok, Ordering::Relaxed) != ok {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = wake.wake.notified() => {}
+                }
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let was = shared.health.reachable.load(Ordering::Relaxed);
+                let ok = check(&shared, timeout).await.is_ok();
+                if was != ok {
                     if ok {
                         tracing::info!("kafka cluster reachable again");
                     } else {
@@ -305,24 +448,20 @@ impl KafkaSink {
     }
 }
 
-impl Drop for KafkaSink {
-    fn drop(&mut self) {
-        self.stop_polling.store(true, Ordering::Relaxed);
-    }
-}
-
 #[async_trait]
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Result<(), SinkError> {
-        if messages.is_empty() {
-            return Ok(());
+    async fn send(&self, messages: Vec<Message>) -> Delivery {
+        let count = messages.len();
+        if count == 0 {
+            return Delivery::all(0);
         }
-        let ack = Arc::new(RequestAck::new(messages.len()));
-        for message in &messages {
+        let ack = Arc::new(RequestAck::new(count));
+        let current = self.shared.current();
+        for (index, message) in messages.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
             for (key, value) in &message.headers {
                 headers = headers.insert(Header {
@@ -330,27 +469,37 @@ impl Sink for KafkaSink {
                     value: Some(value.as_bytes()),
                 });
             }
-            let mut record = BaseRecord::with_opaque_to(&message.topic, Arc::clone(&ack))
+            let slot = Box::new(Slot {
+                ack: Arc::clone(&ack),
+                index,
+            });
+            let mut record = BaseRecord::with_opaque_to(&message.topic, slot)
                 .payload(message.payload.as_bytes())
                 .headers(headers);
             if let Some(key) = &message.key {
                 record = record.key(key.as_bytes());
             }
-            if let Err((err, _)) = self.producer.send(record) {
-                // Messages enqueued before this one still go out; the client
-                // retries the request (at-least-once).
-                return Err(self.map_error(err, message.payload.len()));
+            if let Err((err, _)) = current.producer.send(record) {
+                // The messages enqueued before this one still get their
+                // reports: wait for them, so the request knows which of its
+                // events Kafka has (their policy effects are committed).
+                ack.not_enqueued(count - index, err, message.payload.len());
+                break;
             }
         }
         let started = Instant::now();
-        let acknowledged = tokio::time::timeout(self.ack_timeout, ack.done.notified()).await;
+        let reported = tokio::time::timeout(self.ack_timeout, ack.done.notified()).await;
         metrics::histogram!(m::SINK_ACK_SECONDS, "sink" => "kafka")
             .record(started.elapsed().as_secs_f64());
-        let err = match (acknowledged, ack.failure()) {
-            (Ok(()), None) => return Ok(()),
+        let acked = ack.acked();
+        let err = match (reported, ack.failure()) {
+            (Ok(()), None) => {
+                return Delivery { acked, error: None };
+            }
             (_, Some((err, size))) => self.map_error(err, size),
             // Idempotent producers hold in-flight messages past their timeout
-            // until the connection gives up; the request does not wait.
+            // until the connection gives up; the request does not wait, and
+            // counts what has no report yet as not acknowledged.
             (Err(_), None) => SinkError::Timeout,
         };
         let uuid = messages[0]
@@ -360,23 +509,35 @@ impl Sink for KafkaSink {
         tracing::warn!(
             uuid = uuid.map_or("", |(_, uuid)| uuid.as_str()),
             topic = %messages[0].topic,
-            events = messages.len(),
+            events = count,
+            acknowledged = acked.iter().filter(|a| **a).count(),
             error = %err,
             "event not acknowledged by kafka"
         );
-        Err(err)
-    }
-
-    fn health(&self) -> Health {
-        if self.reachable.load(Ordering::Relaxed) {
-            Health::Ready
-        } else {
-            Health::NotReady("kafka brokers unreachable".into())
+        Delivery {
+            acked,
+            error: Some(err),
         }
     }
 
+    fn health(&self) -> Health {
+        match self.shared.health.problem() {
+            None => Health::Ready,
+            Some(reason) => Health::NotReady(reason),
+        }
+    }
+
+    fn abandon(&self) {
+        // Messages already sent may still be written by the broker: their
+        // requests get 503 and the retry may duplicate them, never lose them.
+        self.shared
+            .current()
+            .producer
+            .purge(PurgeConfig::default().queue().inflight());
+    }
+
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = Arc::clone(&self.producer);
+        let producer = Arc::clone(&self.shared.current().producer);
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
@@ -384,22 +545,44 @@ impl Sink for KafkaSink {
     }
 }
 
-/// Asks the cluster for its metadata (off the async threads: the call
-/// blocks) and returns how many brokers it lists.
-async fn broker_count(
-    producer: &Arc<KafkaProducer>,
-    timeout: Duration,
-) -> Result<usize, SinkError> {
-    let producer = Arc::clone(producer);
-    tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(None, timeout)
-            .map(|md| md.brokers().len())
+/// One health check: rebuilds a producer that hit a fatal error, asks the
+/// cluster for its metadata (off the async threads: the call blocks),
+/// records whether it answered, clears the faults of topics it lists, and
+/// returns how many brokers it has.
+async fn check(shared: &Shared, timeout: Duration) -> Result<usize, SinkError> {
+    let current = shared.current();
+    if let Some((code, reason)) = current.producer.client().fatal_error() {
+        shared.rebuild(&current, code, &reason);
+    }
+    let producer = Arc::clone(&shared.current().producer);
+    let topics_wanted = shared.health.wants_topics();
+    let result = tokio::task::spawn_blocking(move || {
+        producer.client().fetch_metadata(None, timeout).map(|md| {
+            let topics: HashSet<String> = if topics_wanted {
+                md.topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.name().to_owned())
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            (md.brokers().len(), topics)
+        })
     })
     .await
     .map_err(|err| SinkError::Io(std::io::Error::other(err)))?
-    .map_err(SinkError::Kafka)
+    .map_err(SinkError::Kafka);
+    shared
+        .health
+        .reachable
+        .store(result.is_ok(), Ordering::Relaxed);
+    let (brokers, topics) = result?;
+    if topics_wanted {
+        shared.health.recheck_topics(|name| topics.contains(name));
+        shared.health.judge_suspects(|name| topics.contains(name));
+    }
+    Ok(brokers)
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they
@@ -451,25 +634,28 @@ mod tests {
     use crate::config::Config;
 
     #[tokio::test]
-    async fn a_request_is_woken_when_its_last_message_is_acknowledged() {
+    async fn a_request_is_woken_when_its_last_message_has_its_report() {
         let ack = RequestAck::new(3);
-        ack.delivered();
-        ack.delivered();
+        ack.delivered(0);
+        ack.delivered(2);
         let waiting = tokio::time::timeout(Duration::from_millis(50), ack.done.notified()).await;
         assert!(waiting.is_err(), "woken with a message outstanding");
-        ack.delivered();
+        ack.delivered(1);
         ack.done.notified().await;
         assert!(ack.failure().is_none());
+        assert_eq!(ack.acked(), [true, true, true]);
     }
 
     #[tokio::test]
-    async fn the_first_failure_wakes_the_request_and_is_kept() {
+    async fn a_failure_waits_for_the_other_reports_and_keeps_the_first_error() {
         let ack = RequestAck::new(3);
-        ack.delivered();
+        ack.delivered(0);
         ack.failed(
             KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
             10,
         );
+        let waiting = tokio::time::timeout(Duration::from_millis(50), ack.done.notified()).await;
+        assert!(waiting.is_err(), "woken before the last report");
         ack.failed(
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
             20,
@@ -481,6 +667,23 @@ mod tests {
             err,
             KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
         ));
+        assert_eq!(ack.acked(), [true, false, false]);
+    }
+
+    #[tokio::test]
+    async fn messages_never_enqueued_count_as_reported_and_not_acknowledged() {
+        let ack = RequestAck::new(4);
+        ack.not_enqueued(
+            2,
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+            5,
+        );
+        ack.delivered(1);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), ack.done.notified()).await;
+        assert!(waiting.is_err(), "woken before the enqueued ones reported");
+        ack.delivered(0);
+        ack.done.notified().await;
+        assert_eq!(ack.acked(), [true, true, false, false]);
     }
 
     #[test]

@@ -1,42 +1,115 @@
--- One request's policy check, atomic and in one round trip: deduplication,
+-- A request's policies, atomic and in one round trip each: deduplication,
 -- quotas and cluster-wide rate limits for the events of one token.
 --
+-- ARGV[1] is the mode. "check" decides each event and reserves what it takes
+-- (quota units, rate budget, and dedup markers written as pending, held by
+-- this request); "settle" runs once the sink answered: markers of delivered
+-- events are committed, and what undelivered events took is given back. A
+-- request whose events were all delivered and that holds no marker skips the
+-- settle.
+--
+-- CHECK
 -- KEYS[1]            quota-config:{token}            (hash, read only)
 -- KEYS[2t], KEYS[2t+1] quota:{token}:{type}, rate:{token}:{type} for type t
 -- KEYS[2n+2 ...]     event:{token}:... dedup markers, in event order, one
 --                    per event flagged in the dedup mask
 --
--- ARGV[1] now, unix milliseconds
--- ARGV[2] dedup marker TTL, seconds
--- ARGV[3] n, the number of types in this request
--- ARGV[4] default quota action: "drop" | "reject"
--- ARGV[5] rate limit action: "overflow" | "reject"
--- then per type t, four values from ARGV[6 + 4(t-1)]:
+-- ARGV[2] now, unix milliseconds
+-- ARGV[3] hold: how long a reserved marker lives unless settled, milliseconds
+-- ARGV[4] this request's reservation id
+-- ARGV[5] n, the number of types in this request
+-- ARGV[6] default quota action: "drop" | "reject"
+-- ARGV[7] rate limit action: "overflow" | "reject"
+-- then per type t, four values from ARGV[8 + 4(t-1)]:
 --   name, quota check ("1" | "0"), default rate (events/s, 0 = off), default burst
 -- then the events: a string with one byte per event, the type's number ("1".."9")
 -- then the dedup mask: one byte per event, "1" when it has a marker key
 --
 -- Returns one string of space-separated fields (one bulk string is cheaper
 -- for the client to read than an array):
---   verdict decisions retry_after_ms quota_action [name ms_left]...
---   verdict     "ok", or "quota" / "rate" when the request is refused whole
+--   verdict decisions retry_after_ms quota_action charges [name ms_left]...
+--   verdict     "ok", or "quota" / "rate" when the request is refused whole,
+--               or "busy" when another request holds one of its markers
 --   decisions   one byte per event: a(ccept) d(uplicate) q(uota) o(verflow)
---   quota_action the token's action (its `action` field, else ARGV[4])
+--   quota_action the token's action (its `action` field, else ARGV[6])
+--   charges     per type, comma-separated: "1" if each accepted or
+--               overflowed event took a unit of quota else "0", a slash, and
+--               the rate budget each accepted event took, in milliseconds
 --   exhausted   name, milliseconds-left pairs for types with nothing left
 -- Nothing is written unless the verdict is "ok".
+--
+-- A marker holds "1" once committed (the event is in Kafka: later copies are
+-- duplicates) or "p" and the reservation id while a request waits for Kafka
+-- (a copy arriving meanwhile is refused as busy, so two racing requests
+-- never both produce it and neither drops it before the other is sure).
+--
+-- SETTLE
+-- KEYS[2t-1], KEYS[2t] quota:{token}:{type}, rate:{token}:{type} for type t
+-- KEYS[2n+1 ...]       the reserved markers
+-- ARGV[2] now, unix milliseconds
+-- ARGV[3] the reservation id
+-- ARGV[4] committed marker TTL, seconds
+-- ARGV[5] n, the number of types
+-- then per type t, three values from ARGV[6 + 3(t-1)]: quota units to give
+--   back, events of rate budget to give back, rate budget per event (ms)
+-- then one byte per marker: "c" commit, "r" release
+-- Returns "ok".
 
-local now = tonumber(ARGV[1])
-local dedup_ttl = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local quota_action = ARGV[4]
-local rate_action = ARGV[5]
-local events = ARGV[6 + 4 * n]
-local mask = ARGV[7 + 4 * n]
+if ARGV[1] == 'settle' then
+  local now = tonumber(ARGV[2])
+  local pending = 'p' .. ARGV[3]
+  local dedup_ttl = tonumber(ARGV[4])
+  local n = tonumber(ARGV[5])
+  for t = 1, n do
+    local o = 6 + 3 * (t - 1)
+    local quota = tonumber(ARGV[o])
+    local rate = tonumber(ARGV[o + 1])
+    local interval = tonumber(ARGV[o + 2])
+    -- A counter that expired meanwhile belongs to a window that ended:
+    -- nothing to give back to.
+    if quota > 0 and redis.call('EXISTS', KEYS[2 * t - 1]) == 1 then
+      redis.call('INCRBY', KEYS[2 * t - 1], quota)
+    end
+    if rate > 0 then
+      local tat = tonumber(redis.call('GET', KEYS[2 * t]))
+      if tat then
+        local back = tat - rate * interval
+        if back <= now then
+          redis.call('DEL', KEYS[2 * t])
+        else
+          redis.call('SET', KEYS[2 * t], string.format('%.3f', back), 'PX', math.max(math.ceil(back - now), 1))
+        end
+      end
+    end
+  end
+  local ops = ARGV[6 + 3 * n]
+  for i = 1, #ops do
+    local key = KEYS[2 * n + i]
+    if string.byte(ops, i) == 99 then
+      -- The event is in Kafka: whatever the key holds now (this request's
+      -- reservation, or another's after it lapsed), later copies are
+      -- duplicates.
+      redis.call('SET', key, '1', 'EX', dedup_ttl)
+    elseif redis.call('GET', key) == pending then
+      redis.call('DEL', key)
+    end
+  end
+  return 'ok'
+end
+
+local now = tonumber(ARGV[2])
+local hold = tonumber(ARGV[3])
+local pending = 'p' .. ARGV[4]
+local n = tonumber(ARGV[5])
+local quota_action = ARGV[6]
+local rate_action = ARGV[7]
+local events = ARGV[8 + 4 * n]
+local mask = ARGV[9 + 4 * n]
 
 local types = {}
 local fields = { 'action' }
 for t = 1, n do
-  local o = 6 + 4 * (t - 1)
+  local o = 8 + 4 * (t - 1)
   local name = ARGV[o]
   types[t] = {
     name = name,
@@ -57,7 +130,8 @@ if config[1] then
   quota_action = config[1] == 'reject' and 'reject' or 'drop'
 end
 
--- Deduplication: a marker that exists, or one seen earlier in this request.
+-- Deduplication: a committed marker, or one seen earlier in this request,
+-- is a duplicate; a marker another request holds makes this one wait.
 local decisions = {}
 local kinds = {}
 local markers = {}
@@ -69,11 +143,19 @@ for i = 1, #events do
   if string.byte(mask, i) == 49 then
     local key = KEYS[next_key]
     next_key = next_key + 1
-    if seen[key] or redis.call('EXISTS', key) == 1 then
+    if seen[key] then
       decisions[i] = 'd'
     else
-      seen[key] = true
-      markers[i] = key
+      local marker = redis.call('GET', key)
+      if not marker then
+        seen[key] = true
+        markers[i] = key
+      elseif string.byte(marker, 1) == 112 then
+        local left = redis.call('PTTL', key)
+        return string.format('busy  %d', math.max(left, 1))
+      else
+        decisions[i] = 'd'
+      end
     end
   end
 end
@@ -137,6 +219,7 @@ for t = 1, n do
   local kind = types[t]
   local o = 4 + 4 * (t - 1)
   local rate = tonumber(config[o]) or kind.rate
+  kind.interval = 0
   local burst = tonumber(config[o + 1]) or kind.burst
   if rate > 0 and kind.accepted > 0 then
     local interval = 1000 / rate
@@ -162,6 +245,7 @@ for t = 1, n do
     else
       kind.admitted = kind.accepted
     end
+    kind.interval = interval
     if kind.admitted > 0 then
       local new_tat = tat + kind.admitted * interval
       rate_writes[#rate_writes + 1] = { KEYS[2 * t + 1], new_tat, math.max(math.ceil(new_tat - now), 1) }
@@ -185,11 +269,16 @@ for _, write in ipairs(rate_writes) do
 end
 for i = 1, #events do
   if markers[i] and (decisions[i] == 'a' or decisions[i] == 'o') then
-    redis.call('SET', markers[i], '1', 'EX', dedup_ttl)
+    redis.call('SET', markers[i], pending, 'PX', hold)
   end
 end
 
-local out = { 'ok', table.concat(decisions), string.format('%d', retry_after), quota_action }
+local charges = {}
+for t = 1, n do
+  local kind = types[t]
+  charges[t] = string.format('%s/%.6f', kind.used ~= nil and '1' or '0', kind.interval or 0)
+end
+local out = { 'ok', table.concat(decisions), string.format('%d', retry_after), quota_action, table.concat(charges, ',') }
 for i = 1, #exhausted, 2 do
   out[#out + 1] = exhausted[i]
   out[#out + 1] = string.format('%d', exhausted[i + 1])
