@@ -274,14 +274,7 @@ async fn concurrent_checks_of_different_tokens_each_get_their_own_answer() {
             let event = json!({"event": "e", "distinct_id": "u", "uuid": uuid.to_string()});
             // A copy racing its original is told to retry (503 in_flight)
             // until the original settled, as an SDK would.
-            for _ in 0..50 {
-                let reply = node.batch(token, vec![event.clone()]).await;
-                if reply.status != 503 || reply.body["code"] != "in_flight" {
-                    return reply;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("a duplicate was held for over a second");
+            send_until_answered(node, token, event).await
         })
     });
     let replies = futures::future::join_all(requests).await;
@@ -941,4 +934,59 @@ async fn runtime_config_turns_dedup_and_a_rate_limit_on_without_a_restart() {
     assert_eq!(reply.status, 429, "{:?}", reply.body);
     assert!(reply.retry_after.is_some());
     assert_eq!(node.lines().len(), 9);
+}
+
+/// Two replicas get copies of the same events at the same moment (a retry
+/// racing its original on another pod): each event is produced exactly
+/// once between them, and no copy is dropped before the other is sure. A
+/// copy refused `in_flight` is sent again, as SDKs do, and then answered
+/// 200 as a duplicate.
+#[tokio::test]
+async fn two_replicas_racing_the_same_events_produce_each_once() {
+    let redis = shared();
+    let prefix = unique("p") + ":";
+    let token = unique("phc");
+    let first = Node::start(&redis.url(), &prefix, &["--dedup"]);
+    let second = Node::start(&redis.url(), &prefix, &["--dedup"]);
+    let sent = events(40, "e", "u");
+    let races = sent.iter().map(|event| {
+        let (a, b) = (
+            send_until_answered(&first, &token, event.clone()),
+            send_until_answered(&second, &token, event.clone()),
+        );
+        async move { futures::join!(a, b) }
+    });
+    for (a, b) in futures::future::join_all(races).await {
+        assert_eq!((a.status, b.status), (200, 200), "{a:?} {b:?}");
+    }
+    let mut produced: Vec<String> = first
+        .lines()
+        .into_iter()
+        .chain(second.lines())
+        .map(|l| {
+            l["headers"]["uuid"]
+                .as_str()
+                .expect("uuid header")
+                .to_owned()
+        })
+        .collect();
+    produced.sort();
+    let mut expected: Vec<String> = sent
+        .iter()
+        .map(|e| e["uuid"].as_str().expect("uuid").to_owned())
+        .collect();
+    expected.sort();
+    assert_eq!(produced, expected, "each event exactly once across both");
+}
+
+/// Sends `event` to `node` until it is not refused `in_flight`.
+async fn send_until_answered(node: &Node, token: &str, event: Value) -> Reply {
+    for _ in 0..100 {
+        let reply = node.batch(token, vec![event.clone()]).await;
+        if reply.status != 503 || reply.body["code"] != "in_flight" {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a copy was held for over a second");
 }
