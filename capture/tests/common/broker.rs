@@ -28,7 +28,8 @@ pub fn broker() -> &'static Broker {
     BROKER.get_or_init(start_broker)
 }
 
-fn tansu_bin() -> PathBuf {
+/// The tansu binary: `$TANSU_BIN`, else `~/.cargo/bin/tansu`, else `tansu`.
+pub fn tansu_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("TANSU_BIN") {
         return bin.into();
     }

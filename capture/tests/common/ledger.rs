@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Record, read_topic_at};
+use super::consume_at;
 
 /// What the clients were told.
 #[derive(Debug, Default, Clone)]
@@ -138,9 +138,9 @@ impl Load {
     }
 }
 
-/// How often each uuid is on `topic` (by its `uuid` header): reads until
-/// every `expected` uuid arrived (or 60 s passed), then waits two more
-/// seconds for anything past them, so duplicates show.
+/// How often each uuid is on `topic` (by its `uuid` header): reads from
+/// the beginning until every `expected` uuid arrived (or 60 s passed), and
+/// on until nothing new came for two seconds, so duplicates show.
 pub fn count_on_topic(topic: &str, expected: &HashSet<String>) -> BTreeMap<String, usize> {
     count_on_topic_at(&super::broker().address, topic, expected)
 }
@@ -151,28 +151,25 @@ pub fn count_on_topic_at(
     topic: &str,
     expected: &HashSet<String>,
 ) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut found = 0;
+    let mut quiet_since: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let count = |records: &[Record]| {
-        let mut counts = BTreeMap::new();
-        for record in records {
+    consume_at(address, topic, deadline, |record| match record {
+        Some(record) => {
+            quiet_since = None;
             let uuid = record.headers.get("uuid").cloned().unwrap_or_default();
-            *counts.entry(uuid).or_insert(0usize) += 1;
+            let count = counts.entry(uuid.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 && expected.contains(&uuid) {
+                found += 1;
+            }
+            true
         }
-        counts
-    };
-    let mut want = expected.len();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let records = read_topic_at(address, topic, want, left.max(Duration::from_secs(1)));
-        let counts = count(&records);
-        let missing = expected.iter().filter(|u| !counts.contains_key(*u)).count();
-        if missing == 0 || records.len() < want || Instant::now() > deadline {
-            let all = read_topic_at(address, topic, records.len() + 1, Duration::from_secs(2));
-            return count(&all);
-        }
-        // Duplicates or older messages took places: read further.
-        want = (records.len() + missing).max(records.len() * 2);
-    }
+        None if found < expected.len() => true,
+        None => quiet_since.get_or_insert_with(Instant::now).elapsed() < Duration::from_secs(2),
+    });
+    counts
 }
 
 /// Checks that every acknowledged uuid is on the topic (`counts` from

@@ -96,8 +96,13 @@ impl Topics {
 
 /// Creates topics on the shared broker.
 pub async fn create_topics(names: &[&str], partitions: i32) {
+    create_topics_at(&broker().address, names, partitions).await;
+}
+
+/// Creates topics on the broker at `address` (a test's own broker).
+pub async fn create_topics_at(address: &str, names: &[&str], partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker().address)
+        .set("bootstrap.servers", address)
         .create()
         .expect("admin client");
     let new: Vec<NewTopic<'_>> = names
@@ -142,6 +147,28 @@ pub fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
 
 /// [`read_topic`] from the broker at `address` (a test's own broker).
 pub fn read_topic_at(address: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    let mut records = Vec::new();
+    if count > 0 {
+        consume_at(address, topic, Instant::now() + timeout, |record| {
+            if let Some(record) = record {
+                records.push(record);
+            }
+            records.len() < count
+        });
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// Reads `topic` on the broker at `address` from the beginning, handing
+/// `next` each distinct message (`Some`) and `None` after each 100 ms
+/// without one, until `next` returns false or `deadline` passes.
+pub fn consume_at(
+    address: &str,
+    topic: &str,
+    deadline: Instant,
+    mut next: impl FnMut(Option<Record>) -> bool,
+) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", address)
         .set("group.id", unique("test-reader"))
@@ -159,10 +186,11 @@ pub fn read_topic_at(address: &str, topic: &str, count: usize, timeout: Duration
     }
     consumer.assign(&assignment).expect("assign");
     let mut seen = HashSet::new();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while records.len() < count && Instant::now() < deadline {
+    while Instant::now() < deadline {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            if !next(None) {
+                return;
+            }
             continue;
         };
         let message = result.expect("consume");
@@ -182,7 +210,7 @@ pub fn read_topic_at(address: &str, topic: &str, count: usize, timeout: Duration
                     .collect()
             })
             .unwrap_or_default();
-        records.push(Record {
+        let record = Record {
             partition: message.partition(),
             offset: message.offset(),
             key: message
@@ -191,10 +219,11 @@ pub fn read_topic_at(address: &str, topic: &str, count: usize, timeout: Duration
             headers,
             value: serde_json::from_slice(message.payload().unwrap_or_default())
                 .expect("message value is JSON"),
-        });
+        };
+        if !next(Some(record)) {
+            return;
+        }
     }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    records
 }
 
 /// Reads exactly `count` messages, failing with what did arrive otherwise.

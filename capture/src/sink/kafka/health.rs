@@ -5,7 +5,9 @@
 //!
 //! A fatal error is one librdkafka cannot recover from (an idempotent
 //! producer that lost its sequence with the broker): every later produce
-//! fails. The sink answers it by building a new producer in the same
+//! fails. Deliveries that keep failing for the producer's own state
+//! (fenced, epoch or sequence refused) for [`STATE_REFUSED_REBUILD`] are
+//! treated the same way. The sink answers it by building a new producer in the same
 //! process (see [`super::KafkaSink`]); the process keeps its HTTP server,
 //! Redis connections and runtime config, and the pod does not restart.
 //!
@@ -30,6 +32,26 @@ use crate::metrics as m;
 /// How long a pod stays unready for a topic it may not write before trying
 /// again.
 pub const AUTH_RETRY: Duration = Duration::from_secs(30);
+
+/// How long every delivery may fail for the producer's own state (fenced,
+/// epoch or sequence refused) before the producer is replaced. librdkafka
+/// recovers from these by itself against Kafka; a broker that keeps
+/// refusing them (tansu 0.6 fences every epoch bump) would otherwise leave
+/// a pod that looks ready and answers 503 to everything.
+pub const STATE_REFUSED_REBUILD: Duration = Duration::from_secs(10);
+
+/// Whether a delivery error says the broker refuses the producer's
+/// idempotence state rather than the message.
+pub fn refuses_producer_state(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+    )
+}
 
 /// Why Kafka refuses a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +101,11 @@ pub struct SinkHealth {
     suspects: Mutex<HashSet<String>>,
     /// Whether `suspects` may hold entries.
     any_suspect: AtomicBool,
+    /// Since when, and why, every delivery failed for the producer's own
+    /// state (cleared by any successful delivery).
+    state_refused: Mutex<Option<(Instant, RDKafkaErrorCode)>>,
+    /// Whether `state_refused` may be set.
+    any_state_refused: AtomicBool,
     /// Wakes the health check at once (a fatal error was reported).
     pub wake: tokio::sync::Notify,
 }
@@ -132,8 +159,35 @@ impl SinkHealth {
         }
     }
 
+    /// Records a delivery refused for the producer's own state.
+    pub fn producer_state_refused(&self, code: RDKafkaErrorCode) {
+        let mut refused = self.state_refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.is_none() {
+            *refused = Some((Instant::now(), code));
+            self.any_state_refused.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The refusal, when deliveries have failed for the producer's state
+    /// for at least `at_least`.
+    pub fn state_refused_for(&self, at_least: Duration) -> Option<RDKafkaErrorCode> {
+        if !self.any_state_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        let refused = self.state_refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused.and_then(|(since, code)| (since.elapsed() >= at_least).then_some(code))
+    }
+
+    /// Forgets a refusal (a new producer starts clean).
+    pub fn clear_state_refused(&self) {
+        if self.any_state_refused.swap(false, Ordering::Relaxed) {
+            *self.state_refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
     /// Records a delivery to `topic`: whatever was wrong with it is not.
     pub fn topic_delivered(&self, topic: &str) {
+        self.clear_state_refused();
         if self.any_topic_fault.load(Ordering::Relaxed) {
             self.clear_topics(|name, _, _| name == topic);
         }
@@ -189,6 +243,11 @@ impl SinkHealth {
         }
         if !self.reachable.load(Ordering::Relaxed) {
             return Some("kafka brokers unreachable".into());
+        }
+        if let Some(code) = self.state_refused_for(Duration::ZERO) {
+            return Some(format!(
+                "kafka refuses the producer's state ({code}); replaced if it lasts"
+            ));
         }
         if self.any_topic_fault() {
             let topics = self.lock_topics();
@@ -278,6 +337,29 @@ mod tests {
                 .expect("unready")
                 .starts_with("kafka refuses topics")
         );
+    }
+
+    #[test]
+    fn a_refused_producer_state_is_unready_until_a_delivery() {
+        let health = ready();
+        health.producer_state_refused(RDKafkaErrorCode::ProducerFenced);
+        assert!(
+            health
+                .problem()
+                .expect("unready")
+                .contains("producer's state")
+        );
+        assert_eq!(
+            health.state_refused_for(Duration::ZERO),
+            Some(RDKafkaErrorCode::ProducerFenced)
+        );
+        assert_eq!(health.state_refused_for(Duration::from_secs(60)), None);
+        health.topic_delivered("events");
+        assert_eq!(health.problem(), None);
+        assert!(refuses_producer_state(
+            RDKafkaErrorCode::InvalidProducerEpoch
+        ));
+        assert!(!refuses_producer_state(RDKafkaErrorCode::MessageTimedOut));
     }
 
     #[test]

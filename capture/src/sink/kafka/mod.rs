@@ -35,7 +35,7 @@ use super::{Delivery, Health, Message, Sink, SinkError};
 use crate::config::{Acks, KafkaCompression, KafkaConfig, KafkaSecurityProtocol, SaslMechanism};
 use crate::event::header;
 use crate::metrics as m;
-use health::{SinkHealth, TopicFault};
+use health::{STATE_REFUSED_REBUILD, SinkHealth, TopicFault, refuses_producer_state};
 
 /// Room librdkafka needs beyond the value for key, headers and framing.
 pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -169,6 +169,9 @@ impl ProducerContext for KafkaContext {
                 match err.rdkafka_error_code() {
                     Some(RDKafkaErrorCode::MessageTimedOut) => {
                         self.health.topic_suspect(message.topic());
+                    }
+                    Some(code) if refuses_producer_state(code) => {
+                        self.health.producer_state_refused(code);
                     }
                     code => {
                         if let Some(fault) = code.and_then(TopicFault::from_code) {
@@ -358,6 +361,7 @@ impl Shared {
             tokio::time::sleep(POLL_SLICE * 3).await;
             drop(old);
         });
+        self.health.clear_state_refused();
         self.health.set_fatal(None);
         tracing::info!("new kafka producer in use");
     }
@@ -552,6 +556,12 @@ impl Sink for KafkaSink {
 async fn check(shared: &Shared, timeout: Duration) -> Result<usize, SinkError> {
     let current = shared.current();
     if let Some((code, reason)) = current.producer.client().fatal_error() {
+        shared.rebuild(&current, code, &reason);
+    } else if let Some(code) = shared.health.state_refused_for(STATE_REFUSED_REBUILD) {
+        let reason = format!(
+            "every delivery refused for the producer's state for {}s",
+            STATE_REFUSED_REBUILD.as_secs()
+        );
         shared.rebuild(&current, code, &reason);
     }
     let producer = Arc::clone(&shared.current().producer);
