@@ -44,6 +44,11 @@ fn main() {
             std::process::exit(1);
         }
     });
+    // Everything was answered and flushed. A blocking call still running
+    // (a metadata request to a broker that is down waits up to
+    // `--kafka-metadata-timeout`) must not hold the exit past the
+    // shutdown budget.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
 }
 
 /// `capture quota ...`: quota administration, then exit.

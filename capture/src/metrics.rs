@@ -34,7 +34,8 @@ pub const KAFKA_TX_MESSAGES: &str = "capture_kafka_tx_messages_total";
 pub const KAFKA_TX_BYTES: &str = "capture_kafka_tx_bytes_total";
 /// Errors reported by the Kafka client.
 pub const KAFKA_CLIENT_ERRORS: &str = "capture_kafka_client_errors_total";
-/// Fatal producer errors; each replaces the producer with a new one.
+/// Fatal producer errors (and producers whose state the broker kept
+/// refusing for 10 s); each replaces the producer with a new one.
 pub const KAFKA_PRODUCER_FATAL: &str = "capture_kafka_producer_fatal_errors_total";
 /// Deliveries refused for their topic, by `error` (`unknown_topic`,
 /// `not_authorized`).

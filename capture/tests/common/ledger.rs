@@ -5,9 +5,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::consume_at;
 
@@ -138,37 +141,69 @@ impl Load {
     }
 }
 
-/// How often each uuid is on `topic` (by its `uuid` header): reads from
-/// the beginning until every `expected` uuid arrived (or 60 s passed), and
-/// on until nothing new came for two seconds, so duplicates show.
-pub fn count_on_topic(topic: &str, expected: &HashSet<String>) -> BTreeMap<String, usize> {
-    count_on_topic_at(&super::broker().address, topic, expected)
+/// How often each uuid is on `topic` (by its `uuid` header), on the
+/// shared broker: see [`count_on_topic_at`].
+pub fn count_on_topic(topic: &str) -> BTreeMap<String, usize> {
+    count_on_topic_at(&super::broker().address, topic)
 }
 
-/// [`count_on_topic`] on the broker at `address` (a test's own broker).
-pub fn count_on_topic_at(
-    address: &str,
-    topic: &str,
-    expected: &HashSet<String>,
-) -> BTreeMap<String, usize> {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut found = 0;
-    let mut quiet_since: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// How often each uuid is on `topic` at `address`, reading every message
+/// the broker holds: up to each partition's high watermark, so the count
+/// is exact and needs no quiet period. The deadline is generous: tansu's
+/// sqlite engine serves only a couple of hundred messages a second.
+pub fn count_on_topic_at(address: &str, topic: &str) -> BTreeMap<String, usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", address)
+        .set("group.id", super::unique("watermarks"))
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    // Per partition: its low and high watermark, and how many offsets
+    // below the high one were read. Messages past it (written while this
+    // reads) are counted too, but not waited for.
+    let mut partitions: BTreeMap<i32, (i64, i64, i64)> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            (partition.id(), (low, high, 0))
+        })
+        .collect();
+    let mut missing: i64 = partitions.values().map(|(low, high, _)| high - low).sum();
+    let mut counts = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // Past the watermarks, on until nothing new came for two seconds: a
+    // broker's watermarks may lag what it serves.
+    let mut quiet_since: Option<std::time::Instant> = None;
     consume_at(address, topic, deadline, |record| match record {
         Some(record) => {
             quiet_since = None;
-            let uuid = record.headers.get("uuid").cloned().unwrap_or_default();
-            let count = counts.entry(uuid.clone()).or_insert(0);
-            *count += 1;
-            if *count == 1 && expected.contains(&uuid) {
-                found += 1;
+            if let Some((_, high, read)) = partitions.get_mut(&record.partition)
+                && record.offset < *high
+            {
+                *read += 1;
+                missing -= 1;
             }
+            let uuid = record.headers.get("uuid").cloned().unwrap_or_default();
+            *counts.entry(uuid).or_insert(0usize) += 1;
             true
         }
-        None if found < expected.len() => true,
-        None => quiet_since.get_or_insert_with(Instant::now).elapsed() < Duration::from_secs(2),
+        None if missing > 0 => true,
+        None => {
+            quiet_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                < Duration::from_secs(2)
+        }
     });
+    assert_eq!(
+        missing, 0,
+        "every message below the high watermarks of {topic} is read back: {partitions:?}"
+    );
     counts
 }
 
