@@ -148,21 +148,11 @@ async fn a_slow_or_cut_broker_never_gets_a_200_without_an_ack_and_recovers_by_it
     tokio::time::sleep_until((slowed + SLOW_PHASE).into()).await;
     let after_window = load.ledger();
     let slow_probes = probing.await.expect("slow probes");
-    for probe in &slow_probes {
-        assert_eq!(
-            probe.status,
-            503,
-            "a request sent while every ack takes {:?} to come back was not refused: {probe:?}; \
-             capture's last log lines:\n{}",
-            SLOW * 2,
-            tail(&capture)
-        );
-        assert!(
-            probe.latency < LATENCY_BOUND,
-            "refused after {:?}, more than {LATENCY_BOUND:?}: {probe:?}",
-            probe.latency
-        );
-    }
+    assert_refused_in_time(
+        &slow_probes,
+        &format!("while every ack takes {:?} to come back", SLOW * 2),
+        &capture,
+    );
     probes.record_all(&slow_probes);
     let slow_readiness = readiness(&client, &capture).await;
     let honest_window = slowed.elapsed() - NO_ACK_POSSIBLE;
@@ -222,20 +212,7 @@ async fn a_slow_or_cut_broker_never_gets_a_200_without_an_ack_and_recovers_by_it
     if cut.elapsed() < CUT_MIN {
         tokio::time::sleep(CUT_MIN - cut.elapsed()).await;
     }
-    for probe in &cut_probes {
-        assert_eq!(
-            probe.status,
-            503,
-            "a request sent while the network is cut was not refused: {probe:?}; capture's \
-             last log lines:\n{}",
-            tail(&capture)
-        );
-        assert!(
-            probe.latency < LATENCY_BOUND,
-            "refused after {:?}, more than {LATENCY_BOUND:?}: {probe:?}",
-            probe.latency
-        );
-    }
+    assert_refused_in_time(&cut_probes, "while the network is cut", &capture);
     probes.record_all(&cut_probes);
     let cut_for = cut.elapsed();
     println!(
@@ -674,6 +651,24 @@ fn free_slash_30() -> (String, String) {
         }
     }
     panic!("no free /30 in 10.213.0.0/16");
+}
+
+/// Fails unless every probe sent `when` was refused (503) within
+/// [`LATENCY_BOUND`].
+fn assert_refused_in_time(probes: &[Probe], when: &str, capture: &Capture) {
+    for probe in probes {
+        assert_eq!(
+            probe.status,
+            503,
+            "a request sent {when} was not refused: {probe:?}; capture's last log lines:\n{}",
+            tail(capture)
+        );
+        assert!(
+            probe.latency < LATENCY_BOUND,
+            "refused after {:?}, more than {LATENCY_BOUND:?}: {probe:?}",
+            probe.latency
+        );
+    }
 }
 
 /// One request the test sent itself, timed.

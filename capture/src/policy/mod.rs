@@ -791,6 +791,18 @@ mod tests {
         Candidate::new(message, distinct_id.into(), None)
     }
 
+    async fn check(policy: &Policy, request: &mut Candidates) -> Option<Reservation> {
+        policy
+            .check(
+                request,
+                &Topics::default(),
+                Utc::now(),
+                &Overrides::default(),
+            )
+            .await
+            .expect("applied")
+    }
+
     #[tokio::test]
     async fn local_policies_need_no_redis_and_move_overflow_unkeyed() {
         let policy = Policy::new(&PolicySettings {
@@ -807,15 +819,7 @@ mod tests {
                 .map(|d| candidate(DataType::Events, d))
                 .collect(),
         };
-        let reservation = policy
-            .check(
-                &mut request,
-                &Topics::default(),
-                Utc::now(),
-                &Overrides::default(),
-            )
-            .await
-            .expect("applied");
+        let reservation = check(&policy, &mut request).await;
         assert!(reservation.is_none(), "nothing held without redis");
         let overflowed: Vec<&str> = request
             .events
@@ -848,15 +852,7 @@ mod tests {
                 candidate(DataType::Events, "u"),
             ],
         };
-        policy
-            .check(
-                &mut request,
-                &Topics::default(),
-                Utc::now(),
-                &Overrides::default(),
-            )
-            .await
-            .expect("applied");
+        check(&policy, &mut request).await;
         assert_eq!(request.events[0].verdict, Verdict::Dropped("sample"));
         assert_eq!(request.events[1].verdict, Verdict::Overflowed);
     }
