@@ -544,28 +544,18 @@ impl Net {
     /// Cuts the link: the namespace's end goes down, the host's end loses
     /// its carrier (and keeps its route, so nothing leaves by eth0).
     fn cut(&self) {
-        ip(&[
-            "-n",
-            &self.namespace,
-            "link",
-            "set",
-            &self.namespace_veth,
-            "down",
-        ])
-        .expect("cut the link");
+        self.set_link("down");
     }
 
     /// Brings the link back.
     fn heal(&self) {
-        ip(&[
-            "-n",
-            &self.namespace,
-            "link",
-            "set",
-            &self.namespace_veth,
-            "up",
-        ])
-        .expect("bring the link back");
+        self.set_link("up");
+    }
+
+    fn set_link(&self, state: &str) {
+        let veth = &self.namespace_veth;
+        ip(&["-n", &self.namespace, "link", "set", veth, state])
+            .unwrap_or_else(|err| panic!("set the link {state}: {err}"));
     }
 
     fn tansu_log(&self) -> String {
