@@ -136,6 +136,14 @@ pub struct Charge {
     pub interval_ms: f64,
 }
 
+impl Charge {
+    /// Nothing taken.
+    pub const NONE: Charge = Charge {
+        quota: false,
+        interval_ms: 0.0,
+    };
+}
+
 /// The script's answer to a check.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {

@@ -443,6 +443,21 @@ impl Policy {
     }
 }
 
+/// The dedup marker `event` is checked (and reserved) under, when dedup is
+/// on and applies to it (not to recordings, nor to an event without a
+/// client id).
+fn dedup_marker(event: &Candidate, dedup: bool) -> Option<Marker<'_>> {
+    let id = event
+        .dedup
+        .as_ref()
+        .filter(|_| dedup && event.kind != DataType::Recordings)?;
+    Some(Marker {
+        distinct_id: &event.distinct_id,
+        event: &id.event,
+        id: &id.id,
+    })
+}
+
 /// Moves an event to the overflow topic, unkeyed.
 fn overflow(event: &mut Candidate, topics: &Topics) {
     if let Some(message) = &mut event.message {
@@ -482,15 +497,11 @@ impl RedisPolicy {
                 }
             }
         }
+        let dedup = dedup_ttl.is_some();
         let mut types: Vec<TypeCheck> = Vec::with_capacity(2);
-        // The events Redis decides, in order, and per event: its index in
-        // the request, its type's index in `types`, whether it has a marker.
+        // The events Redis decides: those still to produce, in order.
         let mut events: Vec<CheckedEvent<'_>> = Vec::with_capacity(request.events.len());
-        let mut asked: Vec<(usize, usize, bool)> = Vec::with_capacity(request.events.len());
-        for (i, event) in request.events.iter().enumerate() {
-            if !event.verdict.produces() {
-                continue;
-            }
+        for event in request.events.iter().filter(|e| e.verdict.produces()) {
             let kind = quota_type(event.kind);
             let type_index = match types.iter().position(|t| t.kind == kind) {
                 Some(index) => index,
@@ -505,16 +516,10 @@ impl RedisPolicy {
                     types.len() - 1
                 }
             };
-            let marker = match (&event.dedup, dedup_ttl) {
-                (Some(dedup), Some(_)) if event.kind != DataType::Recordings => Some(Marker {
-                    distinct_id: &event.distinct_id,
-                    event: &dedup.event,
-                    id: &dedup.id,
-                }),
-                _ => None,
-            };
-            asked.push((i, type_index, marker.is_some()));
-            events.push(CheckedEvent { type_index, marker });
+            events.push(CheckedEvent {
+                type_index,
+                marker: dedup_marker(event, dedup),
+            });
         }
         if types.is_empty() {
             return Ok(None);
@@ -534,16 +539,10 @@ impl RedisPolicy {
         for check in &types {
             self.meters.check(check.kind).increment(1);
         }
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            settings.timeout,
-            check::run(&self.checks, &self.keys, &check),
-        )
-        .await;
-        self.meters
-            .round_trip
-            .record(started.elapsed().as_secs_f64());
-        let reply = match result {
+        let reply = match self
+            .round_trip(check::run(&self.checks, &self.keys, &check))
+            .await
+        {
             Ok(Ok(reply)) => {
                 self.answered();
                 reply
@@ -575,14 +574,24 @@ impl RedisPolicy {
                 action,
             } => (decisions, charges, exhausted, action),
         };
+        // What each type was charged per event; a type the reply left out
+        // was charged nothing.
+        let charges: Vec<(QuotaType, Charge)> = types
+            .iter()
+            .zip(charges)
+            .map(|(check, charge)| (check.kind, charge))
+            .collect();
         let mut held_any = false;
-        for ((i, type_index, has_marker), decision) in asked.into_iter().zip(decisions) {
-            let event = &mut request.events[i];
-            let kind = types[type_index].kind;
-            let charge = charges.get(type_index).copied().unwrap_or(Charge {
-                quota: false,
-                interval_ms: 0.0,
-            });
+        // The same events as `events`, in the same order: no verdict
+        // changed since.
+        let decided = request.events.iter_mut().filter(|e| e.verdict.produces());
+        for (event, decision) in decided.zip(decisions) {
+            let has_marker = dedup_marker(event, dedup).is_some();
+            let kind = quota_type(event.kind);
+            let charge = charges
+                .iter()
+                .find(|(charged, _)| *charged == kind)
+                .map_or(Charge::NONE, |(_, charge)| *charge);
             match decision {
                 Decision::Accept => {}
                 Decision::Overflow if kind == QuotaType::Recordings => {}
@@ -619,11 +628,7 @@ impl RedisPolicy {
         }
         Ok(held_any.then(|| Reservation {
             id: reservation,
-            charges: types
-                .iter()
-                .zip(charges)
-                .map(|(check, charge)| (check.kind, charge))
-                .collect(),
+            charges,
             dedup_ttl: dedup_ttl.unwrap_or(Duration::from_secs(1)),
         }))
     }
@@ -685,13 +690,8 @@ impl RedisPolicy {
                 }
             }
             if event.held.marker
-                && let Some(dedup) = &event.dedup
+                && let Some(marker) = dedup_marker(event, true)
             {
-                let marker = Marker {
-                    distinct_id: &event.distinct_id,
-                    event: &dedup.event,
-                    id: &dedup.id,
-                };
                 markers.push((marker, delivered));
             }
         }
@@ -710,16 +710,10 @@ impl RedisPolicy {
         if released > 0 {
             metrics::counter!(m::POLICY_RELEASED_EVENTS).increment(released);
         }
-        let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.settings.timeout,
-            check::settle(&self.checks, &self.keys, &settle),
-        )
-        .await;
-        self.meters
-            .round_trip
-            .record(started.elapsed().as_secs_f64());
-        let error = match result {
+        let error = match self
+            .round_trip(check::settle(&self.checks, &self.keys, &settle))
+            .await
+        {
             Ok(Ok(())) => {
                 self.answered();
                 metrics::counter!(m::POLICY_SETTLES, "result" => "ok").increment(1);
@@ -737,6 +731,20 @@ impl RedisPolicy {
             released,
             "could not settle a request's policy reservation; its markers lapse on their own"
         );
+    }
+
+    /// Runs one round trip to Redis within `--redis-timeout`, timed in
+    /// the round-trip histogram (timeouts included).
+    async fn round_trip<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<redis::RedisResult<T>, tokio::time::error::Elapsed> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.settings.timeout, call).await;
+        self.meters
+            .round_trip
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Notes a round trip Redis answered.
