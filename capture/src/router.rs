@@ -39,7 +39,7 @@ use crate::route::{DataType, Topics};
 use crate::sink::{Health, Sink, SinkError};
 use crate::timestamp;
 use crate::token::Masked;
-use crate::verdict::{Answer, Candidates, Verdict};
+use crate::verdict::{Answer, Candidates};
 
 /// The capture endpoints; each is served with and without a trailing slash.
 pub const CAPTURE_ROUTES: [(&str, Endpoint); 7] = [
@@ -355,29 +355,23 @@ async fn handle(
         dedup_ids: inner.policy.dedups(&runtime.overrides),
         runtime: &runtime,
     };
-    let mut request = match endpoint {
+    // A refused request: its events count as dropped, and its signature
+    // may be sent again.
+    let refused = |err: &CaptureError, dropped: usize| {
+        metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);
+        if let Some(verified) = &signed {
+            inner.replays.forget(verified);
+        }
+    };
+    let built = match endpoint {
         Endpoint::Recordings => recording_candidates(payload, &ctx),
         _ => analytics_candidates(payload, &ctx),
-    }
-    .inspect_err(|err| {
-        metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(events as u64);
-        if let Some(verified) = &signed {
-            inner.replays.forget(verified);
-        }
-    })?;
+    };
+    let mut request = built.inspect_err(|err| refused(err, events))?;
     let answer = deliver(inner, &mut request, &runtime, now).await;
-    if let Err(err) = &answer {
-        let not_produced = request
-            .events
-            .iter()
-            .filter(|e| e.verdict == Verdict::Failed || e.verdict.produces())
-            .count();
-        metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(not_produced as u64);
-        if let Some(verified) = &signed {
-            inner.replays.forget(verified);
-        }
-    } else {
-        tracing::debug!(token = %Masked(&request.token), events, "request accepted");
+    match &answer {
+        Err(err) => refused(err, request.not_produced()),
+        Ok(_) => tracing::debug!(token = %Masked(&request.token), events, "request accepted"),
     }
     answer
 }

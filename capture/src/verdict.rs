@@ -172,6 +172,16 @@ impl Candidates {
         self.events.iter().filter(|e| e.verdict == verdict).count()
     }
 
+    /// How many of the events to produce are not in Kafka: once the sink
+    /// answered, those it did not acknowledge; before (the request was
+    /// refused earlier), all of them.
+    pub fn not_produced(&self) -> usize {
+        match self.count(Verdict::Failed) {
+            0 => self.events.iter().filter(|e| e.verdict.produces()).count(),
+            failed => failed,
+        }
+    }
+
     /// The v0 answer: `None` when an event failed (the request is answered
     /// 503 and sent again whole), else the types limited by quota.
     pub fn answer(&self) -> Option<Answer> {
@@ -267,6 +277,17 @@ mod tests {
             ]
         );
         assert_eq!(request.answer(), None);
+        assert_eq!(
+            request.not_produced(),
+            1,
+            "the acknowledged ones were produced"
+        );
+    }
+
+    #[test]
+    fn a_request_refused_before_the_sink_produced_none_of_its_events() {
+        let request = candidates(&[Verdict::Accepted, Verdict::Duplicate, Verdict::Overflowed]);
+        assert_eq!(request.not_produced(), 2);
     }
 
     #[test]
