@@ -32,18 +32,10 @@ async fn send(url: String, body: String) -> (u16, Option<String>, String) {
     (status, retry_after, response.text().await.expect("body"))
 }
 
-async fn readiness(capture: &Capture) -> u16 {
-    reqwest::get(capture.url("/_readiness"))
-        .await
-        .expect("readiness")
-        .status()
-        .as_u16()
-}
-
 /// Polls readiness until it answers `want` (or fails after 20 s).
 async fn wait_for_readiness(capture: &Capture, want: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while readiness(capture).await != want {
+    while capture.readiness().await.0 != want {
         assert!(Instant::now() < deadline, "readiness never became {want}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -75,7 +67,7 @@ async fn broker_loss_turns_into_503_and_not_ready_and_recovers() {
     let capture = mock_capture(&cluster, &["--kafka-message-timeout", "2s"]);
     let (status, _, text) = send(capture.url("/e"), event("before")).await;
     assert_eq!(status, 200, "{text}");
-    assert_eq!(readiness(&capture).await, 200);
+    assert_eq!(capture.readiness().await.0, 200);
 
     cluster.broker_down(1).expect("broker down");
     let uuid = "01890d5a-6c84-7f5a-9a8c-000000000503";

@@ -18,14 +18,6 @@ use common::redis::{RedisServer, shared};
 use common::{Capture, broker, create_topics, unique};
 use serde_json::{Value, json};
 
-async fn readiness(capture: &Capture) -> (u16, String) {
-    let response = reqwest::get(capture.url("/_readiness"))
-        .await
-        .expect("readiness");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("readiness text"))
-}
-
 /// Capture with dedup and quotas on `redis`, producing to `events` on the
 /// shared broker (the other topics exist).
 fn capture_with_policies(events: &str, prefix: &str, extra: &[&str]) -> Capture {
@@ -101,7 +93,7 @@ async fn a_refused_request_leaves_no_trace_and_its_retry_lands_every_event_once(
     let named = format!("{events} (unknown_topic)");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, text) = readiness(&capture).await;
+        let (status, text) = capture.readiness().await;
         if status == 503 && text.contains(&named) {
             break;
         }
@@ -122,8 +114,8 @@ async fn a_refused_request_leaves_no_trace_and_its_retry_lands_every_event_once(
     assert_eq!(retried, (200, json!({"status": "Ok"})));
     // A topic created later is picked up without a restart, readiness too.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while readiness(&capture).await.0 != 200 {
-        assert!(Instant::now() < deadline, "{:?}", readiness(&capture).await);
+    while capture.readiness().await.0 != 200 {
+        assert!(Instant::now() < deadline, "{:?}", capture.readiness().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -303,6 +303,15 @@ impl Capture {
         format!("http://{}{path}", self.address)
     }
 
+    /// `GET /_readiness`: its status and body.
+    pub async fn readiness(&self) -> (u16, String) {
+        let response = reqwest::get(self.url("/_readiness"))
+            .await
+            .expect("readiness");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("readiness text"))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

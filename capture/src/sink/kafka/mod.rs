@@ -338,12 +338,12 @@ impl Shared {
     fn rebuild(&self, failed: &Arc<Current>, code: RDKafkaErrorCode, reason: &str) {
         metrics::counter!(m::KAFKA_PRODUCER_FATAL).increment(1);
         tracing::error!(error = %code, reason, "kafka producer unusable after a fatal error; building a new one");
-        self.health.set_fatal(Some(format!("{code}: {reason}")));
         let fresh = match Current::start(&self.client, &self.health) {
             Ok(fresh) => Arc::new(fresh),
             Err(err) => {
-                // Stays unready; the next health check tries again.
+                // Unready until the next health check builds one.
                 tracing::error!(error = %err, "could not build a new kafka producer");
+                self.health.set_fatal(Some(format!("{code}: {reason}")));
                 return;
             }
         };
