@@ -219,7 +219,13 @@ pub async fn run(
     .await;
     let spent = drain_started.get().map_or(Duration::ZERO, Instant::elapsed);
     let remaining = config.http.shutdown_timeout.saturating_sub(spent);
-    match sink.flush(remaining.max(Duration::from_millis(100))).await {
+    let (flushed, ()) = tokio::join!(
+        sink.flush(remaining.max(Duration::from_millis(100))),
+        // Dedup markers of events answered 200 that still wait to be
+        // committed.
+        policy.flush(),
+    );
+    match flushed {
         Ok(()) => tracing::info!("sink flushed; exiting"),
         Err(err) => tracing::error!(error = %err, "sink flush incomplete at shutdown"),
     }

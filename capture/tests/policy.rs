@@ -979,6 +979,49 @@ async fn two_replicas_racing_the_same_events_produce_each_once() {
     assert_eq!(produced, expected, "each event exactly once across both");
 }
 
+/// A fully delivered request is answered without waiting for its dedup
+/// markers' commit, which rides the next request's check; with no next
+/// request it still reaches Redis within a moment, so another replica finds
+/// the event delivered, not pending.
+#[tokio::test]
+async fn an_answered_requests_markers_are_committed_without_further_traffic() {
+    let redis = shared();
+    let prefix = unique("p") + ":";
+    let token = unique("phc");
+    let first = Node::start(&redis.url(), &prefix, &["--dedup", "--dedup-ttl", "1h"]);
+    let second = Node::start(&redis.url(), &prefix, &["--dedup", "--dedup-ttl", "1h"]);
+    let sent = events(3, "e", "u");
+    assert_eq!(first.batch(&token, sent.clone()).await.status, 200);
+    let key = |event: &Value| {
+        format!(
+            "{prefix}event:{{{token}}}:u:e:{}",
+            event["uuid"].as_str().expect("uuid")
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let values: Vec<String> = sent.iter().map(|e| redis.cli(&["GET", &key(e)])).collect();
+        if values.iter().all(|v| v == "1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "markers still not committed: {values:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ttl: u64 = redis.cli(&["TTL", &key(&sent[0])]).parse().expect("ttl");
+    assert!(
+        (3500..=3600).contains(&ttl),
+        "committed with the dedup ttl: {ttl}"
+    );
+
+    let copy = second.batch(&token, sent.clone()).await;
+    assert_eq!(copy.status, 200, "a duplicate, not in flight: {copy:?}");
+    assert!(second.lines().is_empty(), "nothing produced twice");
+    assert_eq!(first.lines().len(), 3);
+}
+
 /// Sends `event` to `node` until it is not refused `in_flight`.
 async fn send_until_answered(node: &Node, token: &str, event: Value) -> Reply {
     for _ in 0..100 {

@@ -281,13 +281,6 @@ pub struct Refund {
     pub interval_ms: f64,
 }
 
-impl SettleRequest<'_> {
-    /// Whether there is anything to do in Redis.
-    pub fn is_empty(&self) -> bool {
-        self.markers.is_empty() && self.refunds.iter().all(|r| r.quota == 0 && r.rate == 0)
-    }
-}
-
 /// Settles a request's reservation, in the same pipeline as other
 /// requests' checks.
 pub async fn settle(
@@ -301,11 +294,7 @@ pub async fn settle(
             settle_command(coalescer.script(), keys, request),
         )
         .await?;
-    match reply {
-        Value::BulkString(bytes) if bytes == b"ok" => Ok(()),
-        Value::SimpleString(text) if text == "ok" => Ok(()),
-        _ => Err(malformed("not ok")),
-    }
+    settled(&reply)
 }
 
 /// The settle `EVALSHA`: each refunded type's counter and rate keys, then
@@ -343,6 +332,75 @@ fn settle_command(script: &Script, keys: &Keys, request: &SettleRequest<'_>) -> 
     }
     command.arg(&ops);
     command.finish()
+}
+
+/// Markers of delivered events, from any number of requests, waiting to be
+/// committed by one settle call: the settle script with no refunds and
+/// every marker committed. Each marker is packed as it is added, so the
+/// call is put together by copying bytes.
+#[derive(Debug, Default)]
+pub struct Commits {
+    /// The markers' keys, packed as RESP bulk strings.
+    keys: Vec<u8>,
+    markers: usize,
+    requests: usize,
+}
+
+impl Commits {
+    /// Adds the markers of one request of `token`.
+    pub fn add<'a>(
+        &mut self,
+        keys: &Keys,
+        token: &str,
+        markers: impl IntoIterator<Item = Marker<'a>>,
+    ) {
+        for marker in markers {
+            super::resp::bulk(
+                &mut self.keys,
+                &keys.dedup_parts(token, marker.distinct_id, marker.event, marker.id),
+            );
+            self.markers += 1;
+        }
+        self.requests += 1;
+    }
+
+    /// How many markers are waiting.
+    pub fn markers(&self) -> usize {
+        self.markers
+    }
+
+    /// How many requests they came from.
+    pub fn requests(&self) -> usize {
+        self.requests
+    }
+
+    /// The settle `EVALSHA` committing every marker with `ttl`.
+    pub fn command(&self, script: &Script, ttl: Duration, now_ms: i64) -> Vec<u8> {
+        let args = 3 + self.markers + 6;
+        let mut command = Packer::new(args, self.keys.len() + self.markers + 160);
+        command
+            .arg("EVALSHA")
+            .arg(script.get_hash())
+            .int(self.markers as i64)
+            .packed(&self.keys, self.markers)
+            .arg("settle")
+            .int(now_ms)
+            // No marker is released, so no reservation id is read.
+            .int(0)
+            .int(ttl.as_secs().max(1) as i64)
+            .int(0)
+            .arg(&"c".repeat(self.markers));
+        command.finish()
+    }
+}
+
+/// Whether a settle call's reply is the script's "ok".
+pub fn settled(reply: &Value) -> RedisResult<()> {
+    match reply {
+        Value::BulkString(bytes) if bytes == b"ok" => Ok(()),
+        Value::SimpleString(text) if text == "ok" => Ok(()),
+        _ => Err(malformed("not ok")),
+    }
 }
 
 fn malformed(what: &str) -> redis::RedisError {

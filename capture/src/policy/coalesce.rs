@@ -17,15 +17,29 @@
 //! atomic on its own and means what it meant alone. On a Redis Cluster a
 //! pipeline must stay in one slot, so checks are grouped by token there
 //! (every key of a token carries the token as its hash tag).
+//!
+//! Commits of fully delivered requests (their dedup markers set to
+//! "delivered") wait here instead of in the request: the request is
+//! answered at once, and the markers of every request that finished since
+//! the last pipeline go out as one settle call at the head of the next
+//! one, ahead of the checks in it. So a check sent after a request was
+//! answered finds that request's markers committed (on the checks' own
+//! connection, and per token on a cluster, where commits and checks share
+//! the token's pipeline). When no check comes, the commits go out alone
+//! after [`COMMIT_WAIT`]. A commit that never reaches Redis leaves its
+//! markers pending until their hold ends, as a lost settle does.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use redis::{Cmd, Pipeline, RedisError, RedisResult, Script, ServerErrorKind, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
+use super::check::Commits;
 use super::pipe::{Pipe, Target};
 use super::resp::{self, Reply};
 use super::store::Store;
@@ -33,14 +47,127 @@ use super::store::Store;
 /// Most checks in one pipeline.
 const MOST_PER_PIPELINE: usize = 64;
 
-/// One request's check, waiting for the driver.
+/// Longest a commit waits for a pipeline of checks to ride before it goes
+/// out alone.
+pub const COMMIT_WAIT: Duration = Duration::from_millis(20);
+
+/// Most markers in one commit call (a longer one blocks Redis longer).
+const MOST_PER_COMMIT: usize = 2048;
+
+/// Where the outcome of a command goes.
+pub enum Answer {
+    /// To the request waiting for it.
+    Check(oneshot::Sender<RedisResult<Value>>),
+    /// To the policy's report of commits (nobody waits for them).
+    Commit {
+        requests: usize,
+        markers: usize,
+        report: Report,
+    },
+}
+
+/// Counts and logs the outcome of a commit call of `requests` requests'
+/// `markers` markers.
+pub type Report = fn(requests: usize, markers: usize, result: RedisResult<()>);
+
+impl Answer {
+    /// Hands `result` on.
+    pub fn send(self, result: RedisResult<Value>) {
+        match self {
+            Answer::Check(reply) => {
+                let _ = reply.send(result);
+            }
+            Answer::Commit {
+                requests,
+                markers,
+                report,
+            } => report(
+                requests,
+                markers,
+                result.and_then(|reply| super::check::settled(&reply)),
+            ),
+        }
+    }
+
+    /// Whether nobody needs the answer any more: a check whose request
+    /// gave up. A commit is always needed.
+    fn is_closed(&self) -> bool {
+        matches!(self, Answer::Check(reply) if reply.is_closed())
+    }
+}
+
+/// One command waiting for the driver: a request's check, or commits.
 struct Pending {
     /// Which pipeline it may share: the token on a cluster, `None` on a
     /// standalone server (where any checks may share one).
     group: Option<String>,
     /// The `EVALSHA`, packed.
     command: Vec<u8>,
-    reply: oneshot::Sender<RedisResult<Value>>,
+    reply: Answer,
+}
+
+/// Commits waiting for a pipeline.
+struct Deferred {
+    waiting: Mutex<Waiting>,
+    /// Tells the driver commits arrived (to start their clock) or that
+    /// enough arrived to go now.
+    nudge: Notify,
+    script: Arc<Script>,
+    report: Report,
+    /// [`COMMIT_WAIT`], but for tests.
+    wait: Duration,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Per pipeline group and marker TTL.
+    batches: Vec<(Option<String>, Duration, Commits)>,
+    markers: usize,
+    /// When the oldest waiting commit arrived.
+    since: Option<Instant>,
+}
+
+impl Deferred {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the waiting commits must go out without a check to ride.
+    fn due(&self) -> Option<Instant> {
+        let waiting = self.lock();
+        let since = waiting.since?;
+        Some(if waiting.markers >= MOST_PER_COMMIT {
+            since
+        } else {
+            since + self.wait
+        })
+    }
+
+    /// The waiting commits as commands, oldest group first.
+    fn take(&self) -> Vec<Pending> {
+        let batches = {
+            let mut waiting = self.lock();
+            if waiting.batches.is_empty() {
+                return Vec::new();
+            }
+            waiting.markers = 0;
+            waiting.since = None;
+            std::mem::take(&mut waiting.batches)
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        batches
+            .into_iter()
+            .map(|(group, ttl, commits)| Pending {
+                group,
+                command: commits.command(&self.script, ttl, now_ms),
+                reply: Answer::Commit {
+                    requests: commits.requests(),
+                    markers: commits.markers(),
+                    report: self.report,
+                },
+            })
+            .collect()
+    }
 }
 
 /// The handle requests submit their checks through.
@@ -52,16 +179,26 @@ pub struct Coalescer {
     source: &'static str,
     /// Started by the first check, so on the runtime that serves requests.
     queue: OnceLock<mpsc::UnboundedSender<Pending>>,
+    deferred: Arc<Deferred>,
 }
 
 impl Coalescer {
     /// A coalescer for the script `source` on `store`, or on a connection
     /// of its own to `lean`; its driver starts with the first check.
-    pub fn new(store: Store, lean: Option<Target>, source: &'static str) -> Self {
+    /// Outcomes of commits go to `report`.
+    pub fn new(store: Store, lean: Option<Target>, source: &'static str, report: Report) -> Self {
+        let script = Arc::new(Script::new(source));
         Coalescer {
             store,
             lean,
-            script: Arc::new(Script::new(source)),
+            deferred: Arc::new(Deferred {
+                waiting: Mutex::new(Waiting::default()),
+                nudge: Notify::new(),
+                script: Arc::clone(&script),
+                report,
+                wait: COMMIT_WAIT,
+            }),
+            script,
             source,
             queue: OnceLock::new(),
         }
@@ -77,11 +214,92 @@ impl Coalescer {
     pub async fn run(&self, token: &str, command: Vec<u8>) -> RedisResult<Value> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            group: matches!(self.store, Store::Cluster(_)).then(|| token.to_owned()),
+            group: self.group(token),
             command,
-            reply,
+            reply: Answer::Check(reply),
         };
-        let queue = self.queue.get_or_init(|| {
+        if self.queue().send(pending).is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Commits the markers `fill` adds (of one request of `token`, kept
+    /// for `ttl`) with the next pipeline, or within [`COMMIT_WAIT`];
+    /// returns at once. The outcome goes to the report.
+    pub fn commit(&self, token: &str, ttl: Duration, fill: impl FnOnce(&mut Commits)) {
+        self.queue();
+        let group = self.group(token);
+        let nudge = {
+            let mut waiting = self.deferred.lock();
+            let first = waiting.since.is_none();
+            let index = waiting
+                .batches
+                .iter()
+                .position(|(g, t, c)| *g == group && *t == ttl && c.markers() < MOST_PER_COMMIT)
+                .unwrap_or_else(|| {
+                    waiting.batches.push((group, ttl, Commits::default()));
+                    waiting.batches.len() - 1
+                });
+            let commits = &mut waiting.batches[index].2;
+            let before = commits.markers();
+            fill(commits);
+            let added = commits.markers() - before;
+            waiting.markers += added;
+            if first {
+                waiting.since = Some(Instant::now());
+            }
+            first
+                || (waiting.markers >= MOST_PER_COMMIT && waiting.markers - added < MOST_PER_COMMIT)
+        };
+        if nudge {
+            self.deferred.nudge.notify_one();
+        }
+    }
+
+    /// Sends the waiting commits now and waits for their outcome (reported
+    /// as always); for shutdown.
+    pub async fn flush(&self) {
+        let commits = self.deferred.take();
+        if commits.is_empty() {
+            return;
+        }
+        let queue = self.queue();
+        let mut answers = Vec::with_capacity(commits.len());
+        for mut pending in commits {
+            let (reply, answer) = oneshot::channel();
+            let Answer::Commit {
+                requests,
+                markers,
+                report,
+            } = std::mem::replace(&mut pending.reply, Answer::Check(reply))
+            else {
+                unreachable!("waiting commits are commits")
+            };
+            if queue.send(pending).is_err() {
+                report(requests, markers, Err(stopped()));
+                continue;
+            }
+            answers.push(async move {
+                let result = answer.await.unwrap_or_else(|_| Err(stopped()));
+                report(
+                    requests,
+                    markers,
+                    result.and_then(|r| super::check::settled(&r)),
+                );
+            });
+        }
+        futures::future::join_all(answers).await;
+    }
+
+    /// Which pipelines a command of `token` may share.
+    fn group(&self, token: &str) -> Option<String> {
+        matches!(self.store, Store::Cluster(_)).then(|| token.to_owned())
+    }
+
+    /// The driver's queue, starting the driver on first use.
+    fn queue(&self) -> &mpsc::UnboundedSender<Pending> {
+        self.queue.get_or_init(|| {
             let (queue, requests) = mpsc::unbounded_channel();
             let backend = match &self.lean {
                 Some(target) => Backend::Lean(Box::new(Pipe::new(target.clone(), self.source))),
@@ -91,13 +309,9 @@ impl Coalescer {
                     in_flight: FuturesUnordered::new(),
                 },
             };
-            tokio::spawn(drive(requests, backend));
+            tokio::spawn(drive(requests, backend, Arc::clone(&self.deferred)));
             queue
-        });
-        if queue.send(pending).is_err() {
-            return Err(stopped());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        })
     }
 }
 
@@ -120,6 +334,9 @@ enum Backend {
 impl Backend {
     /// Sends `batch` as one pipeline or more.
     fn send(&mut self, batch: Vec<Pending>) {
+        if batch.is_empty() {
+            return;
+        }
         match self {
             Backend::Lean(pipe) => {
                 pipe.send(
@@ -164,14 +381,24 @@ impl Backend {
     }
 }
 
-/// Collects checks into pipelines and keeps them in flight until every
-/// handle is gone and every answer is delivered.
-async fn drive(mut requests: mpsc::UnboundedReceiver<Pending>, mut backend: Backend) {
+/// Collects checks into pipelines, with the waiting commits at their head,
+/// and keeps them in flight until every handle is gone and every answer is
+/// delivered.
+async fn drive(
+    mut requests: mpsc::UnboundedReceiver<Pending>,
+    mut backend: Backend,
+    deferred: Arc<Deferred>,
+) {
     let mut batch: Vec<Pending> = Vec::new();
     loop {
+        let due = deferred.due();
         tokio::select! {
             biased;
             () = backend.progress() => {}
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                backend.send(deferred.take());
+            }
+            () = deferred.nudge.notified() => {}
             received = requests.recv_many(&mut batch, MOST_PER_PIPELINE) => {
                 if received == 0 {
                     break;
@@ -194,11 +421,14 @@ async fn drive(mut requests: mpsc::UnboundedReceiver<Pending>, mut backend: Back
                 // quota.
                 batch.retain(|pending| !pending.reply.is_closed());
                 if !batch.is_empty() {
-                    backend.send(std::mem::take(&mut batch));
+                    let mut commands = deferred.take();
+                    commands.append(&mut batch);
+                    backend.send(commands);
                 }
             }
         }
     }
+    backend.send(deferred.take());
     while backend.busy() {
         backend.progress().await;
     }
@@ -259,12 +489,8 @@ async fn send(mut store: Store, script: Arc<Script>, group: Vec<Pending>) {
                     retry.add_command(command.clone());
                     refused.push(answer);
                 }
-                Value::ServerError(err) => {
-                    let _ = answer.send(Err(err.into()));
-                }
-                reply => {
-                    let _ = answer.send(Ok(reply));
-                }
+                Value::ServerError(err) => answer.send(Err(err.into())),
+                reply => answer.send(Ok(reply)),
             }
         }
         if refused.is_empty() {
@@ -293,15 +519,161 @@ fn unpack(packed: &[u8]) -> Cmd {
     command
 }
 
-fn answer_all(waiting: Vec<oneshot::Sender<RedisResult<Value>>>, err: &RedisError) {
+fn answer_all(waiting: Vec<Answer>, err: &RedisError) {
     for answer in waiting {
-        let _ = answer.send(Err(err.clone()));
+        answer.send(Err(err.clone()));
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
     use super::*;
+    use crate::policy::check::Marker;
+    use crate::policy::keys::Keys;
+    use crate::policy::store::StoreSettings;
+
+    /// A stand-in for Redis on loopback that answers every command `+ok`
+    /// and passes on each command it reads, as text arguments, in order.
+    async fn fake_redis() -> (String, mpsc::UnboundedReceiver<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("redis://{}", listener.local_addr().expect("address"));
+        let (seen, commands) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut input = Vec::new();
+            loop {
+                if socket.read_buf(&mut input).await.expect("read") == 0 {
+                    return;
+                }
+                let mut used = 0;
+                while let Some((Reply::Array(args), took)) =
+                    resp::parse(&input[used..]).expect("RESP")
+                {
+                    used += took;
+                    let args = args
+                        .into_iter()
+                        .map(|arg| match arg {
+                            Reply::Bulk(bytes) => String::from_utf8(bytes).expect("text"),
+                            other => panic!("not a bulk string: {other:?}"),
+                        })
+                        .collect();
+                    let _ = seen.send(args);
+                    socket.write_all(b"+ok\r\n").await.expect("write");
+                }
+                input.drain(..used);
+            }
+        });
+        (url, commands)
+    }
+
+    /// A coalescer on its own connection to `url` whose commits wait
+    /// `wait` for a check, reporting into `reported`.
+    fn start(url: &str, wait: Duration, report: Report) -> Coalescer {
+        let settings =
+            StoreSettings::from_urls([url], false, Duration::from_secs(1), Duration::from_secs(1));
+        let store = Store::open(&settings).expect("store");
+        let mut coalescer = Coalescer::new(
+            store,
+            Target::new(&settings),
+            super::super::check::SOURCE,
+            report,
+        );
+        Arc::get_mut(&mut coalescer.deferred)
+            .expect("not shared yet")
+            .wait = wait;
+        coalescer
+    }
+
+    fn commit(coalescer: &Coalescer, keys: &Keys, token: &str, ids: &[&str]) {
+        coalescer.commit(token, Duration::from_secs(60), |commits| {
+            commits.add(
+                keys,
+                token,
+                ids.iter().map(|id| Marker {
+                    distinct_id: "u",
+                    event: "e",
+                    id,
+                }),
+            );
+        });
+    }
+
+    /// The commit call's arguments besides the script hash and the time.
+    fn commit_shape(args: &[String]) -> Vec<String> {
+        assert_eq!(args[0], "EVALSHA", "{args:?}");
+        let mut shape = args.to_vec();
+        shape.remove(1);
+        let now = shape.iter().position(|a| a == "settle").expect("settle") + 1;
+        shape.remove(now);
+        shape
+    }
+
+    #[tokio::test]
+    async fn commits_wait_for_the_next_check_and_go_ahead_of_it() {
+        static REPORTED: AtomicUsize = AtomicUsize::new(0);
+        fn report(requests: usize, _: usize, result: RedisResult<()>) {
+            result.expect("committed");
+            REPORTED.fetch_add(requests, Ordering::SeqCst);
+        }
+        let (url, mut seen) = fake_redis().await;
+        let coalescer = start(&url, Duration::from_secs(3600), report);
+        let keys = Keys::new("p:").expect("keys");
+        commit(&coalescer, &keys, "t1", &["a", "b"]);
+        commit(&coalescer, &keys, "t2", &["c"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(seen.try_recv().is_err(), "nothing sent before a check");
+        assert_eq!(REPORTED.load(Ordering::SeqCst), 0);
+
+        let reply = coalescer.run("t1", resp::pack(&["PING"])).await;
+        assert_eq!(reply.expect("answered"), Value::SimpleString("ok".into()));
+        let first = seen.recv().await.expect("commit");
+        assert_eq!(
+            commit_shape(&first),
+            [
+                "EVALSHA",
+                "3",
+                "p:event:{t1}:u:e:a",
+                "p:event:{t1}:u:e:b",
+                "p:event:{t2}:u:e:c",
+                "settle",
+                "0",
+                "60",
+                "0",
+                "ccc"
+            ]
+        );
+        assert_eq!(seen.recv().await.expect("check"), ["PING"]);
+        assert_eq!(REPORTED.load(Ordering::SeqCst), 2, "both requests reported");
+    }
+
+    #[tokio::test]
+    async fn commits_go_alone_after_the_wait_and_at_once_when_flushed() {
+        fn report(_: usize, _: usize, result: RedisResult<()>) {
+            result.expect("committed");
+        }
+        let keys = Keys::new("p:").expect("keys");
+
+        let (url, mut seen) = fake_redis().await;
+        let coalescer = start(&url, Duration::from_millis(30), report);
+        commit(&coalescer, &keys, "t", &["a"]);
+        let alone = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .expect("sent within the wait")
+            .expect("commit");
+        assert_eq!(commit_shape(&alone)[2], "p:event:{t}:u:e:a");
+
+        let (url, mut seen) = fake_redis().await;
+        let coalescer = start(&url, Duration::from_secs(3600), report);
+        commit(&coalescer, &keys, "t", &["b"]);
+        coalescer.flush().await;
+        let flushed = seen.try_recv().expect("sent by the flush");
+        assert_eq!(commit_shape(&flushed)[2], "p:event:{t}:u:e:b");
+    }
 
     fn pending(group: Option<&str>, n: usize) -> Pending {
         let (reply, _) = oneshot::channel();
@@ -309,7 +681,7 @@ mod tests {
         Pending {
             group: group.map(str::to_owned),
             command,
-            reply,
+            reply: Answer::Check(reply),
         }
     }
 

@@ -281,6 +281,7 @@ impl Policy {
                         store.clone(),
                         pipe::Target::new(&redis.store),
                         check::SOURCE,
+                        report_commits,
                     ),
                     store,
                     keys,
@@ -390,6 +391,14 @@ impl Policy {
         }
     }
 
+    /// Sends the commits still waiting for a pipeline and waits for Redis
+    /// to take them; for shutdown, once no request is left.
+    pub async fn flush(&self) {
+        if let Some(redis) = &self.redis {
+            let _ = tokio::time::timeout(redis.settings.timeout, redis.checks.flush()).await;
+        }
+    }
+
     /// Forced overflow and hot-key buckets, answered in memory.
     fn local_overflow(
         &self,
@@ -440,6 +449,25 @@ impl Policy {
             metrics::counter!(m::EVENTS_OVERFLOWED, "cause" => cause).increment(1);
         }
         Ok(())
+    }
+}
+
+/// Counts the outcome of one call committing `requests` requests'
+/// `markers` markers, and logs a failure (once per call, not per request).
+fn report_commits(requests: usize, markers: usize, result: redis::RedisResult<()>) {
+    match result {
+        Ok(()) => {
+            metrics::counter!(m::POLICY_SETTLES, "result" => "ok").increment(requests as u64);
+        }
+        Err(err) => {
+            metrics::counter!(m::POLICY_SETTLES, "result" => "error").increment(requests as u64);
+            tracing::warn!(
+                reason = %store::redacted(&err.to_string()),
+                requests,
+                markers,
+                "could not commit delivered events' dedup markers; they lapse on their own"
+            );
+        }
     }
 }
 
@@ -696,6 +724,16 @@ impl RedisPolicy {
             }
         }
         refunds.retain(|r| r.quota > 0 || r.rate > 0);
+        if released == 0 {
+            // Everything delivered: only markers to commit. Nobody needs to
+            // wait for that; it rides the next pipeline (see coalesce).
+            if !markers.is_empty() {
+                self.checks.commit(token, reservation.dedup_ttl, |commits| {
+                    commits.add(&self.keys, token, markers.iter().map(|(m, _)| *m));
+                });
+            }
+            return;
+        }
         let settle = SettleRequest {
             token,
             now_ms: Utc::now().timestamp_millis(),
@@ -704,12 +742,7 @@ impl RedisPolicy {
             refunds: &refunds,
             markers: &markers,
         };
-        if settle.is_empty() {
-            return;
-        }
-        if released > 0 {
-            metrics::counter!(m::POLICY_RELEASED_EVENTS).increment(released);
-        }
+        metrics::counter!(m::POLICY_RELEASED_EVENTS).increment(released);
         let error = match self
             .round_trip(check::settle(&self.checks, &self.keys, &settle))
             .await

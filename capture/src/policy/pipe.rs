@@ -19,12 +19,12 @@ use std::io;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisResult, Value};
+use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, RedisResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use super::coalesce::Answer;
 use super::resp::{self, Reply};
 use super::store::StoreSettings;
 
@@ -94,7 +94,7 @@ enum Waiter {
     Load,
     Check {
         command: Vec<u8>,
-        reply: oneshot::Sender<RedisResult<Value>>,
+        reply: Answer,
         /// Whether it was sent again after `NOSCRIPT` already.
         retried: bool,
         /// Its place among the commands queued on this connection.
@@ -160,15 +160,12 @@ impl Pipe {
 
     /// Queues `checks` (packed commands and where their replies go) and
     /// writes what the socket takes now.
-    pub fn send(
-        &mut self,
-        checks: impl IntoIterator<Item = (Vec<u8>, oneshot::Sender<RedisResult<Value>>)>,
-    ) {
+    pub fn send(&mut self, checks: impl IntoIterator<Item = (Vec<u8>, Answer)>) {
         if let State::Down { retry_at } = &self.state {
             if retry_at.is_some_and(|at| Instant::now() < at) {
                 let err = unavailable("redis connection failed; waiting to reconnect");
                 for (_, reply) in checks {
-                    let _ = reply.send(Err(err.clone()));
+                    reply.send(Err(err.clone()));
                 }
                 return;
             }
@@ -181,13 +178,7 @@ impl Pipe {
         self.flush();
     }
 
-    fn queue_check(
-        &mut self,
-        command: Vec<u8>,
-        reply: oneshot::Sender<RedisResult<Value>>,
-        retried: bool,
-        queued: Instant,
-    ) {
+    fn queue_check(&mut self, command: Vec<u8>, reply: Answer, retried: bool, queued: Instant) {
         self.out.extend_from_slice(&command);
         self.waiting.push_back(Waiter::Check {
             command,
@@ -343,7 +334,7 @@ impl Pipe {
                 Ok(true)
             }
             reply => {
-                let _ = answer.send(reply.into_result());
+                answer.send(reply.into_result());
                 Ok(false)
             }
         }
@@ -359,7 +350,7 @@ impl Pipe {
     fn fail_all(&mut self, err: &RedisError) {
         for waiter in self.waiting.drain(..) {
             if let Waiter::Check { reply, .. } = waiter {
-                let _ = reply.send(Err(err.clone()));
+                reply.send(Err(err.clone()));
             }
         }
         self.out.clear();

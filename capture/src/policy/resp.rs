@@ -31,12 +31,16 @@ impl Packer {
 
     /// Adds one argument made of `parts`, written one after the other.
     pub fn parts(&mut self, parts: &[&str]) -> &mut Self {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        self.header(len);
-        for part in parts {
-            self.bytes.extend_from_slice(part.as_bytes());
-        }
-        self.bytes.extend_from_slice(b"\r\n");
+        self.take(1);
+        bulk(&mut self.bytes, parts);
+        self
+    }
+
+    /// Adds `args` arguments already packed one after the other (by
+    /// [`bulk`]).
+    pub fn packed(&mut self, bytes: &[u8], args: usize) -> &mut Self {
+        self.take(args);
+        self.bytes.extend_from_slice(bytes);
         self
     }
 
@@ -57,16 +61,12 @@ impl Packer {
         self.arg(&text)
     }
 
-    fn header(&mut self, len: usize) {
+    fn take(&mut self, args: usize) {
         assert!(
-            self.left > 0,
+            self.left >= args,
             "more arguments than the command was sized for"
         );
-        self.left -= 1;
-        self.bytes.push(b'$');
-        self.bytes
-            .extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
-        self.bytes.extend_from_slice(b"\r\n");
+        self.left -= args;
     }
 
     /// The packed command.
@@ -77,6 +77,19 @@ impl Packer {
         );
         self.bytes
     }
+}
+
+/// Appends one bulk string made of `parts`, written one after the other,
+/// to `out`.
+pub fn bulk(out: &mut Vec<u8>, parts: &[&str]) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for part in parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Packs a command of text arguments.
