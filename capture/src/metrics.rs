@@ -61,9 +61,12 @@ pub const EVENTS_IN_FLIGHT: &str = "capture_events_in_flight_elsewhere_total";
 /// Events whose policy reservations (marker, quota, rate) were given back
 /// because the sink did not acknowledge them.
 pub const POLICY_RELEASED_EVENTS: &str = "capture_policy_released_events_total";
-/// Settle round trips (commit delivered, give back the rest) by `result`
-/// (`ok`, `error`).
+/// Requests settled (commit delivered, give back the rest) by `result`
+/// (`ok`, `error`), counted when Redis answered the call carrying them.
 pub const POLICY_SETTLES: &str = "capture_policy_settles_total";
+/// Pipelines of policy commands written to Redis: one round trip each,
+/// shared by the checks and commits in it.
+pub const REDIS_PIPELINES: &str = "capture_redis_pipelines_total";
 /// Time of the policy round trip to Redis.
 pub const REDIS_SECONDS: &str = "capture_redis_duration_seconds";
 /// Failed policy round trips by `kind` (`error`, `timeout`).
@@ -173,7 +176,11 @@ fn describe() {
     );
     describe_counter!(
         POLICY_SETTLES,
-        "Policy settle round trips to Redis by result"
+        "Requests whose policy reservation was settled in Redis, by result"
+    );
+    describe_counter!(
+        REDIS_PIPELINES,
+        "Pipelines of policy checks and commits written to Redis (one round trip each)"
     );
     describe_histogram!(
         SINK_ACK_SECONDS,

@@ -339,6 +339,7 @@ impl Backend {
         }
         match self {
             Backend::Lean(pipe) => {
+                metrics::counter!(crate::metrics::REDIS_PIPELINES).increment(1);
                 pipe.send(
                     batch
                         .into_iter()
@@ -352,6 +353,7 @@ impl Backend {
             } => {
                 for mut group in split_by_group(batch) {
                     while !group.is_empty() {
+                        metrics::counter!(crate::metrics::REDIS_PIPELINES).increment(1);
                         let rest = group.split_off(group.len().min(MOST_PER_PIPELINE));
                         in_flight.push(Box::pin(send(store.clone(), Arc::clone(script), group)));
                         group = rest;
