@@ -83,7 +83,8 @@ fn main() {
         for _ in 0..5 {
             let started = Instant::now();
             for i in 0..requests {
-                let payload = capture::parse::parse(&bodies[i % bodies.len()]).expect("parses");
+                let payload =
+                    capture::parse::parse(&bodies[i % bodies.len()], usize::MAX).expect("parses");
                 if build {
                     let candidates =
                         capture::process::analytics_candidates(payload, &ctx).expect("messages");

@@ -88,6 +88,8 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
+    pub memory: MemoryConfig,
+    #[command(flatten)]
     pub redis: RedisConfig,
     #[command(flatten)]
     pub policy: PolicyConfig,
@@ -240,12 +242,9 @@ pub struct KafkaConfig {
     )]
     pub queue_messages: NonZeroU32,
     /// Most kilobytes buffered in the producer before requests get 503.
-    #[arg(
-        long = "kafka-queue-kbytes",
-        env = "CAPTURE_KAFKA_QUEUE_KBYTES",
-        default_value = "1048576"
-    )]
-    pub queue_kbytes: NonZeroU32,
+    /// Default: 20% of the memory limit (`--memory-limit`).
+    #[arg(long = "kafka-queue-kbytes", env = "CAPTURE_KAFKA_QUEUE_KBYTES")]
+    pub queue_kbytes: Option<NonZeroU32>,
     /// How long a message may wait for its acknowledgement before the request gets 503.
     #[arg(long = "kafka-message-timeout", env = "CAPTURE_KAFKA_MESSAGE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub message_timeout: Duration,
@@ -397,6 +396,55 @@ pub struct LimitsConfig {
     /// `message.max.bytes` is set 64 KiB higher, leaving room for key and headers.
     #[arg(long, env = "CAPTURE_MAX_MESSAGE_BYTES", default_value = "1MB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,
+    /// Most events in one request; a request with more gets 413 naming the
+    /// limit, found before the rest of the body is read.
+    #[arg(long, env = "CAPTURE_MAX_EVENTS_PER_REQUEST", default_value = "10000")]
+    pub max_events_per_request: NonZeroU32,
+}
+
+/// How much memory capture may use, and how it is shared out.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Memory")]
+pub struct MemoryConfig {
+    /// The memory this process may use; sizes the budgets below when they
+    /// are not set. Default: the container's cgroup memory limit, else
+    /// 512MiB. The operator sets it from the pod's memory limit.
+    #[arg(long, env = "CAPTURE_MEMORY_LIMIT", value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+    /// Bytes all requests together may hold at once (bodies, decoded
+    /// bodies, parsed events, messages being built); a request that does
+    /// not fit waits up to `--memory-wait`, then gets 503 with
+    /// Retry-After. Default: 30% of the memory limit.
+    #[arg(long, env = "CAPTURE_REQUEST_MEMORY_BUDGET", value_parser = parse_bytes)]
+    pub request_memory_budget: Option<usize>,
+    /// How long a request waits for room in the request memory budget.
+    #[arg(long, env = "CAPTURE_MEMORY_WAIT", default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub memory_wait: Duration,
+}
+
+/// The memory limit assumed when neither `--memory-limit` nor a cgroup
+/// sets one: the operator's default pod limit.
+pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
+
+impl MemoryConfig {
+    /// The memory limit, resolving the default.
+    pub fn limit(&self) -> usize {
+        self.memory_limit
+            .or_else(crate::budget::cgroup_memory_limit)
+            .unwrap_or(DEFAULT_MEMORY_LIMIT)
+    }
+
+    /// The request memory budget, resolving the default.
+    pub fn request_budget(&self) -> usize {
+        self.request_memory_budget
+            .unwrap_or_else(|| self.limit() / 10 * 3)
+    }
+
+    /// The producer queue's default size in KiB: 20% of the memory limit.
+    fn queue_kbytes(&self) -> NonZeroU32 {
+        let kbytes = (self.limit() / 5 / 1024).clamp(1024, i32::MAX as usize);
+        NonZeroU32::new(kbytes as u32).unwrap_or(NonZeroU32::MIN)
+    }
 }
 
 /// Where Redis is, for quotas, dedup and cluster-wide rate limits.
@@ -552,7 +600,12 @@ impl Config {
                 Config::try_parse_from(merged)?
             }
         };
+        let mut config = config;
         config.validate()?;
+        // The producer queue is sized with the rest of the memory.
+        if config.kafka.queue_kbytes.is_none() {
+            config.kafka.queue_kbytes = Some(config.memory.queue_kbytes());
+        }
         Ok(config)
     }
 
@@ -706,10 +759,19 @@ impl Config {
                 "`--max-message-bytes` must be between 1 and {MAX_MESSAGE_BYTES}"
             )));
         }
+        if self.memory.request_budget() < 1 << 20 {
+            return Err(ConfigError::Invalid(
+                "`--request-memory-budget` (or 30% of `--memory-limit`) must be at least 1MiB"
+                    .to_owned(),
+            ));
+        }
         // librdkafka keeps these in signed 32-bit integers.
         for (flag, value) in [
             ("--kafka-queue-messages", self.kafka.queue_messages.get()),
-            ("--kafka-queue-kbytes", self.kafka.queue_kbytes.get()),
+            (
+                "--kafka-queue-kbytes",
+                self.kafka.queue_kbytes.map_or(0, NonZeroU32::get),
+            ),
         ] {
             if value > i32::MAX as u32 {
                 return Err(ConfigError::Invalid(format!(

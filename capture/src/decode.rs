@@ -69,6 +69,9 @@ pub enum DecodeError {
         /// The configured cap in bytes.
         max: usize,
     },
+    /// The memory budget had no room for the decoded bytes.
+    #[error("no room in the request memory budget to decode the body")]
+    OverBudget,
 }
 
 impl DecodeError {
@@ -128,7 +131,23 @@ pub struct Encoded<'a> {
 
 /// Decodes a request into JSON text, checked as UTF-8 and for depth. See
 /// the module docs for the rules.
-pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, str>, DecodeError> {
+///
+/// `grow` is asked before each buffer is allocated or grown, with the
+/// bytes it adds; when it answers `false` decoding stops with
+/// [`DecodeError::OverBudget`]. (lz64's output is counted once it is
+/// decompressed, within the decompressed-size cap.)
+pub fn decode<'a>(
+    input: Encoded<'a>,
+    limits: DecodeLimits,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Cow<'a, str>, DecodeError> {
+    let mut grow = |bytes: usize| {
+        if grow(bytes) {
+            Ok(())
+        } else {
+            Err(DecodeError::OverBudget)
+        }
+    };
     let mut hint = Compression::from_hint(input.compression_hint.unwrap_or(""))?;
     let mut bytes: Cow<'a, [u8]> = if !input.body.is_empty() {
         Cow::Borrowed(input.body)
@@ -139,13 +158,14 @@ pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, st
     };
 
     if is_gzip(&bytes) {
-        bytes = Cow::Owned(gunzip(&bytes, limits.max_decompressed_bytes)?);
+        bytes = Cow::Owned(gunzip(&bytes, limits.max_decompressed_bytes, &mut grow)?);
         hint = Compression::None;
     }
 
     // A form encoder escapes `{` and `[`, so a "form" body that starts with
     // one is JSON sent with the wrong content type (`curl -d` does this).
     if (input.form && !looks_like_json(&bytes)) || bytes.starts_with(b"data=") {
+        grow(bytes.len())?;
         let (data, form_hint) = form_data(&bytes)?;
         if let Some(form_hint) = form_hint {
             hint = Compression::from_hint(&form_hint)?;
@@ -154,13 +174,18 @@ pub fn decode<'a>(input: Encoded<'a>, limits: DecodeLimits) -> Result<Cow<'a, st
     }
 
     if hint == Compression::Lz64 && !looks_like_json(&bytes) {
-        bytes = Cow::Owned(lz64(&bytes, limits.max_decompressed_bytes)?);
+        grow(bytes.len())?;
+        let out = lz64(&bytes, limits.max_decompressed_bytes)?;
+        grow(out.len())?;
+        bytes = Cow::Owned(out);
     }
     if !is_gzip(&bytes) && !looks_like_json(&bytes) {
+        // The cleaned copy, and the decoded bytes (three quarters of it).
+        grow(bytes.len() * 2)?;
         bytes = Cow::Owned(base64(&bytes)?);
     }
     if is_gzip(&bytes) {
-        bytes = Cow::Owned(gunzip(&bytes, limits.max_decompressed_bytes)?);
+        bytes = Cow::Owned(gunzip(&bytes, limits.max_decompressed_bytes, &mut grow)?);
     }
     if bytes.len() > limits.max_decompressed_bytes {
         return Err(DecodeError::DecompressedTooLarge {
@@ -192,16 +217,58 @@ fn looks_like_json(bytes: &[u8]) -> bool {
     )
 }
 
-fn gunzip(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(max));
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::MultiGzDecoder::new(bytes)
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(DecodeError::Gzip)?;
-    if out.len() > max {
-        return Err(DecodeError::DecompressedTooLarge { max });
+/// Decompresses gzip (one member or several) into a buffer that never
+/// holds more than `max + 1` bytes: sized at first from the trailer's
+/// declared size (within reason for the input's length), then doubled as
+/// needed, each step asked of `grow` first.
+fn gunzip(
+    bytes: &[u8],
+    max: usize,
+    grow: &mut dyn FnMut(usize) -> Result<(), DecodeError>,
+) -> Result<Vec<u8>, DecodeError> {
+    let too_large = DecodeError::DecompressedTooLarge { max };
+    // ISIZE, the last member's size mod 2^32: right for what SDKs send,
+    // and only a first guess for anything else.
+    let declared = bytes
+        .len()
+        .checked_sub(4)
+        .and_then(|at| bytes[at..].try_into().ok())
+        .map_or(0, |size: [u8; 4]| u32::from_le_bytes(size) as usize);
+    // JSON rarely compresses past 1:32; a claim beyond that waits to be
+    // shown by the data before memory is given to it.
+    let first = declared
+        .min(bytes.len().saturating_mul(32).max(64 * 1024))
+        .min(max)
+        + 1;
+    let mut decoder = flate2::read::MultiGzDecoder::new(bytes);
+    let mut out: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    loop {
+        if filled == out.len() {
+            if filled > max {
+                return Err(too_large);
+            }
+            let target = if out.is_empty() {
+                first
+            } else {
+                out.len().saturating_mul(2).min(max + 1)
+            };
+            let more = target - out.len();
+            grow(more)?;
+            out.reserve_exact(more);
+            out.resize(target, 0);
+        }
+        match decoder.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(DecodeError::Gzip(err)),
+        }
     }
+    if filled > max {
+        return Err(too_large);
+    }
+    out.truncate(filled);
     Ok(out)
 }
 
@@ -309,6 +376,71 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(bytes).expect("write to vec");
         enc.finish().expect("finish gzip")
+    }
+
+    /// With no memory budget.
+    fn decode(input: Encoded<'_>, limits: DecodeLimits) -> Result<Cow<'_, str>, DecodeError> {
+        super::decode(input, limits, &mut |_| true)
+    }
+
+    /// Decodes `input` and returns what it asked of the budget in all.
+    fn asked(input: Encoded<'_>, limits: DecodeLimits) -> (Result<usize, DecodeError>, usize) {
+        let mut total = 0;
+        let out = super::decode(input, limits, &mut |more| {
+            total += more;
+            true
+        });
+        (out.map(|text| text.len()), total)
+    }
+
+    #[test]
+    fn honest_gzip_is_decompressed_into_one_buffer_of_its_size() {
+        // Events like an SDK's, with ids that compress as poorly as real ones.
+        let json = format!(
+            "[{}]",
+            (0..2000)
+                .map(|n| format!(r#"{{"event":"e{n}","uuid":"{}"}}"#, uuid::Uuid::new_v4()))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (len, total) = asked(body(&gzip(json.as_bytes())), LIMITS);
+        assert_eq!(len.expect("decodes"), json.len());
+        assert_eq!(
+            total,
+            json.len() + 1,
+            "one allocation, the declared size and one byte"
+        );
+    }
+
+    #[test]
+    fn a_gzip_bomb_never_takes_more_than_the_cap() {
+        let bomb = gzip(&vec![b' '; 8 << 20]);
+        let (out, total) = asked(body(&bomb), LIMITS);
+        assert!(out.expect_err("over the cap").is_too_large());
+        let cap = LIMITS.max_decompressed_bytes;
+        assert!(
+            total <= cap + 1,
+            "asked for {total} bytes with a cap of {cap}"
+        );
+        // A trailer that lies low costs doublings, still within the cap.
+        let mut liar = bomb.clone();
+        let at = liar.len() - 4;
+        liar[at..].copy_from_slice(&10u32.to_le_bytes());
+        let (out, total) = asked(body(&liar), LIMITS);
+        assert!(out.expect_err("over the cap").is_too_large());
+        assert!(
+            total <= cap + 1,
+            "asked for {total} bytes with a cap of {cap}"
+        );
+    }
+
+    #[test]
+    fn a_budget_with_no_room_stops_decoding() {
+        let packed = gzip(br#"{"event":"a"}"#);
+        let err = super::decode(body(&packed), LIMITS, &mut |_| false).expect_err("no room");
+        assert!(matches!(err, DecodeError::OverBudget), "{err}");
+        // Plain JSON needs no new buffer, so no room is asked for.
+        super::decode(body(br#"{"event":"a"}"#), LIMITS, &mut |_| false).expect("borrowed");
     }
 
     fn body(body: &[u8]) -> Encoded<'_> {

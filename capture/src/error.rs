@@ -76,6 +76,13 @@ pub enum CaptureError {
     /// Redis did not answer and policies fail closed.
     #[error("quota and rate limit checks are unavailable")]
     PolicyUnavailable,
+    /// The request's data would not fit in the memory budget now (other
+    /// requests hold it); the same request fits later.
+    #[error("the server's request memory budget is in use; retry after {}s", retry_secs(*retry_after))]
+    MemoryBudget {
+        /// A wait after which room is likely.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Whole seconds for `Retry-After`, rounded up, at least 1.
@@ -118,7 +125,8 @@ impl CaptureError {
             CaptureError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CaptureError::Sink(_)
             | CaptureError::PolicyUnavailable
-            | CaptureError::InFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | CaptureError::InFlight { .. }
+            | CaptureError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             CaptureError::RateLimited { .. } | CaptureError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -143,6 +151,7 @@ impl CaptureError {
             CaptureError::QuotaExceeded { .. } => "quota_exceeded",
             CaptureError::PolicyUnavailable => "policy_unavailable",
             CaptureError::InFlight { .. } => "in_flight",
+            CaptureError::MemoryBudget { .. } => "memory_budget",
         }
     }
 }
@@ -152,7 +161,13 @@ impl IntoResponse for CaptureError {
         let status = self.status();
         let code = self.code();
         let (kind, detail) = if status.is_server_error() {
-            tracing::warn!(error = %self, code, "request failed on the server side");
+            // Budget refusals come in floods under a burst; the metric
+            // counts them.
+            if matches!(self, CaptureError::MemoryBudget { .. }) {
+                tracing::debug!(error = %self, code, "request refused for memory");
+            } else {
+                tracing::warn!(error = %self, code, "request failed on the server side");
+            }
             (
                 "server_error",
                 "capture could not store the events, retry later".to_owned(),
@@ -167,7 +182,8 @@ impl IntoResponse for CaptureError {
         };
         let retry_after = match &self {
             CaptureError::RateLimited { retry_after }
-            | CaptureError::QuotaExceeded { retry_after } => {
+            | CaptureError::QuotaExceeded { retry_after }
+            | CaptureError::MemoryBudget { retry_after } => {
                 Some(HeaderValue::from(retry_secs(*retry_after)))
             }
             // The other request usually settles within a round trip to

@@ -29,6 +29,7 @@
 //! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
 //!   shared pieces.
 
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod decode;

@@ -64,6 +64,15 @@ pub const POLICY_RELEASED_EVENTS: &str = "capture_policy_released_events_total";
 /// Requests settled (commit delivered, give back the rest) by `result`
 /// (`ok`, `error`), counted when Redis answered the call carrying them.
 pub const POLICY_SETTLES: &str = "capture_policy_settles_total";
+/// The request memory budget, bytes.
+pub const MEMORY_BUDGET_BYTES: &str = "capture_memory_budget_bytes";
+/// Bytes of the request memory budget held by requests now.
+pub const MEMORY_BUDGET_HELD: &str = "capture_memory_budget_held_bytes";
+/// Requests that waited for room in the memory budget.
+pub const MEMORY_BUDGET_WAITS: &str = "capture_memory_budget_waits_total";
+/// Requests refused by the memory budget, by `reason` (`busy`: 503 after
+/// the wait; `too_large`: 413, more than the whole budget).
+pub const MEMORY_BUDGET_REFUSED: &str = "capture_memory_budget_refused_total";
 /// Pipelines of policy commands written to Redis: one round trip each,
 /// shared by the checks and commits in it.
 pub const REDIS_PIPELINES: &str = "capture_redis_pipelines_total";
@@ -177,6 +186,19 @@ fn describe() {
     describe_counter!(
         POLICY_SETTLES,
         "Requests whose policy reservation was settled in Redis, by result"
+    );
+    describe_gauge!(MEMORY_BUDGET_BYTES, "The request memory budget in bytes");
+    describe_gauge!(
+        MEMORY_BUDGET_HELD,
+        "Bytes of the request memory budget held by requests"
+    );
+    describe_counter!(
+        MEMORY_BUDGET_WAITS,
+        "Requests that waited for room in the memory budget"
+    );
+    describe_counter!(
+        MEMORY_BUDGET_REFUSED,
+        "Requests refused by the memory budget, by reason"
     );
     describe_counter!(
         REDIS_PIPELINES,

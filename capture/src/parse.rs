@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::CaptureError;
@@ -60,9 +60,10 @@ pub struct EventFields<'a> {
     /// Project token, old spelling.
     #[serde(borrow, default)]
     pub api_key: Option<&'a RawValue>,
-    /// A batch body's events (only read at the top level of a body).
-    #[serde(borrow, default, deserialize_with = "by_shape")]
-    pub batch: Batch<'a>,
+    /// A batch body's events, as text (only read at the top level of a
+    /// body, and only there counted and split into events).
+    #[serde(borrow, default)]
+    pub batch: Option<&'a RawValue>,
     /// A batch body's send time.
     #[serde(borrow, default)]
     pub sent_at: Option<&'a RawValue>,
@@ -123,18 +124,6 @@ impl<'a> EventFields<'a> {
     }
 }
 
-/// A `batch` field: only an array is a batch.
-#[derive(Debug, Default)]
-pub enum Batch<'a> {
-    /// No `batch` (or `null`).
-    #[default]
-    Absent,
-    /// The events of a batch body.
-    Events(Vec<&'a RawValue>),
-    /// Something else: refused at the top of a body, ignored in an event.
-    NotAnArray,
-}
-
 /// Values read according to their JSON shape; any other shape is skipped.
 trait Shaped<'de>: Sized {
     /// From a JSON object.
@@ -163,29 +152,6 @@ impl<'de> Shaped<'de> for PropertyFields<'de> {
     /// refusing the event.
     fn other() -> Self {
         PropertyFields::default()
-    }
-}
-
-impl<'de> Shaped<'de> for Batch<'de> {
-    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Batch::NotAnArray)
-    }
-
-    fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Batch::Events(items))
-    }
-
-    fn other() -> Self {
-        Batch::NotAnArray
-    }
-
-    fn null() -> Self {
-        Batch::Absent
     }
 }
 
@@ -288,46 +254,60 @@ pub struct Payload<'a> {
     pub historical_migration: bool,
 }
 
-/// Parses a decoded JSON body into a payload that borrows from it.
+/// Parses a decoded JSON body into a payload that borrows from it, refusing
+/// a body of more than `max_events` events as soon as it finds one more
+/// (before it reads the rest).
 ///
 /// Arrays of events and batch objects whose envelope comes in the usual
 /// shape are read by [`Cursor`], one pass over each event. Everything
 /// else, including every body with a problem, goes through
 /// [`parse_checked`], which names what is wrong; both give the same
 /// payload for any body the cursor accepts.
-pub fn parse(text: &str) -> Result<Payload<'_>, CaptureError> {
-    if let Some(payload) = Cursor::new(text).payload() {
+pub fn parse(text: &str, max_events: usize) -> Result<Payload<'_>, CaptureError> {
+    let mut cursor = Cursor::new(text, max_events);
+    if let Some(payload) = cursor.payload() {
         return Ok(payload);
     }
-    parse_checked(text)
+    if cursor.too_many {
+        return Err(too_many(max_events));
+    }
+    parse_checked(text, max_events)
+}
+
+fn too_many(max_events: usize) -> CaptureError {
+    CaptureError::TooLarge(format!(
+        "request has more than {max_events} events, the most one request may carry \
+         (--max-events-per-request); send them in several requests"
+    ))
 }
 
 /// [`parse`] the general way: the body in one pass, then each event of an
 /// array or batch in a second pass over its text.
-fn parse_checked(text: &str) -> Result<Payload<'_>, CaptureError> {
+fn parse_checked(text: &str, max_events: usize) -> Result<Payload<'_>, CaptureError> {
     let invalid_json =
         |err: serde_json::Error| CaptureError::Payload(format!("invalid JSON: {err}"));
+    // The items of an array, at most `max_events` of them.
+    let items = |text| items_at_most(text, max_events);
     let first = text.bytes().find(|b| !b.is_ascii_whitespace());
     let payload = match first {
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(invalid_json)?;
-            Payload {
-                events: events_from(items, "the array")?,
-                ..Payload::default()
-            }
-        }
+        Some(b'[') => Payload {
+            events: events_from(items(text)?, "the array")?,
+            ..Payload::default()
+        },
         Some(b'{') => {
             // One pass reads a batch's envelope or a single event's fields:
             // the object is one or the other, and both share `token`.
-            let mut top: EventFields<'_> = serde_json::from_str(text).map_err(invalid_json)?;
-            match std::mem::take(&mut top.batch) {
-                Batch::Events(items) => batch_payload(events_from(items, "`batch`")?, &top)?,
-                Batch::NotAnArray => {
+            let top: EventFields<'_> = serde_json::from_str(text).map_err(invalid_json)?;
+            match top.batch {
+                Some(batch) if batch.get().starts_with('[') => {
+                    batch_payload(events_from(items(batch.get())?, "`batch`")?, &top)?
+                }
+                Some(_) => {
                     return Err(CaptureError::Payload(
                         "`batch` must be an array of events".into(),
                     ));
                 }
-                Batch::Absent => Payload {
+                None => Payload {
                     events: vec![Event {
                         raw: text.trim_ascii(),
                         fields: top,
@@ -350,6 +330,57 @@ fn parse_checked(text: &str) -> Result<Payload<'_>, CaptureError> {
     Ok(payload)
 }
 
+/// The items of the JSON array `text`, at most `max_events` of them.
+fn items_at_most(text: &str, max_events: usize) -> Result<Vec<&RawValue>, CaptureError> {
+    let over = std::cell::Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let items = AtMost {
+        max: max_events,
+        over: &over,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|items| deserializer.end().map(|()| items));
+    match items {
+        Err(_) if over.get() => Err(too_many(max_events)),
+        items => items.map_err(|err| CaptureError::Payload(format!("invalid JSON: {err}"))),
+    }
+}
+
+/// Reads a JSON array's items as raw text, failing (and setting `over`)
+/// at item `max + 1`, so a huge array is not read to its end.
+struct AtMost<'c> {
+    max: usize,
+    over: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for AtMost<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AtMost<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            if items.len() == self.max {
+                self.over.set(true);
+                return Err(serde::de::Error::custom("too many events"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
 /// Reads arrays of events and batch objects from JSON text in one pass:
 /// each event is deserialized where it starts, and its text is the span
 /// the deserializer consumed. Any shape it does not expect, and any
@@ -358,16 +389,24 @@ fn parse_checked(text: &str) -> Result<Payload<'_>, CaptureError> {
 struct Cursor<'a> {
     text: &'a str,
     at: usize,
+    max_events: usize,
+    /// It gave up on finding more than `max_events` events.
+    too_many: bool,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(text: &'a str) -> Self {
-        Cursor { text, at: 0 }
+    fn new(text: &'a str, max_events: usize) -> Self {
+        Cursor {
+            text,
+            at: 0,
+            max_events,
+            too_many: false,
+        }
     }
 
     /// The whole body: an array of events or a batch object, and nothing
     /// after it.
-    fn payload(mut self) -> Option<Payload<'a>> {
+    fn payload(&mut self) -> Option<Payload<'a>> {
         let payload = match self.peek()? {
             b'[' => Payload {
                 events: self.events()?,
@@ -421,6 +460,10 @@ impl<'a> Cursor<'a> {
         }
         loop {
             if self.peek()? != b'{' {
+                return None;
+            }
+            if events.len() == self.max_events {
+                self.too_many = true;
                 return None;
             }
             let (fields, raw) = self.value::<EventFields<'a>>()?;
@@ -573,6 +616,70 @@ pub fn request_token(payload: &Payload<'_>) -> Result<String, CaptureError> {
 mod tests {
     use super::*;
 
+    /// Without a cap on events.
+    fn parse(text: &str) -> Result<Payload<'_>, CaptureError> {
+        super::parse(text, usize::MAX)
+    }
+
+    fn parse_checked(text: &str) -> Result<Payload<'_>, CaptureError> {
+        super::parse_checked(text, usize::MAX)
+    }
+
+    #[test]
+    fn more_events_than_the_cap_are_refused_naming_it_in_every_shape() {
+        let events = |n: usize| vec![r#"{"event":"a"}"#; n].join(",");
+        for max in [1, 3] {
+            let bodies = [
+                format!("[{}]", events(max + 1)),
+                format!(r#"{{"api_key":"t","batch":[{}]}}"#, events(max + 1)),
+                // Shapes the one-pass reader leaves to the general one.
+                format!(
+                    r#"{{"batch":[{}],"sent_at":null,"batch":[]}}"#,
+                    events(max + 1)
+                ),
+                format!(r#"[{}, 3]"#, events(max + 1)),
+            ];
+            for body in &bodies {
+                let err = super::parse(body, max).expect_err("over the cap");
+                assert_eq!(
+                    err.status(),
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "{body}"
+                );
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("more than {max} events"))
+                        && text.contains("--max-events-per-request"),
+                    "{text}"
+                );
+            }
+            let at_cap = format!("[{}]", events(max));
+            assert_eq!(
+                super::parse(&at_cap, max).expect("at the cap").events.len(),
+                max
+            );
+            let at_cap = format!(r#"{{"batch":[{}],"x":1,"batch":[]}}"#, events(max));
+            assert!(
+                !super::parse(&at_cap, max)
+                    .expect_err("a repeated key")
+                    .to_string()
+                    .contains("more than"),
+                "not a count problem"
+            );
+        }
+    }
+
+    #[test]
+    fn the_count_stops_reading_a_huge_array_at_the_cap() {
+        // The body is cut off long after the cap: refusing it for its count
+        // shows the reader never went on to find the broken end.
+        let body = format!("[{}", vec![r#"{"event":"a"}"#; 10_000].join(","));
+        for reader in [super::parse, super::parse_checked] {
+            let err = reader(&body, 10).expect_err("refused");
+            assert!(err.to_string().contains("more than 10 events"), "{err}");
+        }
+    }
+
     #[test]
     fn the_three_shapes_give_the_same_events() {
         let single = parse(r#"{"event":"a","token":"t"}"#).expect("single");
@@ -650,7 +757,7 @@ mod tests {
 
     /// The cursor's payload for `body`, checked against `parse_checked`'s.
     fn one_pass(body: &str) -> Option<Payload<'_>> {
-        let payload = Cursor::new(body).payload();
+        let payload = Cursor::new(body, usize::MAX).payload();
         if let Some(fast) = &payload {
             let checked = parse_checked(body).expect("parse_checked accepts it too");
             assert_eq!(format!("{fast:?}"), format!("{checked:?}"), "{body}");

@@ -263,7 +263,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::parse::parse;
+
+    /// Without a cap on events.
+    fn parse(text: &str) -> Result<crate::parse::Payload<'_>, crate::error::CaptureError> {
+        crate::parse::parse(text, usize::MAX)
+    }
 
     fn ctx(topics: &Topics, endpoint: Endpoint) -> RequestContext<'_> {
         RequestContext {

@@ -164,7 +164,10 @@ fn validate_session_id(session_id: &str) -> Result<(), CaptureError> {
 mod tests {
     use serde_json::{Value, json};
 
-    use crate::parse::parse;
+    /// Without a cap on events.
+    fn parse(text: &str) -> Result<crate::parse::Payload<'_>, crate::error::CaptureError> {
+        crate::parse::parse(text, usize::MAX)
+    }
     use crate::process::Endpoint;
     use crate::route::Topics;
     use crate::sink::Message;

@@ -26,6 +26,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutError};
 use tower_http::trace::TraceLayer;
 
+use crate::budget::{Lease, MemoryBudget};
 use crate::clock::Clock;
 use crate::config::LimitsConfig;
 use crate::decode::{DecodeLimits, Encoded, decode};
@@ -65,6 +66,8 @@ pub struct Limits {
     pub decode: DecodeLimits,
     /// Largest message value.
     pub max_message_bytes: usize,
+    /// Most events in one request.
+    pub max_events: usize,
     /// Longest time a client may take to send its body.
     pub body_read_timeout: Duration,
 }
@@ -81,6 +84,7 @@ impl Limits {
                 max_json_depth: config.max_json_depth.get() as usize,
             },
             max_message_bytes: config.max_message_bytes,
+            max_events: config.max_events_per_request.get() as usize,
             body_read_timeout,
         }
     }
@@ -105,6 +109,7 @@ impl Default for Limits {
                 max_json_depth: 64,
             },
             max_message_bytes: 1_000_000,
+            max_events: 10_000,
             body_read_timeout: Duration::from_secs(30),
         }
     }
@@ -123,6 +128,7 @@ struct Inner {
     policy: Arc<Policy>,
     live: Arc<crate::live::Live>,
     replays: crate::signing::Replays,
+    budget: MemoryBudget,
 }
 
 impl AppState {
@@ -139,7 +145,16 @@ impl AppState {
                 &topics,
             ))),
             replays: crate::signing::Replays::default(),
+            budget: MemoryBudget::new(
+                crate::config::DEFAULT_MEMORY_LIMIT / 10 * 3,
+                Duration::from_secs(1),
+            ),
         }))
+    }
+
+    /// Shares `budget` among requests. Call before cloning the state.
+    pub fn with_budget(self, budget: MemoryBudget) -> Self {
+        self.edit(|inner| inner.budget = budget)
     }
 
     /// Takes the runtime config from `live` (one version per request). Call
@@ -303,7 +318,16 @@ async fn handle(
     let inner = &state.0;
     let now = inner.clock.now();
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, inner.limits.body_limit(endpoint)).await?;
+    // Everything this request holds in memory is counted here, until it is
+    // answered.
+    let mut lease = inner.budget.lease();
+    let body = read_body(
+        body,
+        &parts.headers,
+        inner.limits.body_limit(endpoint),
+        &mut lease,
+    )
+    .await?;
     metrics::histogram!(m::BODY_BYTES, "endpoint" => endpoint.label()).record(body.len() as f64);
 
     let header_text =
@@ -322,8 +346,22 @@ async fn handle(
             .or_else(|| header_text(header::CONTENT_ENCODING)),
         form,
     };
-    let decoded = decode(encoded, inner.limits.decode)?;
-    let payload = parse(&decoded)?;
+    let mut decoding = body.len();
+    let mut refused = None;
+    let decoded = decode(encoded, inner.limits.decode, &mut |more| {
+        decoding += more;
+        lease
+            .try_grow_to(decoding)
+            .map_err(|err| refused = Some(err))
+            .is_ok()
+    });
+    let decoded = decoded.map_err(|err| refused.take().unwrap_or_else(|| err.into()))?;
+    let payload = parse(&decoded, inner.limits.max_events)?;
+    // Building the messages: about the decoded text again, and a share per
+    // event for what capture adds and keeps beside it.
+    lease
+        .grow_to(body.len() + 2 * decoded.len() + payload.events.len() * PER_EVENT_BYTES)
+        .await?;
     // One runtime config for the whole request, whatever reloads meanwhile.
     let runtime = inner.live.current();
     let mut signed = None;
@@ -426,7 +464,19 @@ async fn deliver(
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, CaptureError> {
+/// What one event's candidate and message take beside its text (fields
+/// capture adds to the value, headers, key, the candidate itself), rounded
+/// up; see docs/performance.md for how it was measured.
+const PER_EVENT_BYTES: usize = 1024;
+
+/// Reads the whole body within `limit`, growing `lease` to hold it before
+/// each part is kept.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    lease: &mut Lease,
+) -> Result<Bytes, CaptureError> {
     let too_large = || {
         CaptureError::TooLarge(format!(
             "request body exceeds the {limit}-byte limit of this endpoint"
@@ -439,12 +489,39 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if caused_by::<LengthLimitError>(&*err) => Err(too_large()),
-        Err(err) if caused_by::<TimeoutError>(&*err) => Err(CaptureError::BodyTimeout),
-        Err(err) => Err(CaptureError::BodyRead(err.to_string())),
+    let declared = declared.map_or(0, |len| len as usize);
+    lease.grow_to(declared).await?;
+    let failed = |err: axum::BoxError| {
+        if caused_by::<LengthLimitError>(&*err) {
+            too_large()
+        } else if caused_by::<TimeoutError>(&*err) {
+            CaptureError::BodyTimeout
+        } else {
+            CaptureError::BodyRead(err.to_string())
+        }
+    };
+    let mut body = Limited::new(body, limit);
+    // Most bodies come in one piece, kept as it is; more pieces are copied
+    // together.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(failed)?.into_data() else {
+            continue;
+        };
+        let held = first.as_ref().map_or(joined.len(), Bytes::len);
+        lease.grow_to(held + data.len()).await?;
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(kept) => {
+                joined.reserve_exact(declared.max(kept.len() + data.len()));
+                joined.extend_from_slice(&kept);
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// Whether `err` or anything in its source chain is an `E` (axum wraps
@@ -558,6 +635,7 @@ async fn metrics_endpoint(State(state): State<AppState>) -> Response {
         Some(handle) => {
             health(&state);
             m::collect_process();
+            metrics::gauge!(m::MEMORY_BUDGET_HELD).set(state.0.budget.held() as f64);
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 handle.render(),

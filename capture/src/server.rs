@@ -171,7 +171,18 @@ pub async fn run(
     )
     .with_metrics(metrics)
     .with_policy(Arc::clone(&policy))
-    .with_live(live);
+    .with_live(live)
+    .with_budget(crate::budget::MemoryBudget::new(
+        config.memory.request_budget(),
+        config.memory.memory_wait,
+    ));
+    tracing::info!(
+        memory_limit_mib = config.memory.limit() >> 20,
+        request_budget_mib = config.memory.request_budget() >> 20,
+        kafka_queue_mib = config.kafka.queue_kbytes.map_or(0, |k| k.get() >> 10),
+        max_events_per_request = config.limits.max_events_per_request.get(),
+        "memory shared out"
+    );
     if let Some(redis) = config.policy().redis {
         tracing::info!(
             nodes = redis.store.urls.len(),

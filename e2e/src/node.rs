@@ -401,6 +401,22 @@ impl Node {
                     .object("", "configmaps", namespace, text(&source["name"]));
                 map.map(|m| text(&m["data"][text(&source["key"])]).to_owned())
                     .unwrap_or_default()
+            } else if let Some(source) = var["valueFrom"]["resourceFieldRef"].as_object() {
+                // As the kubelet does: the container's limit (or request),
+                // in bytes or cores, divided by the divisor (default 1).
+                let (kind, resource) = text(&source["resource"])
+                    .split_once('.')
+                    .unwrap_or(("limits", "memory"));
+                let amount = quantity(text(&container["resources"][kind][resource]));
+                let divisor = source
+                    .get("divisor")
+                    .and_then(Value::as_str)
+                    .and_then(quantity)
+                    .unwrap_or(1.0_f64);
+                match amount {
+                    Some(amount) => format!("{}", (amount / divisor.max(1e-9)).ceil() as u64),
+                    None => continue,
+                }
             } else {
                 continue;
             };
@@ -635,4 +651,41 @@ async fn http_ok(ip: Ipv4Addr, port: u16, path: &str) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+/// A Kubernetes quantity (`512Mi`, `1G`, `250m`, `2`) as a number.
+fn quantity(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity;
+
+    #[test]
+    fn quantities_read_as_the_kubelet_reads_them() {
+        assert_eq!(quantity("512Mi"), Some(536_870_912.0));
+        assert_eq!(quantity("1G"), Some(1e9));
+        assert_eq!(quantity("250m"), Some(0.25));
+        assert_eq!(quantity("2"), Some(2.0));
+        assert_eq!(quantity("3X"), None);
+    }
 }

@@ -21,9 +21,9 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceFieldSelector, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -221,6 +221,31 @@ pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
     }
     if let Some(action) = &spec.policies.rate_limit_action {
         env.push(value("CAPTURE_RATE_LIMIT_ACTION", action.clone()));
+    }
+    // Capture sizes its request memory budget and producer queue from the
+    // pod's memory limit; the kubelet fills in the limit's bytes.
+    let limited = spec.resources.as_ref().is_none_or(|resources| {
+        resources
+            .limits
+            .as_ref()
+            .is_some_and(|limits| limits.contains_key("memory"))
+    });
+    // The allocator returns freed memory after 1 ms instead of 10, so a
+    // burst of large requests stays within the budget (capture's
+    // docs/reliability.md, "Memory").
+    env.push(value("MIMALLOC_PURGE_DELAY", "1"));
+    if limited {
+        env.push(EnvVar {
+            name: "CAPTURE_MEMORY_LIMIT".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                resource_field_ref: Some(ResourceFieldSelector {
+                    resource: "limits.memory".to_owned(),
+                    ..ResourceFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
     }
     env
 }

@@ -901,6 +901,7 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
         "CaptureNotReady",
         "CaptureSinkErrors",
         "CaptureRedisDown",
+        "CaptureMemoryBudgetExhausted",
         "CaptureOperatorReconcileErrors",
         "CaptureOperatorNoLeader",
         "CaptureOperatorDown",
@@ -910,6 +911,7 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
     for wanted in [
         "capture_ready",
         "capture_redis_up",
+        "capture_memory_budget_refused_total",
         "operator_reconcile_errors_total",
     ] {
         assert!(used.contains(wanted), "no alert reads {wanted}");

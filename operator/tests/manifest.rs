@@ -50,10 +50,13 @@ fn realistic() -> serde_json::Value {
 fn load_in_capture(env: &[EnvVar]) -> capture::Config {
     let command = capture::Config::command();
     let mut args = vec!["capture".to_owned()];
-    for var in env {
+    // The allocator's setting is read by mimalloc, not by capture.
+    for var in env.iter().filter(|v| v.name != "MIMALLOC_PURGE_DELAY") {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),
             (None, Some(_)) if var.name == "CAPTURE_REDIS_URL" => "redis://10.0.0.5:6379".into(),
+            // The kubelet writes the limit in bytes.
+            (None, Some(source)) if source.resource_field_ref.is_some() => "536870912".into(),
             (None, Some(_)) => "from-a-secret".into(),
             (None, None) => panic!("{} has neither value nor source", var.name),
         };
@@ -104,6 +107,44 @@ fn the_pods_settings_parse_in_capture() {
     // The smallest spec parses too.
     let minimal = cd_minimal();
     load_in_capture(&manifest::env(&minimal.spec));
+}
+
+#[test]
+fn capture_sizes_its_memory_from_the_pods_limit_when_it_has_one() {
+    let source = |cd: &CaptureDeployment| {
+        manifest::env(&cd.spec)
+            .into_iter()
+            .find(|v| v.name == "CAPTURE_MEMORY_LIMIT")
+            .and_then(|v| v.value_from)
+            .and_then(|s| s.resource_field_ref)
+    };
+    // The default resources have a 512Mi limit.
+    let field = source(&cd_minimal()).expect("from the pod's limit");
+    assert_eq!(field.resource, "limits.memory");
+    let config = load_in_capture(&manifest::env(&cd_minimal().spec));
+    assert_eq!(config.memory.limit(), 512 << 20);
+    assert_eq!(config.memory.request_budget(), (512 << 20) / 10 * 3);
+    assert_eq!(
+        config.kafka.queue_kbytes.map(|k| k.get()),
+        Some((512 << 20) / 5 / 1024)
+    );
+    let purge = manifest::env(&cd_minimal().spec)
+        .into_iter()
+        .find(|v| v.name == "MIMALLOC_PURGE_DELAY")
+        .and_then(|v| v.value);
+    assert_eq!(
+        purge.as_deref(),
+        Some("1"),
+        "freed memory returned promptly"
+    );
+    // Resources without a memory limit: capture reads its cgroup, or
+    // assumes 512Mi.
+    let unlimited = cd(json!({
+        "image": "capture:dev",
+        "kafka": {"brokers": ["kafka:9092"]},
+        "resources": {"requests": {"memory": "256Mi"}},
+    }));
+    assert!(source(&unlimited).is_none());
 }
 
 fn cd_minimal() -> CaptureDeployment {

@@ -15,6 +15,7 @@
 mod health;
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -68,7 +69,12 @@ pub fn client_config(config: &KafkaConfig, max_message_bytes: usize) -> ClientCo
         )
         .set(
             "queue.buffering.max.kbytes",
-            config.queue_kbytes.to_string(),
+            // Config::load sizes it from the memory limit; librdkafka's
+            // default otherwise.
+            config
+                .queue_kbytes
+                .map_or(1_048_576, NonZeroU32::get)
+                .to_string(),
         )
         .set(
             "message.timeout.ms",
