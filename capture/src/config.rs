@@ -107,9 +107,28 @@ pub struct HttpConfig {
     /// Longest time a client may take to send request headers.
     #[arg(long, env = "CAPTURE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
-    /// Longest time a client may take to send the request body.
+    /// Longest time a client may take to send the whole request body,
+    /// counted from its headers however the body is paced.
     #[arg(long, env = "CAPTURE_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
+    /// Most open client connections; more wait in the listen queue until
+    /// one closes.
+    #[arg(long, env = "CAPTURE_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: NonZeroU32,
+    /// Most requests being handled at once; more get 503 `overloaded` with
+    /// Retry-After.
+    #[arg(long, env = "CAPTURE_MAX_REQUESTS_IN_FLIGHT", default_value = "4096")]
+    pub max_requests_in_flight: NonZeroU32,
+    /// Largest request head (request line and headers); larger ones get 431.
+    #[arg(long, env = "CAPTURE_MAX_HEADER_BYTES", default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_header_bytes: usize,
+    /// Most concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "CAPTURE_HTTP2_MAX_STREAMS", default_value = "256")]
+    pub http2_max_streams: NonZeroU32,
+    /// How often an idle HTTP/2 connection is pinged; one that does not
+    /// answer within the same time is closed.
+    #[arg(long, env = "CAPTURE_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keep_alive: Duration,
     /// Async worker threads. Default: one less than the CPUs available to the
     /// process (at least 1), leaving a core to librdkafka's own threads.
     #[arg(long, env = "CAPTURE_WORKER_THREADS", value_name = "N")]
@@ -690,6 +709,13 @@ impl Config {
             return invalid(
                 "`--tls-cert` and `--tls-key` (CAPTURE_TLS_CERT, CAPTURE_TLS_KEY) go together; set both or neither",
             );
+        }
+        // hyper's smallest read buffer.
+        if self.http.max_header_bytes < 8192 || self.http.max_header_bytes > u32::MAX as usize {
+            return invalid("`--max-header-bytes` must be between 8KiB and 4GiB");
+        }
+        if self.http.http2_keep_alive.is_zero() {
+            return invalid("`--http2-keep-alive` must be longer than 0s");
         }
         if self.http.tls_poll.is_zero() {
             return invalid("`--tls-poll` must be longer than 0s");

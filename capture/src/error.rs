@@ -76,6 +76,9 @@ pub enum CaptureError {
     /// Redis did not answer and policies fail closed.
     #[error("quota and rate limit checks are unavailable")]
     PolicyUnavailable,
+    /// `--max-requests-in-flight` requests are being handled already.
+    #[error("too many requests in flight; retry after 1s")]
+    Overloaded,
     /// The request's data would not fit in the memory budget now (other
     /// requests hold it); the same request fits later.
     #[error("the server's request memory budget is in use; retry after {}s", retry_secs(*retry_after))]
@@ -126,7 +129,8 @@ impl CaptureError {
             CaptureError::Sink(_)
             | CaptureError::PolicyUnavailable
             | CaptureError::InFlight { .. }
-            | CaptureError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | CaptureError::MemoryBudget { .. }
+            | CaptureError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             CaptureError::RateLimited { .. } | CaptureError::QuotaExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -152,6 +156,7 @@ impl CaptureError {
             CaptureError::PolicyUnavailable => "policy_unavailable",
             CaptureError::InFlight { .. } => "in_flight",
             CaptureError::MemoryBudget { .. } => "memory_budget",
+            CaptureError::Overloaded => "overloaded",
         }
     }
 }
@@ -163,7 +168,10 @@ impl IntoResponse for CaptureError {
         let (kind, detail) = if status.is_server_error() {
             // Budget refusals come in floods under a burst; the metric
             // counts them.
-            if matches!(self, CaptureError::MemoryBudget { .. }) {
+            if matches!(
+                self,
+                CaptureError::MemoryBudget { .. } | CaptureError::Overloaded
+            ) {
                 tracing::debug!(error = %self, code, "request refused for memory");
             } else {
                 tracing::warn!(error = %self, code, "request failed on the server side");
@@ -188,6 +196,7 @@ impl IntoResponse for CaptureError {
             }
             // The other request usually settles within a round trip to
             // Kafka; its hold is only the bound.
+            CaptureError::Overloaded => Some(HeaderValue::from_static("1")),
             CaptureError::InFlight { retry_after } => {
                 Some(HeaderValue::from(retry_secs(*retry_after).min(5)))
             }

@@ -64,6 +64,13 @@ pub const POLICY_RELEASED_EVENTS: &str = "capture_policy_released_events_total";
 /// Requests settled (commit delivered, give back the rest) by `result`
 /// (`ok`, `error`), counted when Redis answered the call carrying them.
 pub const POLICY_SETTLES: &str = "capture_policy_settles_total";
+/// Open client connections.
+pub const HTTP_CONNECTIONS: &str = "capture_http_connections";
+/// Times the listener stopped accepting because `--max-connections` were
+/// open.
+pub const HTTP_CONNECTIONS_AT_CAP: &str = "capture_http_connections_at_cap_total";
+/// Requests refused because `--max-requests-in-flight` were being handled.
+pub const HTTP_OVERLOADED: &str = "capture_http_overloaded_total";
 /// The request memory budget, bytes.
 pub const MEMORY_BUDGET_BYTES: &str = "capture_memory_budget_bytes";
 /// Bytes of the request memory budget held by requests now.
@@ -186,6 +193,15 @@ fn describe() {
     describe_counter!(
         POLICY_SETTLES,
         "Requests whose policy reservation was settled in Redis, by result"
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "Open client connections");
+    describe_counter!(
+        HTTP_CONNECTIONS_AT_CAP,
+        "Times the listener waited because --max-connections were open"
+    );
+    describe_counter!(
+        HTTP_OVERLOADED,
+        "Requests refused 503 because --max-requests-in-flight were being handled"
     );
     describe_gauge!(MEMORY_BUDGET_BYTES, "The request memory budget in bytes");
     describe_gauge!(

@@ -23,7 +23,6 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutError};
 use tower_http::trace::TraceLayer;
 
 use crate::budget::{Lease, MemoryBudget};
@@ -129,7 +128,12 @@ struct Inner {
     live: Arc<crate::live::Live>,
     replays: crate::signing::Replays,
     budget: MemoryBudget,
+    /// One permit per request being handled (`--max-requests-in-flight`).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Requests handled at once unless configured otherwise.
+const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 
 impl AppState {
     /// State for a router producing to `sink`.
@@ -149,7 +153,14 @@ impl AppState {
                 crate::config::DEFAULT_MEMORY_LIMIT / 10 * 3,
                 Duration::from_secs(1),
             ),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
         }))
+    }
+
+    /// Handles at most `max` requests at once; more get 503. Call before
+    /// cloning the state.
+    pub fn with_max_in_flight(self, max: usize) -> Self {
+        self.edit(|inner| inner.in_flight = Arc::new(tokio::sync::Semaphore::new(max)))
     }
 
     /// Shares `budget` among requests. Call before cloning the state.
@@ -212,7 +223,6 @@ pub fn app(state: AppState) -> Router {
             .route(path, handler.clone())
             .route(&format!("{path}/"), handler);
     }
-    let body_read_timeout = state.0.limits.body_read_timeout;
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_headers(AllowHeaders::mirror_request())
@@ -220,7 +230,6 @@ pub fn app(state: AppState) -> Router {
         .allow_credentials(true)
         .max_age(Duration::from_secs(3600));
     router
-        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(cors)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -263,9 +272,19 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     // On a task of its own, so a client that goes away does not cancel the
     // request half way: once its policies reserved something in Redis, it
     // runs on to the settle, whatever happens to the connection.
+    let Ok(permit) = Arc::clone(&state.0.in_flight).try_acquire_owned() else {
+        metrics::counter!(m::HTTP_OVERLOADED).increment(1);
+        metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.label(), "status" => "503")
+            .increment(1);
+        return CaptureError::Overloaded.into_response();
+    };
     let task = {
         let state = state.clone();
-        let work = async move { handle(&state, endpoint, req, query).await };
+        // The permit goes with the task, which outlives a client that left.
+        let work = async move {
+            let _permit = permit;
+            handle(&state, endpoint, req, query).await
+        };
         // The request's span (its request id) goes along into the task.
         tokio::spawn(tracing::Instrument::in_current_span(work))
     };
@@ -321,13 +340,19 @@ async fn handle(
     // Everything this request holds in memory is counted here, until it is
     // answered.
     let mut lease = inner.budget.lease();
-    let body = read_body(
-        body,
-        &parts.headers,
-        inner.limits.body_limit(endpoint),
-        &mut lease,
+    // The whole body within the timeout of the headers, however it is
+    // paced: a client dripping a byte at a time is cut off too.
+    let body = tokio::time::timeout(
+        inner.limits.body_read_timeout,
+        read_body(
+            body,
+            &parts.headers,
+            inner.limits.body_limit(endpoint),
+            &mut lease,
+        ),
     )
-    .await?;
+    .await
+    .map_err(|_| CaptureError::BodyTimeout)??;
     metrics::histogram!(m::BODY_BYTES, "endpoint" => endpoint.label()).record(body.len() as f64);
 
     let header_text =
@@ -494,8 +519,6 @@ async fn read_body(
     let failed = |err: axum::BoxError| {
         if caused_by::<LengthLimitError>(&*err) {
             too_large()
-        } else if caused_by::<TimeoutError>(&*err) {
-            CaptureError::BodyTimeout
         } else {
             CaptureError::BodyRead(err.to_string())
         }

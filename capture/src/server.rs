@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -78,7 +79,23 @@ pub struct ServeSettings {
     pub header_read_timeout: Duration,
     /// Longest time to drain in-flight requests after shutdown starts.
     pub drain_timeout: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Most concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
+    /// HTTP/2 keep-alive ping interval (and answer timeout).
+    pub http2_keep_alive: Duration,
 }
+
+/// HTTP/2 streams a client may open and reset before the server accepted
+/// them, per connection: beyond it the connection is closed (the "rapid
+/// reset" attack opens and cancels streams without end).
+const HTTP2_PENDING_RESETS: usize = 20;
+/// Streams the server itself may reset for a client's protocol errors
+/// before closing its connection.
+const HTTP2_ERROR_RESETS: usize = 256;
 
 /// Builds the sink the configuration asks for.
 pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, StartError> {
@@ -175,7 +192,8 @@ pub async fn run(
     .with_budget(crate::budget::MemoryBudget::new(
         config.memory.request_budget(),
         config.memory.memory_wait,
-    ));
+    ))
+    .with_max_in_flight(config.http.max_requests_in_flight.get() as usize);
     tracing::info!(
         memory_limit_mib = config.memory.limit() >> 20,
         request_budget_mib = config.memory.request_budget() >> 20,
@@ -203,6 +221,10 @@ pub async fn run(
     let settings = ServeSettings {
         header_read_timeout: config.http.header_read_timeout,
         drain_timeout: config.http.shutdown_timeout,
+        max_connections: config.http.max_connections.get() as usize,
+        max_header_bytes: config.http.max_header_bytes,
+        http2_max_streams: config.http.http2_max_streams.get(),
+        http2_keep_alive: config.http.http2_keep_alive,
     };
     let draining = state.clone();
     let delay = config.http.shutdown_delay;
@@ -243,6 +265,26 @@ pub async fn run(
     Ok(())
 }
 
+/// A connection's slot under `--max-connections`, counted in the open
+/// connections gauge while it lives, however the connection ends.
+struct OpenConnection {
+    _slot: OwnedSemaphorePermit,
+    open: metrics::Gauge,
+}
+
+impl OpenConnection {
+    fn new(slot: OwnedSemaphorePermit, open: metrics::Gauge) -> Self {
+        open.increment(1.0);
+        OpenConnection { _slot: slot, open }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
 /// Accepts connections on `listener` until `shutdown` resolves, then waits
 /// (up to the drain timeout) for open connections to finish their requests.
 /// With `tls`, every connection is TLS first (its handshake bounded by the
@@ -259,11 +301,38 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_streams)
+        .max_pending_accept_reset_streams(HTTP2_PENDING_RESETS)
+        .max_local_error_reset_streams(HTTP2_ERROR_RESETS)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(settings.http2_keep_alive)
+        .keep_alive_timeout(settings.http2_keep_alive);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let open = metrics::gauge!(crate::metrics::HTTP_CONNECTIONS);
     tokio::pin!(shutdown);
     loop {
+        // A connection slot first: at the cap, new connections wait in the
+        // listen queue (the kernel's backlog) until one closes.
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics::counter!(crate::metrics::HTTP_CONNECTIONS_AT_CAP).increment(1);
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -275,6 +344,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let connection = OpenConnection::new(slot, open.clone());
         let _ = stream.set_nodelay(true);
         let service =
             TowerToHyperService::new(app.clone().map_request(move |mut req: Request<Incoming>| {
@@ -319,6 +389,7 @@ pub async fn serve(
             if let Err(err) = served {
                 tracing::debug!(error = %err, "connection ended with an error");
             }
+            drop(connection);
         });
     }
     drop(listener);

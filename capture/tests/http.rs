@@ -140,6 +140,34 @@ fn slow_bodies_get_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
 
+/// A body sent a byte at a time, each well within the timeout of the one
+/// before, is still cut off at the timeout counted from the headers.
+#[test]
+fn a_drip_fed_body_is_cut_off_at_the_body_deadline() {
+    let capture = noop_capture(&["--body-read-timeout", "2s"]);
+    let mut stream = TcpStream::connect(capture.address).expect("connect");
+    stream
+        .write_all(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n")
+        .expect("headers");
+    let reader = stream.try_clone().expect("clone");
+    let started = Instant::now();
+    let answer = std::thread::spawn(move || read_answer(reader));
+    // One byte every 200 ms: 40 s for the whole body.
+    for _ in 0..200 {
+        if stream.write_all(b" ").is_err() || answer.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answer = answer.join().expect("reader");
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took < Duration::from_secs(6),
+        "answered after {took:?}, not at the 2 s deadline"
+    );
+}
+
 #[tokio::test]
 async fn the_file_sink_appends_one_json_line_per_message() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -300,4 +328,121 @@ async fn beacon_requests_get_an_empty_204() {
     let response = post(&capture, "/e/?beacon=1&ver=1.78.5", &text, event()).await;
     assert_eq!(response.status(), 204);
     assert!(response.text().await.expect("text").is_empty());
+}
+
+/// Sends `request` (raw HTTP/1.1) on a new connection and returns the
+/// status line of the answer, or `None` if none came within `wait`.
+fn status_line(capture: &Capture, request: &str, wait: Duration) -> Option<String> {
+    let mut stream = TcpStream::connect(capture.address).expect("connect");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = [0u8; 256];
+    let n = stream.read(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    text.lines().next().map(str::to_owned)
+}
+
+fn event_request() -> String {
+    let body = event();
+    format!(
+        "POST /e HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Requests whose bodies have not arrived count as in flight; one more
+/// than the cap gets 503 `overloaded` with Retry-After, and the cap frees
+/// as they end.
+#[test]
+fn requests_over_the_in_flight_cap_get_503_overloaded() {
+    let capture = noop_capture(&[
+        "--max-requests-in-flight",
+        "2",
+        "--body-read-timeout",
+        "30s",
+    ]);
+    let mut waiting: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(capture.address).expect("connect");
+            stream
+                .write_all(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+                .expect("partial body");
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stream = TcpStream::connect(capture.address).expect("connect");
+    stream.write_all(event_request().as_bytes()).expect("send");
+    let answer = read_answer(stream);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    waiting.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = status_line(&capture, &event_request(), Duration::from_secs(5));
+        if status.as_deref() == Some("HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {status:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// At `--max-connections`, a new connection waits in the listen queue and
+/// is served as soon as another closes.
+#[test]
+fn connections_over_the_cap_wait_until_one_closes() {
+    let capture = noop_capture(&["--max-connections", "2", "--header-read-timeout", "30s"]);
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(capture.address).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(capture.address).expect("queued by the kernel");
+    third
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .expect("timeout");
+    third.write_all(event_request().as_bytes()).expect("send");
+    let mut answer = [0u8; 64];
+    assert!(
+        third.read(&mut answer).is_err(),
+        "served while two connections were open"
+    );
+    drop(idle);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let n = third.read(&mut answer).expect("served once a slot freed");
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
+/// A request head larger than `--max-header-bytes` is refused with 431
+/// before its body is read.
+#[test]
+fn oversized_headers_get_431() {
+    let capture = noop_capture(&["--max-header-bytes", "16KiB"]);
+    let big = "x".repeat(40 * 1024);
+    let request =
+        format!("POST /e HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nContent-Length: 2\r\n\r\n{{}}");
+    let status = status_line(&capture, &request, Duration::from_secs(5));
+    assert_eq!(
+        status.as_deref(),
+        Some("HTTP/1.1 431 Request Header Fields Too Large")
+    );
+    // Within the limit, the same request is read.
+    let fits = format!(
+        "POST /e HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "x".repeat(4 * 1024),
+        event().len(),
+        event()
+    );
+    let status = status_line(&capture, &fits, Duration::from_secs(5));
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
 }

@@ -902,6 +902,7 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
         "CaptureSinkErrors",
         "CaptureRedisDown",
         "CaptureMemoryBudgetExhausted",
+        "CaptureConnectionsAtCap",
         "CaptureOperatorReconcileErrors",
         "CaptureOperatorNoLeader",
         "CaptureOperatorDown",
@@ -912,6 +913,7 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
         "capture_ready",
         "capture_redis_up",
         "capture_memory_budget_refused_total",
+        "capture_http_connections_at_cap_total",
         "operator_reconcile_errors_total",
     ] {
         assert!(used.contains(wanted), "no alert reads {wanted}");
