@@ -397,7 +397,14 @@ async fn handle(
                 .headers
                 .get(crate::signing::HEADER)
                 .and_then(|v| v.to_str().ok());
-            let verified = signing.verify(&token, header, &body, now.timestamp())?;
+            // What was sent, before any decoding.
+            let sent = crate::signing::Signed {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                query: parts.uri.query().unwrap_or(""),
+                body: &body,
+            };
+            let verified = signing.verify(&token, header, &sent, now.timestamp())?;
             inner.replays.admit(verified, now.timestamp())?;
             signed = Some(verified);
         }

@@ -86,8 +86,9 @@ impl TokenPolicy {
 }
 
 /// Request signatures: requests of the listed tokens must carry
-/// `X-Capture-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` over
-/// `<t>.<body as sent>`, with the token's secret, within `window` of now.
+/// `X-Capture-Signature: t=<unix seconds>,v2=<hex HMAC-SHA256>` over
+/// `<t>\n<METHOD>\n<path>\n<query>\n<body as sent>`, with the token's
+/// secret, within `window` of now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Signatures {

@@ -1,8 +1,16 @@
 //! Request signatures (an auth plugin of the runtime config): the requests
 //! of listed tokens must carry `X-Capture-Signature: t=<unix seconds>,
-//! v1=<hex>`, where `v1` is the HMAC-SHA256 of `<t>.<body as sent>` under
-//! the token's secret, and `t` is within the window of now. Secrets come
-//! from a file (a mounted Kubernetes Secret), never from the config.
+//! v2=<hex>`, where `v2` is the HMAC-SHA256 under the token's secret of
+//!
+//! ```text
+//! <t>\n<METHOD>\n<path>\n<query>\n<body as sent>
+//! ```
+//!
+//! (path and query exactly as in the request line, the query without its
+//! `?` and empty when there is none), and `t` is within the window of now.
+//! So a signature covers what the request does, not only its body: a GET
+//! carrying its events in `?data=` is signed too. Secrets come from a file
+//! (a mounted Kubernetes Secret), never from the config.
 //!
 //! A signature is good once: [`Replays`] remembers each accepted one until
 //! its time leaves the window, and refuses it if it comes again. A request
@@ -26,12 +34,17 @@ pub const HEADER: &str = "x-capture-signature";
 pub enum SignatureError {
     /// No header.
     #[error(
-        "this project requires signed requests: send X-Capture-Signature: t=<unix seconds>,v1=<hex hmac-sha256 of \"<t>.<body>\">"
+        "this project requires signed requests: send X-Capture-Signature: t=<unix seconds>,v2=<hex hmac-sha256 of \"<t>\\n<METHOD>\\n<path>\\n<query>\\n<body>\">"
     )]
     Missing,
-    /// The header is not `t=...,v1=...`.
-    #[error("X-Capture-Signature must be t=<unix seconds>,v1=<64 hex digits>")]
+    /// The header is not `t=...,v2=...`.
+    #[error("X-Capture-Signature must be t=<unix seconds>,v2=<64 hex digits>")]
     Malformed,
+    /// A `v1` signature, which covered the body only.
+    #[error(
+        "v1 signatures (of the body only) are no longer accepted: sign \"<t>\\n<METHOD>\\n<path>\\n<query>\\n<body>\" and send it as v2=<hex>"
+    )]
+    OldFormat,
     /// `t` is too far from now.
     #[error("the signature's time is more than {0}s away from the server's; sign again")]
     Expired(u64),
@@ -171,37 +184,39 @@ impl Signing {
         self.tokens.contains(token)
     }
 
-    /// Checks `header` for `token`'s `body` at `now` (unix seconds).
+    /// Checks `header` for `token`'s `request` at `now` (unix seconds).
     pub fn verify(
         &self,
         token: &str,
         header: Option<&str>,
-        body: &[u8],
+        request: &Signed<'_>,
         now: i64,
     ) -> Result<Verified, SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
-        let (mut time, mut signature) = (None, None);
+        let (mut time, mut signature, mut old) = (None, None, false);
         for part in header.split(',') {
             match part.trim().split_once('=') {
                 Some(("t", value)) => time = value.parse::<i64>().ok(),
-                Some(("v1", value)) => signature = decode_hex(value),
+                Some(("v2", value)) => signature = decode_hex(value),
+                Some(("v1", _)) => old = true,
                 _ => {}
             }
         }
         let (Some(time), Some(signature)) = (time, signature) else {
-            return Err(SignatureError::Malformed);
+            return Err(if old {
+                SignatureError::OldFormat
+            } else {
+                SignatureError::Malformed
+            });
         };
         if now.abs_diff(time) > self.window.as_secs() {
             return Err(SignatureError::Expired(self.window.as_secs()));
         }
         let secret = self.secrets.get(token).ok_or(SignatureError::Mismatch)?;
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
-        mac.update(time.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
         // Constant-time comparison.
-        mac.verify_slice(&signature)
+        request
+            .mac(secret, time)
+            .verify_slice(&signature)
             .map_err(|_| SignatureError::Mismatch)?;
         let mut fixed = [0u8; 32];
         fixed.copy_from_slice(&signature);
@@ -212,14 +227,43 @@ impl Signing {
     }
 }
 
-/// The `v1` value for `body` signed at `time` with `secret` (for clients
+/// What a signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    /// `GET`, `POST`.
+    pub method: &'a str,
+    /// The path as in the request line (`/e`).
+    pub path: &'a str,
+    /// The query as in the request line, without `?`; empty when none.
+    pub query: &'a str,
+    /// The body as sent (before any decoding).
+    pub body: &'a [u8],
+}
+
+impl Signed<'_> {
+    /// The HMAC of this request at `time` under `secret`, not yet finished.
+    fn mac(&self, secret: &[u8], time: i64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        for part in [
+            itoa::Buffer::new().format(time).as_bytes(),
+            self.method.as_bytes(),
+            self.path.as_bytes(),
+            self.query.as_bytes(),
+        ] {
+            mac.update(part);
+            mac.update(b"\n");
+        }
+        mac.update(self.body);
+        mac
+    }
+}
+
+/// The `v2` value for `request` signed at `time` with `secret` (for clients
 /// and tests).
-pub fn sign(secret: &[u8], time: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(time.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize()
+pub fn sign(secret: &[u8], time: i64, request: &Signed<'_>) -> String {
+    request
+        .mac(secret, time)
+        .finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -249,50 +293,109 @@ mod tests {
         Signing::new(&config, "phc_signed: s3cret\nphc_other: x\n").expect("valid")
     }
 
+    fn post(body: &[u8]) -> Signed<'_> {
+        Signed {
+            method: "POST",
+            path: "/e",
+            query: "",
+            body,
+        }
+    }
+
     #[test]
     fn a_good_signature_passes_and_every_fault_is_named() {
         let signing = signing();
-        let body = br#"{"event":"e"}"#;
+        let request = post(br#"{"event":"e"}"#);
         let now = 1_800_000_000;
-        let good = format!("t={now},v1={}", sign(b"s3cret", now, body));
+        let good = format!("t={now},v2={}", sign(b"s3cret", now, &request));
         assert!(signing.requires("phc_signed") && !signing.requires("phc_other"));
         assert!(
             signing
-                .verify("phc_signed", Some(&good), body, now + 10)
+                .verify("phc_signed", Some(&good), &request, now + 10)
                 .is_ok()
         );
         assert_eq!(
-            signing.verify("phc_signed", None, body, now),
+            signing.verify("phc_signed", None, &request, now),
             Err(SignatureError::Missing)
         );
         assert_eq!(
-            signing.verify("phc_signed", Some("v1=abc"), body, now),
+            signing.verify("phc_signed", Some("v2=abc"), &request, now),
             Err(SignatureError::Malformed)
         );
         assert_eq!(
-            signing.verify("phc_signed", Some(&good), body, now + 301),
+            signing.verify("phc_signed", Some(&good), &request, now + 301),
             Err(SignatureError::Expired(300))
         );
         assert_eq!(
-            signing.verify("phc_signed", Some(&good), br#"{"event":"f"}"#, now),
+            signing.verify("phc_signed", Some(&good), &post(br#"{"event":"f"}"#), now),
             Err(SignatureError::Mismatch)
         );
-        let wrong_key = format!("t={now},v1={}", sign(b"guess", now, body));
+        let wrong_key = format!("t={now},v2={}", sign(b"guess", now, &request));
         assert_eq!(
-            signing.verify("phc_signed", Some(&wrong_key), body, now),
+            signing.verify("phc_signed", Some(&wrong_key), &request, now),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn the_signature_covers_method_path_and_query_and_v1_is_refused_by_name() {
+        let signing = signing();
+        let now = 1_800_000_000;
+        let get = Signed {
+            method: "GET",
+            path: "/e",
+            query: "data=eyJldmVudCI6ImEifQ%3D%3D&ip=1",
+            body: b"",
+        };
+        let header = format!("t={now},v2={}", sign(b"s3cret", now, &get));
+        assert!(
+            signing
+                .verify("phc_signed", Some(&header), &get, now)
+                .is_ok()
+        );
+        for changed in [
+            Signed {
+                query: "data=eyJldmVudCI6ImIifQ%3D%3D&ip=1",
+                ..get
+            },
+            Signed {
+                path: "/batch",
+                ..get
+            },
+            Signed {
+                method: "POST",
+                ..get
+            },
+            // The same bytes moved from the query to the path.
+            Signed {
+                path: "/e\ndata=eyJldmVudCI6ImEifQ%3D%3D&ip=1",
+                query: "",
+                ..get
+            },
+        ] {
+            assert_eq!(
+                signing.verify("phc_signed", Some(&header), &changed, now),
+                Err(SignatureError::Mismatch),
+                "{changed:?}"
+            );
+        }
+        let old = format!("t={now},v1={}", "0".repeat(64));
+        let err = signing
+            .verify("phc_signed", Some(&old), &get, now)
+            .expect_err("v1");
+        assert_eq!(err, SignatureError::OldFormat);
+        assert!(err.to_string().contains("no longer accepted"), "{err}");
     }
 
     #[test]
     fn a_signature_is_good_once_within_its_window_unless_its_request_failed() {
         let signing = signing();
         let replays = Replays::default();
-        let body = br#"{"event":"e"}"#;
+        let request = post(br#"{"event":"e"}"#);
         let now = 1_800_000_000;
-        let header = format!("t={now},v1={}", sign(b"s3cret", now, body));
+        let header = format!("t={now},v2={}", sign(b"s3cret", now, &request));
         let verified = signing
-            .verify("phc_signed", Some(&header), body, now)
+            .verify("phc_signed", Some(&header), &request, now)
             .expect("good");
         assert_eq!(replays.admit(verified, now), Ok(()));
         assert_eq!(
@@ -314,9 +417,9 @@ mod tests {
         replays.prune(now + 301);
         assert!(replays.is_empty(), "pruned once out of the window");
 
-        let later = format!("t={},v1={}", now + 1, sign(b"s3cret", now + 1, body));
+        let later = format!("t={},v2={}", now + 1, sign(b"s3cret", now + 1, &request));
         let other = signing
-            .verify("phc_signed", Some(&later), body, now + 1)
+            .verify("phc_signed", Some(&later), &request, now + 1)
             .expect("good");
         assert_eq!(
             replays.admit(other, now + 1),

@@ -72,7 +72,7 @@ async fn tokens_masked_properties_and_secrets_never_reach_the_logs() {
     assert_eq!(post("/e", event(SIGNED)).await.expect("post").status(), 401);
     let bad_signature = client
         .post(capture.url("/e"))
-        .header("X-Capture-Signature", "t=1,v1=00")
+        .header("X-Capture-Signature", "t=1,v2=00")
         .body(event(SIGNED).to_string())
         .send()
         .await

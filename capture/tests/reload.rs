@@ -322,9 +322,15 @@ async fn signed_tokens_need_a_valid_fresh_unused_signature_and_rotated_secrets_a
     };
     let now = chrono::Utc::now().timestamp();
     let signed = |secret: &[u8], time: i64, body: &str| {
+        let request = capture::signing::Signed {
+            method: "POST",
+            path: "/e",
+            query: "",
+            body: body.as_bytes(),
+        };
         format!(
-            "t={time},v1={}",
-            capture::signing::sign(secret, time, body.as_bytes())
+            "t={time},v2={}",
+            capture::signing::sign(secret, time, &request)
         )
     };
 
@@ -381,6 +387,56 @@ async fn signed_tokens_need_a_valid_fresh_unused_signature_and_rotated_secrets_a
             .await
             .0,
         401
+    );
+    // A GET carrying its event in `?data=`, with no body: the signature
+    // covers the query, so another event in it is refused.
+    let get = |query: &str, signature: String| {
+        let url = format!("{}?{query}", capture.url("/e"));
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("X-Capture-Signature", signature)
+                .send()
+                .await
+                .expect("get")
+                .status()
+                .as_u16()
+        }
+    };
+    let query = |event: &str| {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .encode(json!({"event": event, "distinct_id": "d", "token": "phc_signed"}).to_string());
+        format!("data={}", data.replace('=', "%3D").replace('+', "%2B"))
+    };
+    let signed_get = |query: &str| {
+        let request = capture::signing::Signed {
+            method: "GET",
+            path: "/e",
+            query,
+            body: b"",
+        };
+        format!(
+            "t={now},v2={}",
+            capture::signing::sign(b"first-secret", now, &request)
+        )
+    };
+    assert_eq!(get(&query("g"), signed_get(&query("g"))).await, 200);
+    assert_eq!(
+        get(&query("other"), signed_get(&query("g2"))).await,
+        401,
+        "the query is signed"
+    );
+    // A body-only v1 signature is refused by name.
+    let old = format!("t={now},v1={}", "0".repeat(64));
+    let (status, reply) = post(Some(old), body.clone()).await;
+    assert_eq!(status, 401);
+    assert!(
+        reply["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("v1 signatures"),
+        "{reply}"
     );
     // Other tokens need no signature.
     let other = json!({"event": "e", "distinct_id": "d", "token": "phc_free"}).to_string();
