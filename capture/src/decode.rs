@@ -134,8 +134,7 @@ pub struct Encoded<'a> {
 ///
 /// `grow` is asked before each buffer is allocated or grown, with the
 /// bytes it adds; when it answers `false` decoding stops with
-/// [`DecodeError::OverBudget`]. (lz64's output is counted once it is
-/// decompressed, within the decompressed-size cap.)
+/// [`DecodeError::OverBudget`].
 pub fn decode<'a>(
     input: Encoded<'a>,
     limits: DecodeLimits,
@@ -175,9 +174,7 @@ pub fn decode<'a>(
 
     if hint == Compression::Lz64 && !looks_like_json(&bytes) {
         grow(bytes.len())?;
-        let out = lz64(&bytes, limits.max_decompressed_bytes)?;
-        grow(out.len())?;
-        bytes = Cow::Owned(out);
+        bytes = Cow::Owned(lz64(&bytes, limits.max_decompressed_bytes, &mut grow)?);
     }
     if !is_gzip(&bytes) && !looks_like_json(&bytes) {
         // The cleaned copy, and the decoded bytes (three quarters of it).
@@ -302,16 +299,24 @@ fn base64(bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
         .map_err(DecodeError::Base64)
 }
 
-fn lz64(bytes: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+fn lz64(
+    bytes: &[u8],
+    max: usize,
+    grow: &mut dyn FnMut(usize) -> Result<(), DecodeError>,
+) -> Result<Vec<u8>, DecodeError> {
     let text: Vec<u8> = bytes
         .trim_ascii()
         .iter()
         .map(|&b| if b == b' ' { b'+' } else { b })
         .collect();
-    let utf16 = crate::lzstring::decompress_from_base64(&text, max).map_err(|err| match err {
-        LzError::TooLarge => DecodeError::DecompressedTooLarge { max },
-        LzError::Invalid => DecodeError::Lz64,
-    })?;
+    let utf16 = crate::lzstring::decompress_from_base64(&text, max, &mut |more| grow(more).is_ok())
+        .map_err(|err| match err {
+            LzError::TooLarge => DecodeError::DecompressedTooLarge { max },
+            LzError::Invalid => DecodeError::Lz64,
+            LzError::OverBudget => DecodeError::OverBudget,
+        })?;
+    // UTF-8 takes at most three bytes per UTF-16 unit.
+    grow(utf16.len() * 3)?;
     let out = String::from_utf16(&utf16)
         .map_err(|_| DecodeError::Lz64)?
         .into_bytes();
@@ -432,6 +437,26 @@ mod tests {
             total <= cap + 1,
             "asked for {total} bytes with a cap of {cap}"
         );
+    }
+
+    #[test]
+    fn an_lz_string_bomb_never_asks_for_more_than_the_cap() {
+        let limits = DecodeLimits {
+            max_decompressed_bytes: 64 << 10,
+            max_json_depth: 8,
+        };
+        let bomb = lz_str::compress_to_base64(&"a".repeat(256 << 10));
+        let input = Encoded {
+            compression_hint: Some("lz64"),
+            ..body(bomb.as_bytes())
+        };
+        let (out, total) = asked(input, limits);
+        assert!(out.expect_err("over the cap").is_too_large());
+        // The cleaned input, then UTF-16 output room up to the cap.
+        let bound = bomb.len() + 2 * limits.max_decompressed_bytes;
+        assert!(total <= bound, "asked for {total} bytes, bound {bound}");
+        let err = super::decode(input, limits, &mut |more| more < 10_000).expect_err("no room");
+        assert!(matches!(err, DecodeError::OverBudget), "{err}");
     }
 
     #[test]

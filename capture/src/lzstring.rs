@@ -34,6 +34,8 @@ pub enum LzError {
     Invalid,
     /// The output would exceed the cap.
     TooLarge,
+    /// The memory budget had no room for more output.
+    OverBudget,
 }
 
 /// One dictionary entry: `prefix` followed by `last`.
@@ -97,8 +99,15 @@ impl<'a> Bits<'a> {
 }
 
 /// Decompresses lz-string base64 text into UTF-16 code units, failing with
-/// [`LzError::TooLarge`] once more than `max_units` would be produced.
-pub fn decompress_from_base64(input: &[u8], max_units: usize) -> Result<Vec<u16>, LzError> {
+/// [`LzError::TooLarge`] once more than `max_units` would be produced. The
+/// output buffer never holds room for more than `max_units`, and `grow` is
+/// asked for the bytes of each enlargement first ([`LzError::OverBudget`]
+/// when it says no).
+pub fn decompress_from_base64(
+    input: &[u8],
+    max_units: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u16>, LzError> {
     if input.is_empty() {
         return Err(LzError::Invalid);
     }
@@ -113,7 +122,11 @@ pub fn decompress_from_base64(input: &[u8], max_units: usize) -> Result<Vec<u16>
             len: 0,
         });
     }
-    let mut out: Vec<u16> = Vec::with_capacity(input.len().saturating_mul(3).min(max_units));
+    let first = input.len().saturating_mul(3).min(max_units);
+    if !grow(first * 2) {
+        return Err(LzError::OverBudget);
+    }
+    let mut out: Vec<u16> = Vec::with_capacity(first);
     let mut enlarge_in: u32 = 4;
     let mut num_bits: u32 = 3;
 
@@ -135,7 +148,7 @@ pub fn decompress_from_base64(input: &[u8], max_units: usize) -> Result<Vec<u16>
         len: 1,
     });
     let mut previous = (dictionary.len() - 1) as u32;
-    emit(&dictionary, previous, &mut out, max_units)?;
+    emit(&dictionary, previous, &mut out, max_units, grow)?;
 
     loop {
         if bits.exhausted() {
@@ -183,7 +196,7 @@ pub fn decompress_from_base64(input: &[u8], max_units: usize) -> Result<Vec<u16>
         } else {
             return Err(LzError::Invalid);
         }
-        emit(&dictionary, code, &mut out, max_units)?;
+        emit(&dictionary, code, &mut out, max_units, grow)?;
         enlarge_in -= 1;
         previous = code;
         if enlarge_in == 0 {
@@ -198,11 +211,25 @@ pub fn decompress_from_base64(input: &[u8], max_units: usize) -> Result<Vec<u16>
 }
 
 /// Appends entry `code`'s characters to `out` by walking its prefix links.
-fn emit(dictionary: &[Entry], code: u32, out: &mut Vec<u16>, max: usize) -> Result<(), LzError> {
+fn emit(
+    dictionary: &[Entry],
+    code: u32,
+    out: &mut Vec<u16>,
+    max: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<(), LzError> {
     let len = dictionary[code as usize].len as usize;
     let start = out.len();
     if start + len > max {
         return Err(LzError::TooLarge);
+    }
+    if start + len > out.capacity() {
+        // Double, as a Vec would, but never past the cap.
+        let target = (start + len).max(out.capacity() * 2).min(max);
+        if !grow((target - out.capacity()) * 2) {
+            return Err(LzError::OverBudget);
+        }
+        out.reserve_exact(target - start);
     }
     out.resize(start + len, 0);
     let mut at = code;
@@ -222,7 +249,7 @@ mod tests {
 
     fn round_trip(text: &str) -> Result<Vec<u16>, LzError> {
         let packed = lz_str::compress_to_base64(text);
-        decompress_from_base64(packed.as_bytes(), usize::MAX)
+        decompress_from_base64(packed.as_bytes(), usize::MAX, &mut |_| true)
     }
 
     #[test]
@@ -241,11 +268,14 @@ mod tests {
 
     #[test]
     fn garbage_and_truncation_are_invalid() {
-        assert_eq!(decompress_from_base64(b"", 100), Err(LzError::Invalid));
+        assert_eq!(
+            decompress_from_base64(b"", 100, &mut |_| true),
+            Err(LzError::Invalid)
+        );
         let packed = lz_str::compress_to_base64(r#"{"event":"a long enough event name"}"#);
         let cut = &packed.as_bytes()[..packed.len() / 2];
         assert_eq!(
-            decompress_from_base64(cut, usize::MAX),
+            decompress_from_base64(cut, usize::MAX, &mut |_| true),
             Err(LzError::Invalid)
         );
     }
@@ -255,9 +285,10 @@ mod tests {
         // Repetitive text compresses quadratically well.
         let packed = lz_str::compress_to_base64(&"a".repeat(50_000));
         assert!(packed.len() < 1_000, "{}", packed.len());
-        let capped = decompress_from_base64(packed.as_bytes(), 10_000);
+        let capped = decompress_from_base64(packed.as_bytes(), 10_000, &mut |_| true);
         assert_eq!(capped, Err(LzError::TooLarge));
-        let full = decompress_from_base64(packed.as_bytes(), 50_000).map(|v| v.len());
+        let full =
+            decompress_from_base64(packed.as_bytes(), 50_000, &mut |_| true).map(|v| v.len());
         assert_eq!(full, Ok(50_000));
     }
 
@@ -270,12 +301,12 @@ mod tests {
 
         #[test]
         fn never_panics_on_any_input(input in prop::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decompress_from_base64(&input, 10_000);
+            let _ = decompress_from_base64(&input, 10_000, &mut |_| true);
         }
 
         #[test]
         fn agrees_with_the_reference_on_any_base64ish_input(input in "[A-Za-z0-9+/=]{1,60}") {
-            let ours = decompress_from_base64(input.as_bytes(), usize::MAX).ok();
+            let ours = decompress_from_base64(input.as_bytes(), usize::MAX, &mut |_| true).ok();
             let reference = lz_str::decompress_from_base64(&input);
             // Where the reference yields text, ours yields the same.
             if let (Some(ours), Some(reference)) = (ours, reference) {
