@@ -69,6 +69,9 @@ pub const HTTP_CONNECTIONS: &str = "capture_http_connections";
 /// Times the listener stopped accepting because `--max-connections` were
 /// open.
 pub const HTTP_CONNECTIONS_AT_CAP: &str = "capture_http_connections_at_cap_total";
+/// Connections closed because they sent nothing within
+/// `--header-read-timeout` of opening.
+pub const HTTP_CONNECTIONS_SILENT: &str = "capture_http_connections_silent_total";
 /// Requests refused because `--max-requests-in-flight` were being handled.
 pub const HTTP_OVERLOADED: &str = "capture_http_overloaded_total";
 /// The request memory budget, bytes.
@@ -198,6 +201,10 @@ fn describe() {
     describe_counter!(
         HTTP_CONNECTIONS_AT_CAP,
         "Times the listener waited because --max-connections were open"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_SILENT,
+        "Connections closed for sending nothing within --header-read-timeout"
     );
     describe_counter!(
         HTTP_OVERLOADED,

@@ -358,6 +358,18 @@ pub async fn serve(
         tokio::spawn(async move {
             let served = match tls {
                 None => {
+                    // hyper's header read timeout starts once it has told
+                    // HTTP/1 from HTTP/2 by the first bytes: a client that
+                    // connects and sends nothing would keep its slot
+                    // forever.
+                    let mut first = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(handshake_timeout, stream.peek(&mut first)).await,
+                        Ok(Ok(1))
+                    ) {
+                        metrics::counter!(crate::metrics::HTTP_CONNECTIONS_SILENT).increment(1);
+                        return;
+                    }
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(connection.into_owned()).await

@@ -446,3 +446,19 @@ fn oversized_headers_get_431() {
     let status = status_line(&capture, &fits, Duration::from_secs(5));
     assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
 }
+
+/// A connection that sends nothing is closed after the header read
+/// timeout, so idle connections cannot hold the connection slots.
+#[test]
+fn a_silent_connection_is_closed_after_the_header_read_timeout() {
+    let capture = noop_capture(&["--header-read-timeout", "500ms"]);
+    let stream = TcpStream::connect(capture.address).expect("connect");
+    let started = Instant::now();
+    let answer = read_answer(stream);
+    assert!(answer.is_empty(), "{answer}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "held open for {took:?} (read_answer gives up at 10 s)"
+    );
+}
