@@ -462,3 +462,26 @@ fn a_silent_connection_is_closed_after_the_header_read_timeout() {
         "held open for {took:?} (read_answer gives up at 10 s)"
     );
 }
+
+/// After a request, an HTTP/1.1 keep-alive connection that stays silent is
+/// closed after the header read timeout too (hyper starts its timer when
+/// it waits for the next request).
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
+    let capture = noop_capture(&["--header-read-timeout", "500ms"]);
+    let mut stream = TcpStream::connect(capture.address).expect("connect");
+    let body = event();
+    let request = format!(
+        "POST /e HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let started = Instant::now();
+    let answer = read_answer(stream);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "idle keep-alive connection held for {took:?}"
+    );
+}
