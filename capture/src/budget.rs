@@ -87,25 +87,19 @@ impl Lease {
             return Ok(());
         };
         let semaphore = Arc::clone(&self.budget.semaphore);
-        let acquired = match semaphore.try_acquire_many(more) {
-            Ok(permit) => Ok(permit),
+        let permit = match semaphore.try_acquire_many(more) {
+            Ok(permit) => permit,
             Err(TryAcquireError::NoPermits) => {
                 metrics::counter!(m::MEMORY_BUDGET_WAITS).increment(1);
                 match tokio::time::timeout(self.budget.wait, semaphore.acquire_many(more)).await {
-                    Ok(Ok(permit)) => Ok(permit),
-                    _ => Err(()),
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(self.refused()),
                 }
             }
-            Err(TryAcquireError::Closed) => Err(()),
+            Err(TryAcquireError::Closed) => return Err(self.refused()),
         };
-        match acquired {
-            Ok(permit) => {
-                permit.forget();
-                self.units += more;
-                Ok(())
-            }
-            Err(()) => Err(self.refused()),
-        }
+        self.keep(permit);
+        Ok(())
     }
 
     /// Grows the lease to hold `bytes` in all if there is room now; for
@@ -114,14 +108,18 @@ impl Lease {
         let Some(more) = self.more_for(bytes)? else {
             return Ok(());
         };
-        match self.budget.semaphore.try_acquire_many(more) {
-            Ok(permit) => {
-                permit.forget();
-                self.units += more;
-                Ok(())
-            }
-            Err(_) => Err(self.refused()),
-        }
+        let semaphore = Arc::clone(&self.budget.semaphore);
+        let permit = semaphore
+            .try_acquire_many(more)
+            .map_err(|_| self.refused())?;
+        self.keep(permit);
+        Ok(())
+    }
+
+    /// Adds `permit`'s units to the lease; they go back when it drops.
+    fn keep(&mut self, permit: tokio::sync::SemaphorePermit<'_>) {
+        self.units += permit.num_permits() as u32;
+        permit.forget();
     }
 
     /// The units to add to hold `bytes`, `None` if held already; an error

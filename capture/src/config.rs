@@ -445,6 +445,11 @@ pub struct MemoryConfig {
 /// sets one: the operator's default pod limit.
 pub const DEFAULT_MEMORY_LIMIT: usize = 512 << 20;
 
+/// The default request memory budget for a memory limit: 30% of it.
+pub fn request_budget_of(limit: usize) -> usize {
+    limit / 10 * 3
+}
+
 impl MemoryConfig {
     /// The memory limit, resolving the default.
     pub fn limit(&self) -> usize {
@@ -456,7 +461,7 @@ impl MemoryConfig {
     /// The request memory budget, resolving the default.
     pub fn request_budget(&self) -> usize {
         self.request_memory_budget
-            .unwrap_or_else(|| self.limit() / 10 * 3)
+            .unwrap_or_else(|| request_budget_of(self.limit()))
     }
 
     /// The producer queue's default size in KiB: 20% of the memory limit.
@@ -610,7 +615,7 @@ impl Config {
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let first = Config::try_parse_from(&args)?;
-        let config = match &first.config {
+        let mut config = match &first.config {
             None => first,
             Some(path) => {
                 let mut merged = vec![args.first().cloned().unwrap_or_else(|| "capture".into())];
@@ -619,7 +624,6 @@ impl Config {
                 Config::try_parse_from(merged)?
             }
         };
-        let mut config = config;
         config.validate()?;
         // The producer queue is sized with the rest of the memory.
         if config.kafka.queue_kbytes.is_none() {

@@ -150,7 +150,7 @@ impl AppState {
             ))),
             replays: crate::signing::Replays::default(),
             budget: MemoryBudget::new(
-                crate::config::DEFAULT_MEMORY_LIMIT / 10 * 3,
+                crate::config::request_budget_of(crate::config::DEFAULT_MEMORY_LIMIT),
                 Duration::from_secs(1),
             ),
             in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
@@ -269,29 +269,28 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     } else {
         StatusCode::OK
     };
-    // On a task of its own, so a client that goes away does not cancel the
-    // request half way: once its policies reserved something in Redis, it
-    // runs on to the settle, whatever happens to the connection.
-    let Ok(permit) = Arc::clone(&state.0.in_flight).try_acquire_owned() else {
-        metrics::counter!(m::HTTP_OVERLOADED).increment(1);
-        metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.label(), "status" => "503")
-            .increment(1);
-        return CaptureError::Overloaded.into_response();
-    };
-    let task = {
-        let state = state.clone();
-        // The permit goes with the task, which outlives a client that left.
-        let work = async move {
-            let _permit = permit;
-            handle(&state, endpoint, req, query).await
-        };
-        // The request's span (its request id) goes along into the task.
-        tokio::spawn(tracing::Instrument::in_current_span(work))
-    };
-    let result = match task.await {
-        Ok(result) => result,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(_) => Err(CaptureError::Sink(SinkError::Timeout)),
+    let result = match Arc::clone(&state.0.in_flight).try_acquire_owned() {
+        Err(_) => {
+            metrics::counter!(m::HTTP_OVERLOADED).increment(1);
+            Err(CaptureError::Overloaded)
+        }
+        Ok(permit) => {
+            // On a task of its own, so a client that goes away does not
+            // cancel the request half way: once its policies reserved
+            // something in Redis, it runs on to the settle, whatever happens
+            // to the connection. Its in-flight permit goes along.
+            let state = state.clone();
+            let work = async move {
+                let _permit = permit;
+                handle(&state, endpoint, req, query).await
+            };
+            // The request's span (its request id) goes along into the task.
+            match tokio::spawn(tracing::Instrument::in_current_span(work)).await {
+                Ok(result) => result,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                Err(_) => Err(CaptureError::Sink(SinkError::Timeout)),
+            }
+        }
     };
     let status = result
         .as_ref()
@@ -497,8 +496,9 @@ async fn deliver(
 }
 
 /// What one event's candidate and message take beside its text (fields
-/// capture adds to the value, headers, key, the candidate itself), rounded
-/// up; see docs/performance.md for how it was measured.
+/// capture adds to the value, headers, key, the candidate itself): an
+/// estimate rounded up, not a measurement; `tests/memory.rs` checks that
+/// the budget as a whole holds.
 const PER_EVENT_BYTES: usize = 1024;
 
 /// Reads the whole body within `limit`, growing `lease` to hold it before

@@ -180,6 +180,7 @@ pub async fn run(
         .await
         .map_err(|source| StartError::Bind { address, source })?;
     let limits = Limits::from_config(&config.limits, config.http.body_read_timeout);
+    let request_budget = config.memory.request_budget();
     let state = AppState::new(
         Arc::clone(&sink),
         Arc::new(SystemClock),
@@ -190,13 +191,13 @@ pub async fn run(
     .with_policy(Arc::clone(&policy))
     .with_live(live)
     .with_budget(crate::budget::MemoryBudget::new(
-        config.memory.request_budget(),
+        request_budget,
         config.memory.memory_wait,
     ))
     .with_max_in_flight(config.http.max_requests_in_flight.get() as usize);
     tracing::info!(
         memory_limit_mib = config.memory.limit() >> 20,
-        request_budget_mib = config.memory.request_budget() >> 20,
+        request_budget_mib = request_budget >> 20,
         kafka_queue_mib = config.kafka.queue_kbytes.map_or(0, |k| k.get() >> 10),
         max_events_per_request = config.limits.max_events_per_request.get(),
         "memory shared out"

@@ -143,23 +143,14 @@ impl Deferred {
         })
     }
 
-    /// The waiting commits as commands, oldest group first.
+    /// The waiting commits as commands, oldest group first, each reporting
+    /// its outcome when it comes.
     fn take(&self) -> Vec<Pending> {
-        let batches = {
-            let mut waiting = self.lock();
-            if waiting.batches.is_empty() {
-                return Vec::new();
-            }
-            waiting.markers = 0;
-            waiting.since = None;
-            std::mem::take(&mut waiting.batches)
-        };
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        batches
+        self.take_batches()
             .into_iter()
             .map(|(group, ttl, commits)| Pending {
                 group,
-                command: commits.command(&self.script, ttl, now_ms),
+                command: commits.command(&self.script, ttl, chrono::Utc::now().timestamp_millis()),
                 reply: Answer::Commit {
                     requests: commits.requests(),
                     markers: commits.markers(),
@@ -167,6 +158,14 @@ impl Deferred {
                 },
             })
             .collect()
+    }
+
+    /// The waiting commits, per pipeline group and marker TTL, leaving none.
+    fn take_batches(&self) -> Vec<(Option<String>, Duration, Commits)> {
+        let mut waiting = self.lock();
+        waiting.markers = 0;
+        waiting.since = None;
+        std::mem::take(&mut waiting.batches)
     }
 }
 
@@ -260,21 +259,21 @@ impl Coalescer {
     /// Sends the waiting commits now and waits for their outcome (reported
     /// as always); for shutdown.
     pub async fn flush(&self) {
-        let commits = self.deferred.take();
-        if commits.is_empty() {
+        let batches = self.deferred.take_batches();
+        if batches.is_empty() {
             return;
         }
         let queue = self.queue();
-        let mut answers = Vec::with_capacity(commits.len());
-        for mut pending in commits {
+        let report = self.deferred.report;
+        let mut answers = Vec::with_capacity(batches.len());
+        for (group, ttl, commits) in batches {
+            let (requests, markers) = (commits.requests(), commits.markers());
             let (reply, answer) = oneshot::channel();
-            let Answer::Commit {
-                requests,
-                markers,
-                report,
-            } = std::mem::replace(&mut pending.reply, Answer::Check(reply))
-            else {
-                unreachable!("waiting commits are commits")
+            let pending = Pending {
+                group,
+                command: commits.command(&self.script, ttl, chrono::Utc::now().timestamp_millis()),
+                // Waited for here, and reported once it comes.
+                reply: Answer::Check(reply),
             };
             if queue.send(pending).is_err() {
                 report(requests, markers, Err(stopped()));
