@@ -408,8 +408,16 @@ pub fn parse(text: &str) -> Result<RuntimeConfig, RuntimeConfigError> {
             "the document is empty; it needs at least `version: 1`".into(),
         ));
     }
-    let config: RuntimeConfig =
-        serde_yaml::from_str(text).map_err(|err| RuntimeConfigError::Syntax(err.to_string()))?;
+    let syntax = |err: &dyn std::fmt::Display| RuntimeConfigError::Syntax(err.to_string());
+    // JSON is read as JSON: serde_yaml follows YAML 1.1, which takes U+0085,
+    // U+2028 and U+2029 in a string for line breaks and folds them into a
+    // space, though JSON leaves them unescaped (found by the
+    // `runtime_config` fuzz target).
+    let config: RuntimeConfig = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        serde_json::from_str(text).map_err(|err| syntax(&err))?
+    } else {
+        serde_yaml::from_str(text).map_err(|err| syntax(&err))?
+    };
     config.validate()?;
     Ok(config)
 }
@@ -811,6 +819,25 @@ routing: {events: events_main, overflow: events_overflow}
         assert_eq!(a.hash(), b.hash());
         assert_ne!(a.hash(), c.hash());
         assert_eq!(a.hash().len(), 16);
+    }
+
+    #[test]
+    fn a_json_document_keeps_the_line_separators_in_its_strings() {
+        // The input the `runtime_config` fuzz target found: its `\N` (YAML
+        // for U+0085) survived the YAML round trip, but the JSON of the
+        // same document came back with a space in its place.
+        let found = "version: 1                      # thion; option1s-1h\nrestrictions:                   # PostHog-st   topic: exports              # only with redirect, and required there\nplugins:                        # in order; each entry sets exactly one plugin\n  - redact:\n      keys: [email, \"$set.*.pho        # each list empty = any; at least one list given\n    events: [$autocapture]\n    distinctIds: []\n \n\\N1ction: redirect\n    events: [bulk_export]\n    topic: exportne\"]   # a key at any depn";
+        let config = parse(found).expect("valid");
+        let json = serde_json::to_string(&config).expect("serializes");
+        assert_eq!(parse(&json).expect("its JSON is valid"), config);
+        for separator in ['\u{85}', '\u{2028}', '\u{2029}'] {
+            let json = format!(r#"{{"plugins":[{{"redact":{{"keys":["a{separator}b"]}}}}]}}"#);
+            let config = parse(&json).expect("valid");
+            let redact = config.plugins[0].redact.as_ref().expect("redact");
+            assert_eq!(redact.keys, [format!("a{separator}b")]);
+        }
+        // YAML's flow style, which is not JSON, is still YAML.
+        parse("{version: 1, tokens: {deny: [phc_retired]}}").expect("YAML flow mapping");
     }
 
     #[test]
