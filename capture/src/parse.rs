@@ -282,8 +282,10 @@ fn too_many(max_events: usize) -> CaptureError {
 }
 
 /// [`parse`] the general way: the body in one pass, then each event of an
-/// array or batch in a second pass over its text.
-fn parse_checked(text: &str, max_events: usize) -> Result<Payload<'_>, CaptureError> {
+/// array or batch in a second pass over its text. Public only so the fuzz
+/// targets can hold the one-pass reader to it.
+#[doc(hidden)]
+pub fn parse_checked(text: &str, max_events: usize) -> Result<Payload<'_>, CaptureError> {
     let invalid_json =
         |err: serde_json::Error| CaptureError::Payload(format!("invalid JSON: {err}"));
     // The items of an array, at most `max_events` of them.

@@ -192,23 +192,7 @@ impl Signing {
         request: &Signed<'_>,
         now: i64,
     ) -> Result<Verified, SignatureError> {
-        let header = header.ok_or(SignatureError::Missing)?;
-        let (mut time, mut signature, mut old) = (None, None, false);
-        for part in header.split(',') {
-            match part.trim().split_once('=') {
-                Some(("t", value)) => time = value.parse::<i64>().ok(),
-                Some(("v2", value)) => signature = decode_hex(value),
-                Some(("v1", _)) => old = true,
-                _ => {}
-            }
-        }
-        let (Some(time), Some(signature)) = (time, signature) else {
-            return Err(if old {
-                SignatureError::OldFormat
-            } else {
-                SignatureError::Malformed
-            });
-        };
+        let Header { time, mac } = parse_header(header.ok_or(SignatureError::Missing)?)?;
         if now.abs_diff(time) > self.window.as_secs() {
             return Err(SignatureError::Expired(self.window.as_secs()));
         }
@@ -216,14 +200,42 @@ impl Signing {
         // Constant-time comparison.
         request
             .mac(secret, time)
-            .verify_slice(&signature)
+            .verify_slice(&mac)
             .map_err(|_| SignatureError::Mismatch)?;
-        let mut fixed = [0u8; 32];
-        fixed.copy_from_slice(&signature);
         Ok(Verified {
-            mac: fixed,
+            mac,
             expires: time.saturating_add(self.window.as_secs() as i64),
         })
+    }
+}
+
+/// What an `X-Capture-Signature` header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// `t`: when the request was signed (unix seconds).
+    pub time: i64,
+    /// `v2`: the HMAC, decoded from hex.
+    pub mac: [u8; 32],
+}
+
+/// Reads `t=<unix seconds>,v2=<64 hex digits>`: parts in any order, the
+/// last of a repeated one counting, unknown ones ignored. A header with
+/// only `v1` is named as the old format. Public so the fuzz target can
+/// reach it without a secret.
+pub fn parse_header(header: &str) -> Result<Header, SignatureError> {
+    let (mut time, mut mac, mut old) = (None, None, false);
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => time = value.parse::<i64>().ok(),
+            Some(("v2", value)) => mac = decode_hex(value),
+            Some(("v1", _)) => old = true,
+            _ => {}
+        }
+    }
+    match (time, mac) {
+        (Some(time), Some(mac)) => Ok(Header { time, mac }),
+        _ if old => Err(SignatureError::OldFormat),
+        _ => Err(SignatureError::Malformed),
     }
 }
 
@@ -270,19 +282,34 @@ pub fn sign(secret: &[u8], time: i64, request: &Signed<'_>) -> String {
         .collect()
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    // `from_str_radix` alone would also take a sign (`+f`), which is not
+    // a hex digit.
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_is_hex_digits_only() {
+        // Found by the `signature` fuzz target: `+0` passed as the byte 0,
+        // so one MAC had many spellings.
+        let header = "t=1700000000,v2=19b25856e1c150ca834cffc8b59b23adbd0ec0389e58e\x08\x00\x00\x00\x00\x00\x00\x00768098d002b,v2=19B25856E1C1+0CA834CFFC8B59B23ADBD0EC0389E58EB22B3B64768098D002B";
+        assert_eq!(parse_header(header), Err(SignatureError::Malformed));
+        let hex = "19B25856E1C1F0CA834CFFC8B59B23ADBD0EC0389E58EB22B3B64768098D002B";
+        let header = parse_header(&format!("t=1700000000,v2={hex}")).expect("hex");
+        assert_eq!(header.time, 1_700_000_000);
+        assert_eq!(header.mac[6], 0xf0);
+    }
 
     fn signing() -> Signing {
         let config = Signatures {

@@ -25,7 +25,9 @@ mod coalesce;
 mod hot_keys;
 pub mod keys;
 mod pipe;
-mod resp;
+// Public only so the fuzz targets (`fuzz/`) can reach the reply reader.
+#[doc(hidden)]
+pub mod resp;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
