@@ -72,6 +72,9 @@ pub const HTTP_CONNECTIONS_AT_CAP: &str = "capture_http_connections_at_cap_total
 /// Connections closed because they sent nothing within
 /// `--header-read-timeout` of opening.
 pub const HTTP_CONNECTIONS_SILENT: &str = "capture_http_connections_silent_total";
+/// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM` for resetting
+/// too many streams (rapid reset) or causing too many stream errors.
+pub const HTTP2_RESET_FLOODS: &str = "capture_http2_reset_floods_total";
 /// Requests refused because `--max-requests-in-flight` were being handled.
 pub const HTTP_OVERLOADED: &str = "capture_http_overloaded_total";
 /// The request memory budget, bytes.
@@ -205,6 +208,10 @@ fn describe() {
     describe_counter!(
         HTTP_CONNECTIONS_SILENT,
         "Connections closed for sending nothing within --header-read-timeout"
+    );
+    describe_counter!(
+        HTTP2_RESET_FLOODS,
+        "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for resetting too many streams"
     );
     describe_counter!(
         HTTP_OVERLOADED,

@@ -400,7 +400,12 @@ pub async fn serve(
                 }
             };
             if let Err(err) = served {
-                tracing::debug!(error = %err, "connection ended with an error");
+                if is_reset_flood(&*err) {
+                    metrics::counter!(crate::metrics::HTTP2_RESET_FLOODS).increment(1);
+                    tracing::debug!(%remote, "HTTP/2 connection closed for resetting too many streams");
+                } else {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
             }
             drop(connection);
         });
@@ -410,6 +415,25 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(settings.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+}
+
+/// Whether a connection ended because capture closed it with GOAWAY
+/// `ENHANCE_YOUR_CALM`: h2's answer to more than [`HTTP2_PENDING_RESETS`]
+/// streams reset before they were accepted (rapid reset) or more than
+/// [`HTTP2_ERROR_RESETS`] streams capture had to reset for the client's
+/// errors. hyper reports it only as the connection's error, so it is found
+/// in the error's sources.
+fn is_reset_flood(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away()
+                && h2.is_library()
+                && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+        }
+        next = err.source();
+    }
+    false
 }
 
 /// A future that resolves on SIGTERM or SIGINT. The handlers are installed

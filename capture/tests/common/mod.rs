@@ -8,6 +8,7 @@
 #![allow(dead_code)] // every test binary uses a different part of it
 
 pub mod broker;
+pub mod hostile;
 pub mod ledger;
 pub mod redis;
 pub mod volume;

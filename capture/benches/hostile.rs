@@ -1,0 +1,177 @@
+//! Hostile-clients bench: the full figures behind `tests/hostile.rs`.
+//!
+//! For each scenario it starts a fresh capture (noop sink, so only the HTTP
+//! layer is measured), opens the idle connections, starts the rapid-reset
+//! attackers, and once they are resetting streams runs an honest client
+//! (sequential `/batch` requests of 10 events on one keep-alive HTTP/1.1
+//! connection) and prints its latency percentiles beside what the attackers
+//! managed: streams reset, connections opened, how capture ended them, what
+//! capture counted (`capture_http2_reset_floods_total`), and capture's CPU
+//! time and peak RSS over the scenario.
+//!
+//! Scenarios: `quiet` (honest client alone), `idle` (idle connections),
+//! `resets` (rapid-reset attackers), `both`, and `slow-resets` (idle
+//! connections and attackers that stay under the pending-reset limit by
+//! letting capture accept each small burst, so capture never closes them).
+//!
+//! It prints numbers and asserts nothing about timings. Settings:
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `HOSTILE_BENCH_IDLE` | 5000 | idle connections |
+//! | `HOSTILE_BENCH_RESET_CONNECTIONS` | 8 | concurrent rapid-reset connections |
+//! | `HOSTILE_BENCH_BURST` | 100 | streams opened and reset per burst |
+//! | `HOSTILE_BENCH_SLOW_BURST` | 10 | the same, for `slow-resets` |
+//! | `HOSTILE_BENCH_REQUESTS` | 2000 | honest requests per scenario |
+//! | `HOSTILE_BENCH_SCENARIOS` | all five | comma-separated |
+//! | `HOSTILE_BENCH_CAPTURE_ARGS` | (none) | extra capture flags, space-separated |
+//!
+//! Run with `cargo bench -p capture --bench hostile`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use common::Capture;
+use common::hostile::{self, Attack};
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+fn main() {
+    let idle: usize = env_or("HOSTILE_BENCH_IDLE", 5000);
+    let resets: usize = env_or("HOSTILE_BENCH_RESET_CONNECTIONS", 8);
+    let burst: usize = env_or("HOSTILE_BENCH_BURST", 100);
+    let slow_burst: usize = env_or("HOSTILE_BENCH_SLOW_BURST", 10);
+    let requests: usize = env_or("HOSTILE_BENCH_REQUESTS", 2000);
+    let scenarios: String = env_or(
+        "HOSTILE_BENCH_SCENARIOS",
+        "quiet,idle,resets,both,slow-resets".to_owned(),
+    );
+    let extra: String = env_or("HOSTILE_BENCH_CAPTURE_ARGS", String::new());
+    hostile::ensure_open_files(2 * idle as u64 + 1024);
+    let ticks = clock_ticks();
+
+    println!(
+        "hostile bench: {idle} idle connections, {resets} rapid-reset connections (bursts of {burst}; slow: {slow_burst}), {requests} honest requests"
+    );
+    println!(
+        "| scenario | honest p50 | p99 | max | failed | resets sent (during honest run) | attacker connections | GOAWAY ENHANCE_YOUR_CALM | capture counted | capture CPU s | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for scenario in scenarios.split(',').map(str::trim) {
+        let attack = match scenario {
+            "quiet" => Attack {
+                idle: 0,
+                reset_connections: 0,
+                burst,
+                honest_requests: requests,
+            },
+            "idle" => Attack {
+                idle,
+                reset_connections: 0,
+                burst,
+                honest_requests: requests,
+            },
+            "resets" => Attack {
+                idle: 0,
+                reset_connections: resets,
+                burst,
+                honest_requests: requests,
+            },
+            "both" => Attack {
+                idle,
+                reset_connections: resets,
+                burst,
+                honest_requests: requests,
+            },
+            "slow-resets" => Attack {
+                idle,
+                reset_connections: resets,
+                burst: slow_burst,
+                honest_requests: requests,
+            },
+            other => panic!("unknown scenario {other:?}"),
+        };
+        let max_connections = (idle + resets + 64).to_string();
+        let mut args = vec![
+            "--sink",
+            "noop",
+            "--max-connections",
+            &max_connections,
+            "--header-read-timeout",
+            "300s",
+        ];
+        args.extend(extra.split_whitespace());
+        let capture = Capture::start(&args);
+        let cpu_before = cpu_time_ticks(capture.pid());
+        let outcome = hostile::run(capture.address, &attack);
+        // Capture counts a flood when the connection's task ends, a moment
+        // after the attacker saw the GOAWAY.
+        std::thread::sleep(Duration::from_millis(500));
+        let cpu = (cpu_time_ticks(capture.pid()) - cpu_before) as f64 / ticks;
+        let (_, metrics) = hostile::get(capture.address, "/metrics");
+        let counted = hostile::metric(&metrics, "capture_http2_reset_floods_total").unwrap_or(0.0);
+        let rss = peak_rss_kib(capture.pid()).map_or(0.0, |kib| kib as f64 / 1024.0);
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+        println!(
+            "| {scenario} | {} | {} | {} | {} | {} ({}) | {} | {} | {counted} | {cpu:.2} | {rss:.0} |",
+            ms(outcome.percentile(0.5)),
+            ms(outcome.percentile(0.99)),
+            ms(outcome.percentile(1.0)),
+            outcome.failures.len(),
+            outcome.resets_sent,
+            outcome.resets_during_honest,
+            outcome.attack_connections,
+            outcome.goaways("ENHANCE_YOUR_CALM"),
+        );
+        eprintln!("{scenario}: {}", outcome.summary());
+    }
+}
+
+/// utime + stime of a whole process (all threads), in clock ticks.
+fn cpu_time_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|err| panic!("reading /proc/{pid}/stat: {err}"));
+    // The command name may contain spaces; the fields after it do not.
+    let after_name = stat.rfind(')').map_or("", |end| &stat[end + 1..]);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of proc(5); `fields[0]` is field 3.
+    let field = |n: usize| -> u64 {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("field {n} of /proc/{pid}/stat: {stat:?}"))
+    };
+    field(14) + field(15)
+}
+
+/// `VmHWM` of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
