@@ -46,6 +46,47 @@ pub enum ConfigError {
     /// Settings conflict.
     #[error("invalid settings: {0}")]
     Invalid(String),
+    /// A credential file (`--*-file`) could not be read. Names the flag and
+    /// the path, never the content.
+    #[error("cannot read {flag} {path}: {source}")]
+    CredentialFile {
+        /// The flag, like `--redis-url-file`.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sets `value` from `file`, when given: its content without a trailing
+/// newline. Refuses a value and a file together, and an unreadable file,
+/// naming the `(value, file)` flags and the path (never the content).
+fn read_credential(
+    (flag, file_flag): (&'static str, &'static str),
+    value: &mut Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<(), ConfigError> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    if value.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "`{flag}` and `{file_flag}` are both set; set one (the file, for a mounted Secret)"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::CredentialFile {
+        flag: file_flag,
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    *value = Some(text.to_owned());
+    Ok(())
 }
 
 /// Largest `--max-message-bytes`: librdkafka's `message.max.bytes` ceiling
@@ -295,14 +336,33 @@ pub struct KafkaConfig {
     /// SASL user name.
     #[arg(long = "kafka-sasl-username", env = "CAPTURE_KAFKA_SASL_USERNAME")]
     pub sasl_username: Option<String>,
-    /// SASL password. Set it through the environment, from a Secret; it is
-    /// never printed.
+    /// A file holding the SASL user name (a mounted Secret key), read once
+    /// at start; a trailing newline is dropped. Instead of
+    /// `--kafka-sasl-username`.
+    #[arg(
+        long = "kafka-sasl-username-file",
+        env = "CAPTURE_KAFKA_SASL_USERNAME_FILE",
+        value_name = "PATH"
+    )]
+    pub sasl_username_file: Option<PathBuf>,
+    /// SASL password. Prefer `--kafka-sasl-password-file`; it is never
+    /// printed.
     #[arg(
         long = "kafka-sasl-password",
         env = "CAPTURE_KAFKA_SASL_PASSWORD",
         hide_env_values = true
     )]
     pub sasl_password: Option<String>,
+    /// A file holding the SASL password (a mounted Secret key), read once
+    /// at start; a trailing newline is dropped. Instead of
+    /// `--kafka-sasl-password`: the password is then in no environment
+    /// variable of the process.
+    #[arg(
+        long = "kafka-sasl-password-file",
+        env = "CAPTURE_KAFKA_SASL_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    pub sasl_password_file: Option<PathBuf>,
     /// Client id reported to the brokers.
     #[arg(
         long = "kafka-client-id",
@@ -488,6 +548,12 @@ pub struct RedisConfig {
         hide_env_values = true
     )]
     pub redis_url: Vec<String>,
+    /// A file holding the Redis URL (or comma-separated cluster seeds), such
+    /// as a mounted Secret key, read once at start; a trailing newline is
+    /// dropped. Instead of `--redis-url`: a password in the URL is then in
+    /// no environment variable of the process.
+    #[arg(long, env = "CAPTURE_REDIS_URL_FILE", value_name = "PATH")]
+    pub redis_url_file: Option<PathBuf>,
     /// The URLs are Redis Cluster nodes.
     #[arg(long, env = "CAPTURE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
@@ -629,6 +695,7 @@ impl Config {
         if config.kafka.queue_kbytes.is_none() {
             config.kafka.queue_kbytes = Some(config.memory.queue_kbytes());
         }
+        config.read_credential_files()?;
         Ok(config)
     }
 
@@ -712,6 +779,43 @@ impl Config {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return invalid(
                 "`--tls-cert` and `--tls-key` (CAPTURE_TLS_CERT, CAPTURE_TLS_KEY) go together; set both or neither",
+    /// Fills the Kafka SASL credentials and the Redis URL from their
+    /// `--*-file` settings, read once here: on Kubernetes they are mounted
+    /// Secret keys, so no credential travels in the environment. Setting a
+    /// value and its file together is refused.
+    fn read_credential_files(&mut self) -> Result<(), ConfigError> {
+        let k = &mut self.kafka;
+        read_credential(
+            ("--kafka-sasl-username", "--kafka-sasl-username-file"),
+            &mut k.sasl_username,
+            k.sasl_username_file.as_deref(),
+        )?;
+        read_credential(
+            ("--kafka-sasl-password", "--kafka-sasl-password-file"),
+            &mut k.sasl_password,
+            k.sasl_password_file.as_deref(),
+        )?;
+        let r = &mut self.redis;
+        let mut url = r
+            .redis_url
+            .iter()
+            .any(|u| !u.trim().is_empty())
+            .then(|| r.redis_url.join(","));
+        read_credential(
+            ("--redis-url", "--redis-url-file"),
+            &mut url,
+            r.redis_url_file.as_deref(),
+        )?;
+        if r.redis_url_file.is_some() {
+            r.redis_url = url
+                .unwrap_or_default()
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .collect();
+        }
+        Ok(())
+    }
+
             );
         }
         // hyper's smallest read buffer.
@@ -745,7 +849,8 @@ impl Config {
         if sasl && !credentials.iter().all(|set| *set) {
             return invalid(
                 "a `sasl-*` `--kafka-security-protocol` needs `--kafka-sasl-mechanism`, \
-                 `--kafka-sasl-username` and CAPTURE_KAFKA_SASL_PASSWORD",
+                 `--kafka-sasl-username` (or `--kafka-sasl-username-file`) and \
+                 `--kafka-sasl-password-file` (or CAPTURE_KAFKA_SASL_PASSWORD)",
             );
         }
         if !sasl && credentials.iter().any(|set| *set) {
@@ -1078,6 +1183,101 @@ mod tests {
         // A list from a flag replaces the file's list.
         let config = load(&["--config", path, "--kafka-brokers", "k3:9092"]).expect("valid");
         assert_eq!(config.kafka.brokers, ["k3:9092"]);
+    /// A file holding `content`, as a mounted Secret key would.
+    fn secret_file(content: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(content.as_bytes()).expect("write");
+        file
+    }
+
+    #[test]
+    fn credentials_are_read_from_files_without_their_trailing_newline() {
+        let user = secret_file("capture\n");
+        let password = secret_file("s3cr3t pass\r\n");
+        let redis = secret_file("redis://:pw@redis-0:6379,redis://:pw@redis-1:6379\n");
+        let config = load(&[
+            "--kafka-brokers",
+            "k:9092",
+            "--kafka-security-protocol",
+            "sasl-ssl",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-sasl-username-file",
+            user.path().to_str().expect("utf-8"),
+            "--kafka-sasl-password-file",
+            password.path().to_str().expect("utf-8"),
+            "--redis-url-file",
+            redis.path().to_str().expect("utf-8"),
+            "--redis-cluster",
+        ])
+        .expect("valid");
+        assert_eq!(config.kafka.sasl_username.as_deref(), Some("capture"));
+        assert_eq!(config.kafka.sasl_password.as_deref(), Some("s3cr3t pass"));
+        assert_eq!(
+            config.redis.redis_url,
+            ["redis://:pw@redis-0:6379", "redis://:pw@redis-1:6379"]
+        );
+        assert_eq!(config.policy().redis.expect("redis").store.urls.len(), 2);
+    }
+
+    #[test]
+    fn a_credential_and_its_file_together_are_refused_by_name() {
+        let file = secret_file("x");
+        let path = file.path().to_str().expect("utf-8");
+        for (args, flags) in [
+            (
+                vec![
+                    "--kafka-sasl-password",
+                    "p",
+                    "--kafka-sasl-password-file",
+                    path,
+                ],
+                "`--kafka-sasl-password` and `--kafka-sasl-password-file`",
+            ),
+            (
+                vec![
+                    "--kafka-sasl-username",
+                    "u",
+                    "--kafka-sasl-username-file",
+                    path,
+                ],
+                "`--kafka-sasl-username` and `--kafka-sasl-username-file`",
+            ),
+            (
+                vec!["--redis-url", "redis://r:6379", "--redis-url-file", path],
+                "`--redis-url` and `--redis-url-file`",
+            ),
+        ] {
+            let err = load(&args).expect_err("both set").to_string();
+            assert!(err.contains(flags), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_credential_file_names_the_flag_and_the_path_not_a_value() {
+        let missing = std::env::temp_dir().join(format!(
+            "capture-no-such-secret-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let missing = missing.to_str().expect("utf-8");
+        for flag in [
+            "--kafka-sasl-username-file",
+            "--kafka-sasl-password-file",
+            "--redis-url-file",
+        ] {
+            let err = load(&[flag, missing]).expect_err("missing file");
+            assert!(
+                matches!(err, ConfigError::CredentialFile { .. }),
+                "{flag}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(flag) && text.contains(missing),
+                "{flag}: {text}"
+            );
+        }
+    }
+
         assert!(config.kafka.ensure_topics);
         assert_eq!(config.limits.max_batch_body_bytes, 5 << 20);
     }

@@ -1,10 +1,10 @@
 //! The node stand-in: the Deployment controller and kubelet in one loop.
 //! Each Deployment's pods run as local processes of the real binaries,
-//! with their environment (Secret references resolved), their ConfigMap
-//! and Secret volumes written as kubelet lays them out (and updated the
-//! same way), restarted when they exit, and reported ready from their
-//! readiness probe. Every pod gets its own loopback address (`127.0.1.N`),
-//! so several can listen on the same port.
+//! with their environment (Secret references resolved), their ConfigMap,
+//! Secret and projected Secret-key volumes written as kubelet lays them
+//! out (and updated the same way), restarted when they exit, and reported
+//! ready from their readiness probe. Every pod gets its own loopback
+//! address (`127.0.1.N`), so several can listen on the same port.
 //!
 //! What it changes to fit on one machine (see e2e/README.md): mount paths
 //! are directories under the node's root, and environment values naming
@@ -264,10 +264,35 @@ impl Node {
             .map(|(_, path)| path.clone())
     }
 
-    /// The files of each volume of `pod`: ConfigMap and Secret keys.
+    /// The files of each volume of `pod`: ConfigMap and Secret keys, and
+    /// the Secret keys of projected volumes; with `items`, just those keys,
+    /// at their paths.
     fn volume_files(&self, pod: &Value) -> BTreeMap<String, BTreeMap<String, String>> {
         use base64::Engine as _;
         let namespace = text(&pod["metadata"]["namespace"]);
+        let secret_files = |secret: &Value, items: &Value, files: &mut BTreeMap<String, String>| {
+            let decode = |v: &Value| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text(v))
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            match items.as_array() {
+                Some(items) => {
+                    for item in items {
+                        let value = &secret["data"][text(&item["key"])];
+                        if !value.is_null() {
+                            files.insert(text(&item["path"]).to_owned(), decode(value));
+                        }
+                    }
+                }
+                None => {
+                    for (k, v) in secret["data"].as_object().into_iter().flatten() {
+                        files.insert(k.clone(), decode(v));
+                    }
+                }
+            }
+        };
         let mut volumes = BTreeMap::new();
         for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = text(&volume["name"]).to_owned();
@@ -285,11 +310,15 @@ impl Node {
                     files.insert(k.clone(), text(v).to_owned());
                 }
             } else if let Some(secret) = secret {
-                for (k, v) in secret["data"].as_object().into_iter().flatten() {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(text(v))
-                        .unwrap_or_default();
-                    files.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+                secret_files(&secret, &volume["secret"]["items"], &mut files);
+            } else if let Some(sources) = volume["projected"]["sources"].as_array() {
+                for source in sources.iter().filter_map(|s| s.get("secret")) {
+                    if let Some(secret) =
+                        self.server
+                            .object("", "secrets", namespace, text(&source["name"]))
+                    {
+                        secret_files(&secret, &source["items"], &mut files);
+                    }
                 }
             }
             volumes.insert(name, files);

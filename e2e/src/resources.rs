@@ -93,6 +93,14 @@ const BUILT_IN: &[(&str, &str, &str, &str, bool, bool)] = &[
         true,
     ),
     (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+        false,
+    ),
+    (
         "policy",
         "v1",
         "poddisruptionbudgets",
@@ -155,6 +163,7 @@ fn built_in_short_names(plural: &str) -> Vec<String> {
         "deployments" => &["deploy"],
         "horizontalpodautoscalers" => &["hpa"],
         "poddisruptionbudgets" => &["pdb"],
+        "networkpolicies" => &["netpol"],
         "customresourcedefinitions" => &["crd", "crds"],
         "events" => &["ev"],
         _ => &[],

@@ -590,6 +590,12 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
     // that ServiceAccount, every request decided by the chart's rules.
     let helm = std::env::var_os("CAPTURE_TEST_HELM")
         .expect("set CAPTURE_TEST_HELM (run `. .ci/setup`) to a helm binary");
+    // The operator manages `analytics` only (the chart's namespaced
+    // default, with that namespace listed): its Role goes there, so the
+    // namespace comes first, as the chart's notes say.
+    if kubectl.get("namespace", "", "analytics").await.is_none() {
+        kubectl.run(&["create", "namespace", "analytics"]).await;
+    }
     let installed = tokio::process::Command::new(helm)
         .current_dir(common::repo())
         .arg("--kubeconfig")
@@ -604,6 +610,8 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
             "--create-namespace",
             "--set",
             "replicaCount=0",
+            "--set",
+            "watchNamespaces={analytics}",
         ])
         .output()
         .await
@@ -644,6 +652,23 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         refused.status,
         String::from_utf8_lossy(&refused.stdout)
     );
+    // Least privilege: no Secret outside the managed namespace, none
+    // cluster-wide.
+    for args in [
+        vec!["get", "secrets", "-n", "capture-system"],
+        vec!["get", "secrets", "--all-namespaces"],
+    ] {
+        let mut args = args;
+        let who = format!("--as={OPERATOR}");
+        args.push(&who);
+        let refused = kubectl.command(&args).output().await.expect("run kubectl");
+        let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert!(
+            !refused.status.success() && said.contains("forbidden"),
+            "kubectl {args:?} as the operator: {}: {said}",
+            refused.status,
+        );
+    }
     // Each start appends to the identity's log, as a restarted container's
     // log goes on.
     let start_operator = |identity: &str| {
@@ -654,6 +679,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
             .expect("log file");
         tokio::process::Command::new(binary("operator"))
             .env("KUBECONFIG", &operator_config)
+            .env("OPERATOR_NAMESPACE", "analytics")
             .env("OPERATOR_LEASE_NAMESPACE", "capture-system")
             .env("OPERATOR_LEASE_DURATION", "3s")
             .env("OPERATOR_IDENTITY", identity)
@@ -1305,10 +1331,22 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         );
     }
     if let Some(server) = &cluster.stand_in {
+        // Only what the test itself tried as the operator: namespaces,
+        // and Secrets outside `analytics`.
         let denials = server.denials();
-        assert_eq!(denials.len(), 1, "the chart's RBAC refused: {denials:#?}");
+        assert_eq!(denials.len(), 3, "the chart's RBAC refused: {denials:#?}");
         assert!(
             denials[0].contains("cannot list resource \"namespaces\""),
+            "{denials:?}"
+        );
+        assert!(
+            denials[1].contains("cannot list resource \"secrets\"")
+                && denials[1].contains("\"capture-system\""),
+            "{denials:?}"
+        );
+        assert!(
+            denials[2].contains("cannot list resource \"secrets\"")
+                && denials[2].contains("at the cluster scope"),
             "{denials:?}"
         );
     }

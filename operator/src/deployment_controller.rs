@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -292,6 +293,21 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
     let deployment =
         server_side_apply(client, &namespace, &manifest::deployment(cd, &versions)).await?;
     server_side_apply(client, &namespace, &manifest::disruption_budget(cd)).await?;
+    match manifest::network_policy(cd) {
+        Some(policy) => {
+            server_side_apply(client, &namespace, &policy).await?;
+        }
+        None => {
+            // Turned off (or never on): gone. A delete of one that is not
+            // there is a 404, one call either way.
+            let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+            match api.delete(&cd.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
     match manifest::autoscaler(cd) {
         Some(hpa) => {
             server_side_apply(client, &namespace, &hpa).await?;

@@ -1,14 +1,17 @@
 //! The Kubernetes objects a `CaptureDeployment` owns, as pure functions of
 //! its spec: ServiceAccount, ConfigMap, Deployment, Service,
-//! HorizontalPodAutoscaler and PodDisruptionBudget. The reconciler
+//! HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicy. The reconciler
 //! server-side applies them; tests check them without an API server.
 //!
 //! Capture's static settings reach the pods as `CAPTURE_*` environment
-//! variables (credentials as `secretKeyRef`s, never values). A pod-template
-//! annotation carries a hash of those settings and of the referenced
-//! Secrets' versions, so changing either rolls the pods. The runtime config
-//! document is in the ConfigMap, mounted as a volume: changing it does not
-//! roll the pods, they reload the file.
+//! variables. Credentials (the Kafka SASL user and password, the Redis URL)
+//! never do: their Secret keys are mounted as files readable by the pod's
+//! group only, and the variables name the files. A pod-template annotation
+//! carries a hash of those settings and of the referenced Secrets'
+//! versions, so changing either rolls the pods (capture reads the
+//! credential files once, at start). The runtime config document is in the
+//! ConfigMap, mounted as a volume: changing it does not roll the pods, they
+//! reload the file. An optional NetworkPolicy fences the pods in.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,9 +24,14 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceFieldSelector, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements, SeccompProfile,
+    SecretProjection, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -48,6 +56,11 @@ pub const RUNTIME_CONFIG_FILE: &str = "runtime.yaml";
 pub const TLS_DIR: &str = "/etc/capture/tls";
 /// Directory the signing Secret is mounted at in the pods.
 pub const SIGNING_DIR: &str = "/etc/capture/signing";
+/// Directory the credential Secret keys are mounted at in the pods.
+pub const CREDENTIALS_DIR: &str = "/etc/capture/credentials";
+/// Mode of the credential files: read by the owner (root) and the pod's
+/// group (`fsGroup`, capture's group), by nobody else.
+pub const CREDENTIALS_MODE: i32 = 0o440;
 /// The port capture listens on inside the pod.
 pub const CONTAINER_PORT: i32 = 3000;
 /// Pods when neither `replicas` nor `autoscaling` is given.
@@ -147,19 +160,49 @@ fn value(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn from_secret(name: &str, secret: &SecretKeyRef) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.name.clone(),
-                key: secret.key.clone(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
+/// A credential the pods read from a mounted Secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential<'a> {
+    /// Capture's variable that names the file, like
+    /// `CAPTURE_REDIS_URL_FILE`.
+    pub variable: &'static str,
+    /// The file's name in [`CREDENTIALS_DIR`].
+    pub file: &'static str,
+    /// The Secret key it holds.
+    pub secret: &'a SecretKeyRef,
+}
+
+impl Credential<'_> {
+    /// Where the pods find it.
+    pub fn path(&self) -> String {
+        format!("{CREDENTIALS_DIR}/{}", self.file)
     }
+}
+
+/// The credentials the spec gives the pods, each a Secret key mounted as a
+/// file.
+pub fn credentials(spec: &CaptureDeploymentSpec) -> Vec<Credential<'_>> {
+    let mut credentials = Vec::new();
+    if let Some(sasl) = &spec.kafka.sasl {
+        credentials.push(Credential {
+            variable: "CAPTURE_KAFKA_SASL_USERNAME_FILE",
+            file: "kafka-sasl-username",
+            secret: &sasl.username,
+        });
+        credentials.push(Credential {
+            variable: "CAPTURE_KAFKA_SASL_PASSWORD_FILE",
+            file: "kafka-sasl-password",
+            secret: &sasl.password,
+        });
+    }
+    if let Some(redis) = &spec.redis {
+        credentials.push(Credential {
+            variable: "CAPTURE_REDIS_URL_FILE",
+            file: "redis-url",
+            secret: &redis.url_secret_ref,
+        });
+    }
+    credentials
 }
 
 /// Capture's settings as environment variables, in a stable order.
@@ -190,11 +233,12 @@ pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
             "CAPTURE_KAFKA_SASL_MECHANISM",
             sasl.mechanism.clone(),
         ));
-        env.push(from_secret("CAPTURE_KAFKA_SASL_USERNAME", &sasl.username));
-        env.push(from_secret("CAPTURE_KAFKA_SASL_PASSWORD", &sasl.password));
+    }
+    // The credentials' files, never their values.
+    for credential in credentials(spec) {
+        env.push(value(credential.variable, credential.path()));
     }
     if let Some(redis) = &spec.redis {
-        env.push(from_secret("CAPTURE_REDIS_URL", &redis.url_secret_ref));
         if redis.cluster {
             env.push(value("CAPTURE_REDIS_CLUSTER", "true"));
         }
@@ -251,7 +295,9 @@ pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
 }
 
 /// Hash of what a pod is started with: its environment (names, values and
-/// Secret references), image, and the versions of the Secrets it reads.
+/// Secret references), image, the Secret keys of its credential files, and
+/// the versions of the Secrets it reads (capture reads the credential files
+/// once, so a rotated Secret needs new pods).
 /// FNV-1a, so the value is the same in every operator build.
 pub fn settings_hash(
     spec: &CaptureDeploymentSpec,
@@ -278,6 +324,11 @@ pub fn settings_hash(
             }
             (None, None) => {}
         }
+    }
+    for credential in credentials(spec) {
+        feed(credential.file);
+        feed(&credential.secret.name);
+        feed(&credential.secret.key);
     }
     for (name, version) in secret_versions {
         feed(name);
@@ -356,7 +407,9 @@ pub fn config_map(cd: &CaptureDeployment, config: &RuntimeConfig) -> ConfigMap {
 /// The pods' volumes and where each is mounted: the runtime config
 /// ConfigMap, and the TLS and signing Secrets when asked for. Kubelet
 /// updates these files in place, and capture follows them, so their
-/// changes need no roll.
+/// changes need no roll. The credentials, when there are any: only their
+/// keys, from however many Secrets, in one directory, mode 0440 (capture
+/// reads them once; a change rolls the pods through the settings hash).
 fn volumes(name: &str, spec: &CaptureDeploymentSpec) -> Vec<(Volume, &'static str)> {
     let secret = |volume: &str, secret: &str| Volume {
         name: volume.into(),
@@ -383,6 +436,43 @@ fn volumes(name: &str, spec: &CaptureDeploymentSpec) -> Vec<(Volume, &'static st
     }
     if let Some(signing) = &spec.signing {
         volumes.push((secret("signing", &signing.secret_name), SIGNING_DIR));
+    }
+    let credentials = credentials(spec);
+    if !credentials.is_empty() {
+        // One projection per Secret, with just the keys the pods need.
+        let mut by_secret: BTreeMap<&str, Vec<KeyToPath>> = BTreeMap::new();
+        for credential in &credentials {
+            by_secret
+                .entry(credential.secret.name.as_str())
+                .or_default()
+                .push(KeyToPath {
+                    key: credential.secret.key.clone(),
+                    path: credential.file.to_owned(),
+                    mode: None,
+                });
+        }
+        let sources = by_secret
+            .into_iter()
+            .map(|(name, items)| VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: name.to_owned(),
+                    items: Some(items),
+                    optional: Some(false),
+                }),
+                ..VolumeProjection::default()
+            })
+            .collect();
+        volumes.push((
+            Volume {
+                name: "credentials".into(),
+                projected: Some(ProjectedVolumeSource {
+                    default_mode: Some(CREDENTIALS_MODE),
+                    sources: Some(sources),
+                }),
+                ..Volume::default()
+            },
+            CREDENTIALS_DIR,
+        ));
     }
     volumes
 }
@@ -472,6 +562,12 @@ pub fn deployment(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    // The volumes' files belong to capture's group, so the
+                    // credentials can be 0440.
+                    security_context: Some(PodSecurityContext {
+                        fs_group: Some(RUN_AS),
+                        ..PodSecurityContext::default()
+                    }),
                     service_account_name: Some(name.clone()),
                     automount_service_account_token: Some(false),
                     // Shutdown delay + timeout, plus a margin.
@@ -557,4 +653,93 @@ pub fn disruption_budget(cd: &CaptureDeployment) -> PodDisruptionBudget {
         }),
         ..PodDisruptionBudget::default()
     }
+}
+
+/// The ports of `brokers` (`host:port`), each once, in order.
+fn broker_ports(brokers: &[String]) -> Vec<i32> {
+    let mut ports = Vec::new();
+    for port in brokers
+        .iter()
+        .filter_map(|b| b.rsplit_once(':'))
+        .filter_map(|(_, port)| port.parse::<i32>().ok())
+    {
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+fn tcp_ports(ports: &[i32]) -> Vec<NetworkPolicyPort> {
+    ports
+        .iter()
+        .map(|port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(*port)),
+            protocol: Some("TCP".into()),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
+}
+
+/// The capture pods' NetworkPolicy, when the spec turns it on: ingress on
+/// the capture port (which also serves health and `/metrics`) from
+/// `ingressFrom` (anyone when empty); egress to DNS, to the Kafka brokers
+/// (on the ports of `kafka.brokers` unless given) and to Redis (on the
+/// ports given); nothing else, either way.
+pub fn network_policy(cd: &CaptureDeployment) -> Option<NetworkPolicy> {
+    let policy = cd.spec.network_policy.as_ref().filter(|p| p.enabled)?;
+    let peers = |peers: &[NetworkPolicyPeer]| (!peers.is_empty()).then(|| peers.to_vec());
+    let ingress = NetworkPolicyIngressRule {
+        from: peers(&policy.ingress_from),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::String("http".into())),
+            protocol: Some("TCP".into()),
+            ..NetworkPolicyPort::default()
+        }]),
+    };
+    // Names resolve through the cluster DNS, wherever it runs.
+    let dns = NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(
+            ["UDP", "TCP"]
+                .into_iter()
+                .map(|protocol| NetworkPolicyPort {
+                    port: Some(IntOrString::Int(53)),
+                    protocol: Some(protocol.into()),
+                    ..NetworkPolicyPort::default()
+                })
+                .collect(),
+        ),
+    };
+    let mut egress = vec![dns];
+    let kafka = policy.kafka_egress.clone().unwrap_or_default();
+    let kafka_ports = if kafka.ports.is_empty() {
+        broker_ports(&cd.spec.kafka.brokers)
+    } else {
+        kafka.ports.clone()
+    };
+    egress.push(NetworkPolicyEgressRule {
+        to: peers(&kafka.to),
+        ports: Some(tcp_ports(&kafka_ports)),
+    });
+    if cd.spec.redis.is_some()
+        && let Some(redis) = &policy.redis_egress
+    {
+        egress.push(NetworkPolicyEgressRule {
+            to: peers(&redis.to),
+            ports: Some(tcp_ports(&redis.ports)),
+        });
+    }
+    Some(NetworkPolicy {
+        metadata: metadata(cd),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&cd.name_any())),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![ingress]),
+            egress: Some(egress),
+        }),
+    })
 }

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -57,8 +58,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Settings of the operator process.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Watch only this namespace (`None`: all).
-    pub namespace: Option<String>,
+    /// Manage only these namespaces, each with watches of its own, so
+    /// that nothing is listed or watched cluster-wide (empty: every
+    /// namespace, which needs cluster-wide RBAC).
+    pub namespaces: Vec<String>,
     /// Timeout of Kafka admin calls.
     pub kafka_timeout: Duration,
     /// Timeout of Redis calls.
@@ -94,25 +97,15 @@ where
 }
 
 /// Runs both controllers until `shutdown` resolves, then gives running
-/// reconciles [`SHUTDOWN_GRACE`] to finish.
+/// reconciles [`SHUTDOWN_GRACE`] to finish: one pair watching every
+/// namespace, or one pair per namespace of [`Settings::namespaces`], so that
+/// a namespaced operator never lists or watches anything (Secrets above
+/// all) outside the namespaces it manages.
 pub async fn run_controllers(
     client: Client,
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let ns = settings.namespace.as_deref();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=capture-operator");
-    let deployments = Controller::new(
-        api::<CaptureDeployment>(&client, ns),
-        watcher::Config::default(),
-    );
-    let store = deployments.store();
-    let deployment_ctx = Arc::new(deployment_controller::Context {
-        client: client.clone(),
-        backoff: Default::default(),
-        events: crate::events::Events::new(client.clone()),
-        kafka_timeout: settings.kafka_timeout,
-    });
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let signal = {
         let tx = shutdown_tx.clone();
@@ -122,23 +115,77 @@ pub async fn run_controllers(
         }
     };
     tokio::spawn(signal);
-    let stop = |tx: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
+    let scopes: Vec<Option<&str>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings
+            .namespaces
+            .iter()
+            .map(|ns| Some(ns.as_str()))
+            .collect()
     };
+    let controllers = futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|ns| controllers_in(&client, settings, ns, &shutdown_tx)),
+    );
+    tracing::info!(namespaces = ?settings.namespaces, "controllers running");
+    tokio::pin!(controllers);
+    let stopping = stopped(&shutdown_tx);
+    tokio::select! {
+        _ = &mut controllers => {}
+        () = stopping => {
+            tracing::info!("stop requested; letting running reconciles finish");
+            // Graceful shutdown lets running reconciles finish; a watch stuck
+            // retrying an unreachable API server must not hold the exit.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
+                tracing::warn!("controllers still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
+            }
+        }
+    }
+    tracing::info!("controllers stopped");
+}
 
+/// Resolves once the stop is broadcast.
+fn stopped(tx: &tokio::sync::broadcast::Sender<()>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = tx.subscribe();
+    async move {
+        let _ = rx.recv().await;
+    }
+}
+
+/// Both controllers, watching `ns` (`None`: every namespace), until the
+/// stop is broadcast. Built at once, so that each is subscribed to the stop
+/// before anything can send it.
+fn controllers_in(
+    client: &Client,
+    settings: &Settings,
+    ns: Option<&str>,
+    shutdown_tx: &tokio::sync::broadcast::Sender<()>,
+) -> impl Future<Output = ()> + use<> {
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=capture-operator");
+    let deployments = Controller::new(
+        api::<CaptureDeployment>(client, ns),
+        watcher::Config::default(),
+    );
+    let store = deployments.store();
+    let deployment_ctx = Arc::new(deployment_controller::Context {
+        client: client.clone(),
+        backoff: Default::default(),
+        events: crate::events::Events::new(client.clone()),
+        kafka_timeout: settings.kafka_timeout,
+    });
     let deployments = deployments
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, ns), owned)
+        .owns(api::<Deployment>(client, ns), owned.clone())
+        .owns(api::<Service>(client, ns), owned.clone())
+        .owns(api::<ServiceAccount>(client, ns), owned.clone())
+        .owns(api::<ConfigMap>(client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(client, ns), owned.clone())
+        .owns(api::<HorizontalPodAutoscaler>(client, ns), owned.clone())
+        .owns(api::<NetworkPolicy>(client, ns), owned)
         // A changed Secret rolls the pods of every deployment that reads it.
         .watches(
-            api::<Secret>(&client, ns),
+            api::<Secret>(client, ns),
             watcher::Config::default(),
             move |secret: Secret| {
                 let namespace = secret.namespace();
@@ -154,7 +201,7 @@ pub async fn run_controllers(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(stop(&shutdown_tx))
+        .graceful_shutdown_on(stopped(shutdown_tx))
         .run(
             |cd, ctx| {
                 measured(
@@ -167,7 +214,7 @@ pub async fn run_controllers(
         )
         .for_each(|_| async {});
 
-    let quotas = Controller::new(api::<CaptureQuota>(&client, ns), watcher::Config::default());
+    let quotas = Controller::new(api::<CaptureQuota>(client, ns), watcher::Config::default());
     let quota_store = quotas.store();
     let quota_ctx = Arc::new(quota_controller::Context {
         client: client.clone(),
@@ -179,7 +226,7 @@ pub async fn run_controllers(
     let quotas = quotas
         // A deployment that appears, or changes its Redis, re-syncs its quotas.
         .watches(
-            api::<CaptureDeployment>(&client, ns),
+            api::<CaptureDeployment>(client, ns),
             watcher::Config::default(),
             move |cd: CaptureDeployment| {
                 let namespace = cd.namespace();
@@ -192,7 +239,7 @@ pub async fn run_controllers(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(stop(&shutdown_tx))
+        .graceful_shutdown_on(stopped(shutdown_tx))
         .run(
             |quota, ctx| measured("CaptureQuota", quota_controller::reconcile(quota, ctx)),
             quota_controller::error_policy,
@@ -200,24 +247,9 @@ pub async fn run_controllers(
         )
         .for_each(|_| async {});
 
-    tracing::info!(namespace = ?settings.namespace, "controllers running");
-    let controllers = async {
+    async move {
         tokio::join!(deployments, quotas);
-    };
-    tokio::pin!(controllers);
-    let stopping = stop(&shutdown_tx);
-    tokio::select! {
-        () = &mut controllers => {}
-        () = stopping => {
-            tracing::info!("stop requested; letting running reconciles finish");
-            // Graceful shutdown lets running reconciles finish; a watch stuck
-            // retrying an unreachable API server must not hold the exit.
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
-                tracing::warn!("controllers still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
-            }
-        }
     }
-    tracing::info!("controllers stopped");
 }
 
 /// `/metrics`, `/healthz` (the process is up) and `/readyz` (controllers

@@ -254,6 +254,11 @@ fn watch_permissions() -> BTreeSet<(String, String, String)> {
             &["horizontalpodautoscalers"],
             &["get", "list", "watch", "patch", "delete"],
         ),
+        (
+            "networking.k8s.io",
+            &["networkpolicies"],
+            &["list", "watch", "patch", "delete"],
+        ),
         ("", &["secrets"], &["get", "list", "watch"]),
         ("", &["pods"], &["list"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),
@@ -320,10 +325,10 @@ fn rendered_objects_pass_the_kubernetes_schemas_strictly() {
         ("defaults", vec!["--include-crds"]),
         ("all", vec!["--include-crds", "-f", &all]),
         (
-            "one-namespace",
+            "namespaces",
             vec![
                 "--set",
-                "watchNamespace=team-a",
+                "watchNamespaces={team-a,team-b}",
                 "--set",
                 "leaderElection.enabled=false",
             ],
@@ -368,7 +373,17 @@ fn rendered_objects_pass_the_kubernetes_schemas_strictly() {
         "Deployment",
         "CustomResourceDefinition",
     ];
-    assert_eq!(kinds["defaults"], names(&base));
+    assert_eq!(
+        kinds["defaults"],
+        names(&[
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Deployment",
+            "CustomResourceDefinition",
+        ])
+    );
     let mut everything = base.to_vec();
     everything.extend([
         "ServiceMonitor",
@@ -436,33 +451,50 @@ fn several_replicas_need_leader_election() {
     );
 }
 
+/// The Roles and RoleBindings of `objects` in `namespace`.
+fn in_namespace<'a>(objects: &'a [Value], kind_wanted: &str, namespace: &str) -> Vec<&'a Value> {
+    of_kind(objects, kind_wanted)
+        .into_iter()
+        .filter(|o| text(&o["metadata"]["namespace"]) == namespace)
+        .collect()
+}
+
 #[test]
-fn by_default_it_watches_every_namespace_with_a_cluster_role() {
+fn by_default_it_manages_the_release_namespace_with_roles_there_and_no_cluster_role() {
     let objects = render(&[]);
+    assert!(of_kind(&objects, "ClusterRole").is_empty());
+    assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
     let account = name(one(&objects, "ServiceAccount"));
-    let role = one(&objects, "ClusterRole");
-    assert_eq!(permissions(role), watch_permissions());
-    assert_binds_the_operator(
-        one(&objects, "ClusterRoleBinding"),
-        "ClusterRole",
-        name(role),
-        account,
-    );
     assert_eq!(
         one(&objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"].as_str(),
         Some(account)
     );
-
-    // The Lease: its own Role in the release namespace.
-    let lease_role = one(&objects, "Role");
-    assert_eq!(text(&lease_role["metadata"]["namespace"]), NAMESPACE);
+    // The operator's rules and the Lease's, both Roles in the release
+    // namespace, each with its binding.
+    let roles = in_namespace(&objects, "Role", NAMESPACE);
+    assert_eq!(roles.len(), 2, "{roles:?}");
+    let role = roles
+        .iter()
+        .find(|r| name(r) == RELEASE)
+        .expect("the operator's Role");
+    assert_eq!(permissions(role), watch_permissions());
+    let lease_role = roles
+        .iter()
+        .find(|r| name(r) == format!("{RELEASE}-leader-election"))
+        .expect("the Lease's Role");
     assert_eq!(permissions(lease_role), lease_permissions());
-    let binding = one(&objects, "RoleBinding");
-    assert_eq!(text(&binding["metadata"]["namespace"]), NAMESPACE);
-    assert_binds_the_operator(binding, "Role", name(lease_role), account);
+    let bindings = in_namespace(&objects, "RoleBinding", NAMESPACE);
+    assert_eq!(bindings.len(), 2);
+    for role in [role, lease_role] {
+        let binding = bindings
+            .iter()
+            .find(|b| name(b) == name(role))
+            .expect("a binding per Role");
+        assert_binds_the_operator(binding, "Role", name(role), account);
+    }
 
     let env = env(&objects);
-    assert!(!env.contains_key("OPERATOR_NAMESPACE"), "{env:?}");
+    assert_eq!(env["OPERATOR_NAMESPACE"], NAMESPACE);
     assert_eq!(env["OPERATOR_LEADER_ELECTION"], "true");
     assert_eq!(env["OPERATOR_LEASE_NAME"], "capture-operator");
     assert_eq!(
@@ -473,8 +505,8 @@ fn by_default_it_watches_every_namespace_with_a_cluster_role() {
 
     // Without leader election: no Lease access, and no overlap on rollout.
     let objects = render(&["--set", "leaderElection.enabled=false"]);
-    assert!(of_kind(&objects, "Role").is_empty());
-    assert!(of_kind(&objects, "RoleBinding").is_empty());
+    assert_eq!(of_kind(&objects, "Role").len(), 1);
+    assert_eq!(name(one(&objects, "Role")), RELEASE);
     let env = self::env(&objects);
     assert_eq!(env["OPERATOR_LEADER_ELECTION"], "false");
     assert!(
@@ -488,36 +520,66 @@ fn by_default_it_watches_every_namespace_with_a_cluster_role() {
 }
 
 #[test]
-fn watching_one_namespace_grants_a_role_there_only() {
-    let objects = render(&["--set", "watchNamespace=team-a"]);
+fn several_namespaces_get_a_role_each_and_the_lease_stays_home() {
+    // watchNamespaces, with the older single watchNamespace merged in.
+    let objects = render(&[
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "watchNamespace=team-c",
+    ]);
     assert!(of_kind(&objects, "ClusterRole").is_empty());
     assert!(of_kind(&objects, "ClusterRoleBinding").is_empty());
     let account = name(one(&objects, "ServiceAccount"));
-    let in_namespace = |kind_wanted: &str, namespace: &str| -> Vec<&Value> {
-        of_kind(&objects, kind_wanted)
-            .into_iter()
-            .filter(|o| text(&o["metadata"]["namespace"]) == namespace)
-            .collect()
-    };
+    for namespace in ["team-a", "team-b", "team-c"] {
+        let roles = in_namespace(&objects, "Role", namespace);
+        assert_eq!(roles.len(), 1, "one Role in {namespace}");
+        assert_eq!(permissions(roles[0]), watch_permissions());
+        let bindings = in_namespace(&objects, "RoleBinding", namespace);
+        assert_eq!(bindings.len(), 1, "one RoleBinding in {namespace}");
+        assert_binds_the_operator(bindings[0], "Role", name(roles[0]), account);
+    }
+    // The release namespace holds only the Lease's Role.
+    let home = in_namespace(&objects, "Role", NAMESPACE);
+    assert_eq!(home.len(), 1);
+    assert_eq!(permissions(home[0]), lease_permissions());
+    assert_eq!(of_kind(&objects, "Role").len(), 4);
+    assert_eq!(env(&objects)["OPERATOR_NAMESPACE"], "team-a,team-b,team-c");
 
-    let roles = in_namespace("Role", "team-a");
-    assert_eq!(roles.len(), 1, "one Role in team-a");
-    assert_eq!(permissions(roles[0]), watch_permissions());
-    let bindings = in_namespace("RoleBinding", "team-a");
-    assert_eq!(bindings.len(), 1, "one RoleBinding in team-a");
-    assert_binds_the_operator(bindings[0], "Role", name(roles[0]), account);
-
-    // The Lease stays in the release namespace.
-    let lease_roles = in_namespace("Role", NAMESPACE);
-    assert_eq!(lease_roles.len(), 1);
-    assert_eq!(permissions(lease_roles[0]), lease_permissions());
-    assert_eq!(of_kind(&objects, "Role").len(), 2);
-
-    assert_eq!(env(&objects)["OPERATOR_NAMESPACE"], "team-a");
-
-    // The namespace is a Kubernetes name.
+    // Each namespace is a Kubernetes name.
     let err = refused(&["--set", "watchNamespace=Team_A"]);
     assert!(err.contains("watchNamespace"), "{err}");
+    let err = refused(&["--set", "watchNamespaces={Team_A}"]);
+    assert!(err.contains("watchNamespaces"), "{err}");
+}
+
+#[test]
+fn cluster_wide_is_an_opt_in_cluster_role_and_excludes_namespace_lists() {
+    let objects = render(&["--set", "clusterWide=true"]);
+    let account = name(one(&objects, "ServiceAccount"));
+    let role = one(&objects, "ClusterRole");
+    assert_eq!(permissions(role), watch_permissions());
+    assert_binds_the_operator(
+        one(&objects, "ClusterRoleBinding"),
+        "ClusterRole",
+        name(role),
+        account,
+    );
+    // Only the Lease's Role remains namespaced.
+    assert_eq!(permissions(one(&objects, "Role")), lease_permissions());
+    let env = env(&objects);
+    assert!(!env.contains_key("OPERATOR_NAMESPACE"), "{env:?}");
+
+    for values in [
+        "clusterWide=true,watchNamespaces={team-a}",
+        "clusterWide=true,watchNamespace=team-a",
+    ] {
+        let err = refused(&["--set", values]);
+        assert!(
+            err.contains("clusterWide is true but watchNamespaces"),
+            "{values}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -603,7 +665,12 @@ fn the_operator_pod_is_locked_down_probed_and_configured() {
         .collect::<Vec<_>>()
         .join(" ");
     let all = all_values();
-    let with_everything = render(&["-f", &all, "--set", "watchNamespace=team-a"]);
+    let with_everything = render(&[
+        "-f",
+        &all,
+        "--set",
+        "clusterWide=false,watchNamespace=team-a",
+    ]);
     for variable in env.keys().chain(self::env(&with_everything).keys()) {
         assert!(
             help.contains(&format!("[env: {variable}=")),
@@ -976,11 +1043,20 @@ fn the_monitors_select_what_they_scrape() {
 
     assert_eq!(text(&endpoint["scheme"]), "http");
 
-    let objects = render(&["--set", "podMonitor.enabled=true,watchNamespace=team-a"]);
+    let objects = render(&[
+        "--set",
+        "podMonitor.enabled=true,watchNamespaces={team-a,team-b}",
+    ]);
     let pods = one(&objects, "PodMonitor");
     assert_eq!(
         pods["spec"]["namespaceSelector"]["matchNames"],
-        serde_yaml::from_str::<Value>("[team-a]").expect("yaml")
+        serde_yaml::from_str::<Value>("[team-a, team-b]").expect("yaml")
+    );
+    // By default: the release namespace, which the operator manages.
+    let objects = render(&["--set", "podMonitor.enabled=true"]);
+    assert_eq!(
+        one(&objects, "PodMonitor")["spec"]["namespaceSelector"]["matchNames"],
+        serde_yaml::from_str::<Value>(&format!("[{NAMESPACE}]")).expect("yaml")
     );
 
     // Pods with spec.tls are scraped over HTTPS, their certificate unchecked.
@@ -1300,31 +1376,112 @@ fn requested(
     Some(((parts.group, resource, verb.to_owned()), parts.namespace))
 }
 
-/// Runs the real operator (leader election, both controllers) against the
-/// in-memory API until it has reconciled a CaptureDeployment and a
-/// CaptureQuota, then takes both through deletion, and checks every call it
-/// made against the chart's rendered RBAC: each is granted, and each grant
-/// was used (least privilege), but for the one a call does not show.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
+/// The user the chart's bindings name.
+const OPERATOR_USER: &str = "system:serviceaccount:capture-system:capture-operator";
+
+/// The rendered RBAC loaded into the e2e API server stand-in's store, whose
+/// authorizer decides as a real API server does (RoleBindings count in
+/// their own namespace only).
+fn rbac_store(objects: &[Value], namespaces: &[&str]) -> e2e::store::Store {
+    let mut store = e2e::store::Store::default();
+    let namespace_kind = store.resource("", "v1", "namespaces").expect("namespaces");
+    let namespaces: BTreeSet<&str> = namespaces.iter().copied().collect();
+    for namespace in namespaces {
+        if ["default", "kube-system", "kube-public"].contains(&namespace) {
+            continue;
+        }
+        let key = e2e::store::Key {
+            group: String::new(),
+            plural: "namespaces".into(),
+            namespace: String::new(),
+            name: namespace.to_owned(),
+        };
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        store
+            .create(&namespace_kind, key, object)
+            .expect("namespace");
+    }
+    for object in objects {
+        let plural = match kind(object) {
+            "Role" => "roles",
+            "RoleBinding" => "rolebindings",
+            "ClusterRole" => "clusterroles",
+            "ClusterRoleBinding" => "clusterrolebindings",
+            _ => continue,
+        };
+        let resource = store
+            .resource("rbac.authorization.k8s.io", "v1", plural)
+            .expect("rbac kinds are built in");
+        let json: serde_json::Value = serde_json::to_value(object).expect("JSON");
+        let key = e2e::store::Key {
+            group: resource.group.clone(),
+            plural: plural.into(),
+            namespace: text(&object["metadata"]["namespace"]).to_owned(),
+            name: name(object).to_owned(),
+        };
+        store
+            .create(&resource, key, json)
+            .expect("rendered RBAC loads");
+    }
+    store
+}
+
+/// Whether the chart's RBAC lets the operator do `verb` on `resource` of
+/// `group` in `namespace` (`None`: cluster-wide).
+fn allowed(
+    store: &e2e::store::Store,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), String> {
+    e2e::rbac::authorize(
+        store,
+        OPERATOR_USER,
+        &e2e::rbac::Attributes {
+            verb,
+            group,
+            resource: resource.to_owned(),
+            namespace,
+            name,
+        },
+    )
+}
+
+/// Runs the real operator (leader election, both controllers), configured
+/// as the chart rendered with `values` configures it, against the in-memory
+/// API until it has reconciled two CaptureDeployments and a CaptureQuota in
+/// `managed`, then takes them through deletion. Every call it made must be
+/// allowed by the rendered RBAC (as the e2e stand-in's authorizer decides),
+/// and every grant must have been used in its own namespace (least
+/// privilege), but for the one a call does not show. Returns the store of
+/// the rendered RBAC and the calls, for checks of each mode.
+async fn operator_calls_against_the_charts_rbac(
+    values: &[&str],
+    managed: &str,
+    unmanaged: Option<&str>,
+) -> (e2e::store::Store, Vec<common::memory::Recorded>) {
     use common::memory::MemoryApi;
     use operator::crd::CaptureQuota;
     use serde_json::json;
     use std::time::Duration;
 
-    let objects = render(&[]);
-    let cluster = permissions(one(&objects, "ClusterRole"));
-    let lease_role = of_kind(&objects, "Role")
-        .into_iter()
-        .find(|role| name(role) == format!("{RELEASE}-leader-election"))
-        .expect("the leader-election Role");
-    let lease = permissions(lease_role);
+    let objects = render(values);
+    let mut namespaces = vec![NAMESPACE, managed];
+    namespaces.extend(unmanaged);
+    let store = rbac_store(&objects, &namespaces);
+    // The operator as the chart's Deployment configures it.
+    let watched: Vec<String> = env(&objects)
+        .get("OPERATOR_NAMESPACE")
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
 
     let redis = common::redis::RedisServer::start();
     let broker = common::broker::broker();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let api = MemoryApi::default();
-    let ns = "/namespaces/default";
+    let ns = format!("/namespaces/{managed}");
     let deployment_path = format!("/apis/capture.dev/v1alpha1{ns}/capturedeployments/capture");
     let quota_path = format!("/apis/capture.dev/v1alpha1{ns}/capturequotas/q");
     let topic = |kind: &str| json!({"name": format!("{kind}-{id}"), "partitions": 1, "replicationFactor": 1});
@@ -1332,7 +1489,7 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
         &deployment_path,
         json!({
             "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureDeployment",
-            "metadata": {"name": "capture", "namespace": "default", "uid": "00000000-0000-4000-8000-0000000000cd", "generation": 1},
+            "metadata": {"name": "capture", "namespace": managed, "uid": "00000000-0000-4000-8000-0000000000cd", "generation": 1},
             "spec": {
                 "image": "capture:dev",
                 "kafka": {"brokers": [broker.address.clone()], "topics": {
@@ -1344,17 +1501,19 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
             },
         }),
     );
-    // A second one, autoscaled: its HPA is applied.
+    // A second one, autoscaled and fenced: its HPA and NetworkPolicy are
+    // applied.
     let scaled_path = format!("/apis/capture.dev/v1alpha1{ns}/capturedeployments/scaled");
     let scaled_topic = |kind: &str| json!({"name": format!("{kind}-scaled-{id}"), "partitions": 1, "replicationFactor": 1});
     api.insert(
         &scaled_path,
         json!({
             "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureDeployment",
-            "metadata": {"name": "scaled", "namespace": "default", "uid": "00000000-0000-4000-8000-0000000000ce", "generation": 1},
+            "metadata": {"name": "scaled", "namespace": managed, "uid": "00000000-0000-4000-8000-0000000000ce", "generation": 1},
             "spec": {
                 "image": "capture:dev",
                 "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+                "networkPolicy": {"enabled": true},
                 "kafka": {"brokers": [broker.address.clone()], "topics": {
                     "events": scaled_topic("events"), "recordings": scaled_topic("recordings"),
                     "historical": scaled_topic("historical"), "clientWarnings": scaled_topic("warnings"),
@@ -1365,28 +1524,46 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
     );
     api.insert(
         &format!("/api/v1{ns}/secrets/redis"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": "default"},
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": managed},
                "data": {"url": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, redis.url())}}),
     );
     // Left from autoscaling that the spec no longer asks for: deleted.
     api.insert(
         &format!("/apis/autoscaling/v2{ns}/horizontalpodautoscalers/capture"),
-        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "capture", "namespace": "default"},
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "capture", "namespace": managed},
                "spec": {"maxReplicas": 3, "scaleTargetRef": {"kind": "Deployment", "name": "capture"}}}),
     );
     api.insert(
         &quota_path,
         json!({
             "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureQuota",
-            "metadata": {"name": "q", "namespace": "default", "uid": "00000000-0000-4000-8000-00000000000a", "generation": 1,
+            "metadata": {"name": "q", "namespace": managed, "uid": "00000000-0000-4000-8000-00000000000a", "generation": 1,
                          "annotations": {"capture.dev/reset-usage": "now"}},
             "spec": {"deployment": "capture", "token": format!("phc_{id}"),
                      "limits": [{"eventType": "events", "limit": 10, "window": "1h"}]},
         }),
     );
+    // Someone else's namespace: a Secret, and a CaptureDeployment reading
+    // it, that a namespaced operator must never see.
+    if let Some(other) = unmanaged {
+        api.insert(
+            &format!("/api/v1/namespaces/{other}/secrets/payroll"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "payroll", "namespace": other},
+                   "data": {"url": "c2VjcmV0"}}),
+        );
+        api.insert(
+            &format!("/apis/capture.dev/v1alpha1/namespaces/{other}/capturedeployments/theirs"),
+            json!({
+                "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureDeployment",
+                "metadata": {"name": "theirs", "namespace": other, "uid": "00000000-0000-4000-8000-0000000000cf", "generation": 1},
+                "spec": {"image": "capture:dev", "kafka": {"brokers": ["127.0.0.1:1"]},
+                         "redis": {"urlSecretRef": {"name": "payroll", "key": "url"}}},
+            }),
+        );
+    }
 
     let client = api.client();
-    let running = common::running::start(client.clone());
+    let running = common::running::start_in(client.clone(), watched);
     let reason = |path: &str| common::running::ready_reason(api.get(path));
     let state = || {
         format!(
@@ -1433,7 +1610,7 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
     let events = operator::events::Events::new(client.clone());
     let quota: CaptureQuota = serde_json::from_value(json!({
         "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureQuota",
-        "metadata": {"name": "q", "namespace": "default", "uid": "00000000-0000-4000-8000-00000000000a"},
+        "metadata": {"name": "q", "namespace": managed, "uid": "00000000-0000-4000-8000-00000000000a"},
         "spec": {"deployment": "capture", "token": "phc_x", "limits": []},
     }))
     .expect("quota");
@@ -1444,21 +1621,29 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
             .await;
     }
 
+    let requests = api.requests();
     let mut denied = Vec::new();
+    // (permission, namespace) pairs used; `None` for cluster-wide calls.
     let mut used = BTreeSet::new();
-    for request in api.requests() {
-        let Some((permission, namespace)) = requested(&request) else {
+    for request in &requests {
+        let Some(((group, resource, verb), namespace)) = requested(request) else {
             continue;
         };
-        let granted = cluster.contains(&permission)
-            || (lease.contains(&permission) && namespace.as_deref() == Some(NAMESPACE));
-        if !granted {
+        let name = common::memory::parts(&request.path).and_then(|p| p.name);
+        if let Err(why) = allowed(
+            &store,
+            &verb,
+            &group,
+            &resource,
+            namespace.as_deref(),
+            name.as_deref(),
+        ) {
             denied.push(format!(
-                "{} {}?{} needs {permission:?}",
+                "{} {}?{}: {why}",
                 request.method, request.path, request.query
             ));
         }
-        used.insert(permission);
+        used.insert(((group, resource, verb), namespace));
     }
     assert!(
         denied.is_empty(),
@@ -1472,14 +1657,79 @@ async fn every_call_the_operator_makes_is_granted_and_every_grant_is_used() {
         "capturedeployments/finalizers".to_owned(),
         "update".to_owned(),
     );
-    let unused: Vec<_> = cluster
-        .iter()
-        .chain(&lease)
-        .filter(|permission| !used.contains(*permission) && **permission != implied)
-        .collect();
+    let mut unused = Vec::new();
+    for role in of_kind(&objects, "Role")
+        .into_iter()
+        .chain(of_kind(&objects, "ClusterRole"))
+    {
+        let scope = match kind(role) {
+            "Role" => Some(text(&role["metadata"]["namespace"]).to_owned()),
+            _ => None,
+        };
+        for permission in permissions(role) {
+            let used_here = used
+                .iter()
+                .any(|(p, namespace)| *p == permission && (scope.is_none() || *namespace == scope));
+            if !used_here && permission != implied {
+                unused.push((kind(role).to_owned(), scope.clone(), permission));
+            }
+        }
+    }
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
     assert!(
         used.len() > 20,
         "the operator made too few calls to prove anything: {used:?}"
     );
+    (store, requests)
+}
+
+/// The chart's default: the operator manages the release namespace only,
+/// with Roles there; it makes no cluster-wide call, touches nothing in
+/// another namespace, and could not read a Secret there if it tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaced_by_default_every_call_is_granted_and_other_secrets_are_out_of_reach() {
+    let objects = render(&[]);
+    assert!(
+        of_kind(&objects, "ClusterRole").is_empty()
+            && of_kind(&objects, "ClusterRoleBinding").is_empty(),
+        "no cluster-wide grant by default"
+    );
+    let elsewhere = "payroll";
+    let (store, requests) =
+        operator_calls_against_the_charts_rbac(&[], NAMESPACE, Some(elsewhere)).await;
+    let outside: Vec<String> = requests
+        .iter()
+        .filter_map(|request| {
+            let parts = common::memory::parts(&request.path)?;
+            (parts.namespace.as_deref() != Some(NAMESPACE))
+                .then(|| format!("{} {}?{}", request.method, request.path, request.query))
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "calls outside the managed namespace: {outside:#?}"
+    );
+    // Whatever the operator might try: no Secret outside its namespace.
+    for verb in ["get", "list", "watch"] {
+        let name = (verb == "get").then_some("payroll");
+        assert!(
+            allowed(&store, verb, "", "secrets", Some(elsewhere), name).is_err(),
+            "{verb} secrets in {elsewhere} must be refused"
+        );
+        assert!(
+            allowed(&store, verb, "", "secrets", None, None).is_err(),
+            "{verb} secrets cluster-wide must be refused"
+        );
+        assert!(allowed(&store, verb, "", "secrets", Some(NAMESPACE), name).is_ok());
+    }
+}
+
+/// `clusterWide: true`: one ClusterRole, the same rules, every call
+/// granted and every grant used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_every_call_is_granted_and_every_grant_is_used() {
+    let (store, _) =
+        operator_calls_against_the_charts_rbac(&["--set", "clusterWide=true"], "default", None)
+            .await;
+    assert!(allowed(&store, "list", "", "secrets", None, None).is_ok());
 }

@@ -143,6 +143,13 @@ fn apply_calls(hpa_exists: bool, config_valid: bool) -> Vec<Call> {
             200,
             Reply::Echo,
         ),
+        // No spec.networkPolicy: none may remain.
+        call(
+            "DELETE",
+            &path("networking.k8s.io/v1", "networkpolicies", "capture"),
+            404,
+            Reply::Json(status(404, "NotFound", "not found")),
+        ),
     ]);
     let hpa = path("autoscaling/v2", "horizontalpodautoscalers", "capture");
     if hpa_exists {

@@ -45,16 +45,30 @@ fn realistic() -> serde_json::Value {
     })
 }
 
-/// Turns the pod's environment into capture flags (Secret references get
-/// stand-in values) and loads them with capture's own loader.
+/// Turns the pod's environment into capture flags (the credential files
+/// get stand-ins, written as the kubelet would mount them) and loads them
+/// with capture's own loader.
 fn load_in_capture(env: &[EnvVar]) -> capture::Config {
     let command = capture::Config::command();
     let mut args = vec!["capture".to_owned()];
+    let mounted =
+        std::env::temp_dir().join(format!("credentials-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&mounted).expect("temp dir");
     // The allocator's setting is read by mimalloc, not by capture.
     for var in env.iter().filter(|v| v.name != "MIMALLOC_PURGE_DELAY") {
         let value = match (&var.value, &var.value_from) {
+            // A credential file: a stand-in at the same name.
+            (Some(value), _) if value.starts_with(manifest::CREDENTIALS_DIR) => {
+                let file = mounted.join(value.rsplit('/').next().expect("a file name"));
+                let content = if var.name == "CAPTURE_REDIS_URL_FILE" {
+                    "redis://10.0.0.5:6379\n"
+                } else {
+                    "from-a-secret\n"
+                };
+                std::fs::write(&file, content).expect("write");
+                file.to_str().expect("utf-8").to_owned()
+            }
             (Some(value), _) => value.clone(),
-            (None, Some(_)) if var.name == "CAPTURE_REDIS_URL" => "redis://10.0.0.5:6379".into(),
             // The kubelet writes the limit in bytes.
             (None, Some(source)) if source.resource_field_ref.is_some() => "536870912".into(),
             (None, Some(_)) => "from-a-secret".into(),
@@ -73,8 +87,9 @@ fn load_in_capture(env: &[EnvVar]) -> capture::Config {
             args.push(format!("--{flag}={value}"));
         }
     }
-    capture::Config::load(args)
-        .unwrap_or_else(|err| panic!("capture refused the pod's settings: {err}"))
+    let config = capture::Config::load(args);
+    let _ = std::fs::remove_dir_all(&mounted);
+    config.unwrap_or_else(|err| panic!("capture refused the pod's settings: {err}"))
 }
 
 #[test]
@@ -152,25 +167,106 @@ fn cd_minimal() -> CaptureDeployment {
 }
 
 #[test]
-fn credentials_come_only_from_secret_references() {
-    let env = manifest::env(&cd(realistic()).spec);
+fn credentials_reach_the_pods_as_files_of_their_secret_keys_never_as_variables() {
+    let mut spec = realistic();
+    // The password in a Secret of its own: two projections, one volume.
+    spec["kafka"]["sasl"]["password"] = json!({"name": "kafka-password", "key": "pw"});
+    let object = cd(spec);
+    let env = manifest::env(&object.spec);
+    for var in &env {
+        assert!(
+            var.value_from
+                .as_ref()
+                .is_none_or(|s| s.secret_key_ref.is_none()),
+            "{} comes from a Secret as a variable",
+            var.name
+        );
+    }
     for name in [
         "CAPTURE_REDIS_URL",
         "CAPTURE_KAFKA_SASL_USERNAME",
         "CAPTURE_KAFKA_SASL_PASSWORD",
     ] {
-        let var = env
-            .iter()
-            .find(|v| v.name == name)
-            .unwrap_or_else(|| panic!("{name} missing"));
-        assert!(var.value.is_none(), "{name} must not carry a value");
-        let secret = var
-            .value_from
-            .as_ref()
-            .and_then(|s| s.secret_key_ref.as_ref())
-            .unwrap_or_else(|| panic!("{name} is not from a Secret"));
-        assert!(["redis", "kafka-user"].contains(&secret.name.as_str()));
+        assert!(env.iter().all(|v| v.name != name), "{name} is set");
     }
+    let value = |name: &str| {
+        env.iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.value.clone())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert_eq!(
+        value("CAPTURE_KAFKA_SASL_USERNAME_FILE"),
+        "/etc/capture/credentials/kafka-sasl-username"
+    );
+    assert_eq!(
+        value("CAPTURE_KAFKA_SASL_PASSWORD_FILE"),
+        "/etc/capture/credentials/kafka-sasl-password"
+    );
+    assert_eq!(
+        value("CAPTURE_REDIS_URL_FILE"),
+        "/etc/capture/credentials/redis-url"
+    );
+
+    // One projected volume with just those keys, readable by the pod's
+    // group only, mounted read-only where the variables point.
+    let deployment = manifest::deployment(&object, &BTreeMap::new());
+    let pod = deployment.spec.expect("spec").template.spec.expect("pod");
+    assert_eq!(
+        pod.security_context.as_ref().and_then(|c| c.fs_group),
+        Some(65_532)
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "credentials")
+        .expect("the credentials volume");
+    let projected = volume.projected.as_ref().expect("projected");
+    assert_eq!(projected.default_mode, Some(0o440));
+    let mut items: Vec<(String, String, String)> = Vec::new();
+    for source in projected.sources.iter().flatten() {
+        let secret = source.secret.as_ref().expect("Secret sources only");
+        assert_eq!(secret.optional, Some(false));
+        for item in secret.items.iter().flatten() {
+            items.push((secret.name.clone(), item.key.clone(), item.path.clone()));
+        }
+    }
+    items.sort();
+    assert_eq!(
+        items,
+        [
+            (
+                "kafka-password".into(),
+                "pw".into(),
+                "kafka-sasl-password".into()
+            ),
+            (
+                "kafka-user".into(),
+                "username".into(),
+                "kafka-sasl-username".into()
+            ),
+            ("redis".into(), "url".into(), "redis-url".into()),
+        ]
+    );
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "credentials")
+        .expect("mounted");
+    assert_eq!(mount.mount_path, manifest::CREDENTIALS_DIR);
+    assert_eq!(mount.read_only, Some(true));
+
+    // No credentials, no volume.
+    let minimal = manifest::deployment(&cd_minimal(), &BTreeMap::new());
+    let pod = minimal.spec.expect("spec").template.spec.expect("pod");
+    assert!(
+        pod.volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != "credentials")
+    );
     assert_eq!(
         manifest::referenced_secrets(&cd(realistic()).spec)
             .into_iter()
@@ -422,6 +518,14 @@ fn settings_and_secret_changes_roll_the_pods_and_nothing_else_does() {
         hash_of(&cd(scaled), &secrets),
         "scaling does not restart pods"
     );
+    let mut other_key = realistic();
+    other_key["redis"]["urlSecretRef"]["key"] = json!("url-v2");
+    assert_ne!(
+        base,
+        hash_of(&cd(other_key), &secrets),
+        "another Secret key is another credential file: the pods roll"
+    );
+
     let mut reconfigured = realistic();
     reconfigured["runtimeConfig"]["plugins"] = json!([{"sample": {"rate": 0.5}}]);
     assert_eq!(
@@ -481,6 +585,10 @@ fn rendered_objects_and_crds_pass_the_kubernetes_schemas_strictly() {
             "pdb.yaml",
             serde_yaml::to_string(&manifest::disruption_budget(&cd)),
         ),
+        (
+            "networkpolicy.yaml",
+            serde_yaml::to_string(&manifest::network_policy(&cd).expect("the example fences")),
+        ),
     ];
     let mut files = Vec::new();
     for (name, yaml) in objects {
@@ -503,4 +611,134 @@ fn rendered_objects_and_crds_pass_the_kubernetes_schemas_strictly() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The NetworkPolicy's rules as (ports, peers) pairs, ports as
+/// `PROTOCOL/port`.
+fn rules<'a>(
+    rules: impl Iterator<
+        Item = (
+            Option<&'a Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>,
+            Option<&'a Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+        ),
+    >,
+) -> Vec<(Vec<String>, usize)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    rules
+        .map(|(ports, peers)| {
+            let ports = ports
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let port = match p.port.as_ref().expect("a port") {
+                        IntOrString::Int(n) => n.to_string(),
+                        IntOrString::String(name) => name.clone(),
+                    };
+                    format!("{}/{port}", p.protocol.as_deref().unwrap_or("TCP"))
+                })
+                .collect();
+            (ports, peers.map_or(0, Vec::len))
+        })
+        .collect()
+}
+
+#[test]
+fn no_network_policy_unless_enabled() {
+    assert!(manifest::network_policy(&cd_minimal()).is_none());
+    let mut off = realistic();
+    off["networkPolicy"] = json!({"enabled": false, "redisEgress": {"ports": [6379]}});
+    assert!(manifest::network_policy(&cd(off)).is_none());
+}
+
+#[test]
+fn the_network_policy_admits_the_capture_port_and_lets_out_dns_kafka_and_redis_only() {
+    let mut spec = realistic();
+    spec["kafka"]["brokers"] = json!([
+        "kafka-0.kafka:9093",
+        "kafka-1.kafka:9093",
+        "kafka-2.kafka:9094"
+    ]);
+    spec["networkPolicy"] = json!({
+        "enabled": true,
+        "redisEgress": {"ports": [6380]},
+    });
+    let cd = cd(spec);
+    let policy = manifest::network_policy(&cd).expect("enabled");
+    assert_eq!(policy.metadata.name.as_deref(), Some("capture"));
+    assert_eq!(
+        policy.metadata.owner_references.as_ref().expect("owned")[0].kind,
+        "CaptureDeployment"
+    );
+    let spec = policy.spec.expect("spec");
+    assert_eq!(
+        spec.pod_selector.and_then(|s| s.match_labels),
+        Some(manifest::selector_labels("capture"))
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_owned(), "Egress".to_owned()][..])
+    );
+    let ingress = spec.ingress.expect("ingress");
+    assert_eq!(
+        rules(ingress.iter().map(|r| (r.ports.as_ref(), r.from.as_ref()))),
+        [(vec!["TCP/http".to_owned()], 0)],
+        "the capture port, from anyone"
+    );
+    let egress = spec.egress.expect("egress");
+    assert_eq!(
+        rules(egress.iter().map(|r| (r.ports.as_ref(), r.to.as_ref()))),
+        [
+            (vec!["UDP/53".to_owned(), "TCP/53".to_owned()], 0),
+            (vec!["TCP/9093".to_owned(), "TCP/9094".to_owned()], 0),
+            (vec!["TCP/6380".to_owned()], 0),
+        ],
+        "DNS, the brokers' ports, the Redis port given; nothing else"
+    );
+}
+
+#[test]
+fn network_policy_peers_and_ports_come_from_the_spec_when_given() {
+    let mut spec = realistic();
+    let office = json!({"ipBlock": {"cidr": "203.0.113.0/24"}});
+    let data =
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "data"}}});
+    spec["networkPolicy"] = json!({
+        "enabled": true,
+        "ingressFrom": [office, {"podSelector": {"matchLabels": {"app": "gateway"}}}],
+        "kafkaEgress": {"to": [data], "ports": [9092, 9093]},
+        "redisEgress": {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [6379]},
+    });
+    let policy = manifest::network_policy(&cd(spec)).expect("enabled");
+    let spec = policy.spec.expect("spec");
+    let ingress = spec.ingress.expect("ingress");
+    assert_eq!(
+        rules(ingress.iter().map(|r| (r.ports.as_ref(), r.from.as_ref()))),
+        [(vec!["TCP/http".to_owned()], 2)]
+    );
+    assert_eq!(
+        ingress[0].from.as_ref().expect("from")[0]
+            .ip_block
+            .as_ref()
+            .map(|b| b.cidr.as_str()),
+        Some("203.0.113.0/24")
+    );
+    let egress = spec.egress.expect("egress");
+    assert_eq!(
+        rules(egress.iter().map(|r| (r.ports.as_ref(), r.to.as_ref()))),
+        [
+            (vec!["UDP/53".to_owned(), "TCP/53".to_owned()], 0),
+            (vec!["TCP/9092".to_owned(), "TCP/9093".to_owned()], 1),
+            (vec!["TCP/6379".to_owned()], 1),
+        ]
+    );
+    // Without redis, no Redis rule even if one is given.
+    let mut no_redis = realistic();
+    no_redis.as_object_mut().expect("object").remove("redis");
+    no_redis.as_object_mut().expect("object").remove("policies");
+    no_redis["networkPolicy"] = json!({"enabled": true, "redisEgress": {"ports": [6379]}});
+    let egress = manifest::network_policy(&cd(no_redis))
+        .and_then(|p| p.spec)
+        .and_then(|s| s.egress)
+        .expect("egress");
+    assert_eq!(egress.len(), 2, "DNS and Kafka only");
 }

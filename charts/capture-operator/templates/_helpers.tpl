@@ -69,9 +69,28 @@ The operator image.
 {{- end }}
 
 {{/*
+The namespaces the operator manages, comma-separated, in the order given:
+watchNamespaces, plus the older single watchNamespace, or else the release
+namespace. Empty when clusterWide: the operator then manages every
+namespace.
+*/}}
+{{- define "capture-operator.watchNamespaces" -}}
+{{- if not .Values.clusterWide }}
+{{- $namespaces := concat .Values.watchNamespaces (compact (list .Values.watchNamespace)) | uniq }}
+{{- if not $namespaces }}
+{{- $namespaces = list .Release.Namespace }}
+{{- end }}
+{{- join "," $namespaces }}
+{{- end }}
+{{- end }}
+
+{{/*
 Settings the schema cannot express; fails the render with the reason.
 */}}
 {{- define "capture-operator.validate" -}}
+{{- if and .Values.clusterWide (or .Values.watchNamespaces .Values.watchNamespace) }}
+{{- fail "clusterWide is true but watchNamespaces (or watchNamespace) is set: a cluster-wide operator manages every namespace. Set one or the other." }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: more than one operator replica needs leader election, or they would all reconcile at once. Set leaderElection.enabled=true or replicaCount=1." (int .Values.replicaCount)) }}
 {{- end }}

@@ -16,9 +16,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "operator", version, about = "Kubernetes operator for capture")]
 struct Args {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "OPERATOR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Manage only these namespaces, comma-separated or repeated (default:
+    /// every namespace, which needs cluster-wide RBAC). Each gets watches
+    /// of its own: nothing is listed or watched outside them.
+    #[arg(long = "namespace", env = "OPERATOR_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "OPERATOR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
@@ -139,7 +141,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     let settings = Settings {
-        namespace: args.namespace,
+        namespaces: args
+            .namespaces
+            .into_iter()
+            .map(|ns| ns.trim().to_owned())
+            .filter(|ns| !ns.is_empty())
+            .collect(),
         kafka_timeout: args.kafka_timeout,
         redis_timeout: args.redis_timeout,
     };

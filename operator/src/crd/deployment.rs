@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,10 @@ use super::condition::conditions_schema;
 #[x_kube(
     validation = Rule::new("!has(self.runtimeConfig) || !has(self.runtimeConfig.signatures) || (has(self.signing) && !has(self.runtimeConfig.signatures.secretsFile))")
         .message("runtimeConfig.signatures needs signing.secretName (a Secret of token: secret lines) and no secretsFile: the operator mounts the Secret and points secretsFile at it")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.networkPolicy) || !self.networkPolicy.enabled || !has(self.redis) || (has(self.networkPolicy.redisEgress) && has(self.networkPolicy.redisEgress.ports) && size(self.networkPolicy.redisEgress.ports) > 0)")
+        .message("networkPolicy.redisEgress.ports is required with redis: the Redis URL is in a Secret, so the operator cannot tell its port")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CaptureDeploymentSpec {
@@ -97,6 +102,47 @@ pub struct CaptureDeploymentSpec {
     /// rotated secret applies without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSpec>,
+    /// A NetworkPolicy for the capture pods: ingress on the capture port
+    /// only, egress to Kafka, Redis and DNS only. Needs a network plugin
+    /// that enforces NetworkPolicies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// What the capture pods may reach, and who may reach them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy. Turned off, the operator deletes it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Who may connect to the capture port (events, health, `/metrics`):
+    /// pods, namespaces or IP blocks. Empty: anyone, as an ingestion
+    /// endpoint usually is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_from: Vec<NetworkPolicyPeer>,
+    /// Where the Kafka brokers are. Default: anywhere, on the ports of
+    /// `kafka.brokers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_egress: Option<EgressSpec>,
+    /// Where Redis is. Its port must be given (`ports`): the URL is in a
+    /// Secret, which the operator does not read for this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_egress: Option<EgressSpec>,
+}
+
+/// Destinations the pods may open connections to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSpec {
+    /// Pods, namespaces or IP blocks. Empty: any destination, on `ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<NetworkPolicyPeer>,
+    /// TCP ports. Kafka's default to those of `kafka.brokers` (add the
+    /// ports other brokers advertise if they differ); Redis's are required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1, max = 65535)))]
+    pub ports: Vec<i32>,
 }
 
 /// HTTPS for the capture pods.
@@ -600,6 +646,25 @@ mod tests {
         assert_eq!(broken(spec.clone()), "");
         spec["runtimeConfig"]["signatures"]["secretsFile"] = json!("/elsewhere/secrets.yaml");
         assert!(broken(spec).contains("no secretsFile"));
+    }
+
+    #[test]
+    fn a_network_policy_with_redis_needs_the_redis_port() {
+        let mut spec = good();
+        spec["networkPolicy"] = json!({"enabled": true});
+        assert!(broken(spec.clone()).contains("networkPolicy.redisEgress.ports is required"));
+        spec["networkPolicy"]["redisEgress"] = json!({"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]});
+        assert!(broken(spec.clone()).contains("networkPolicy.redisEgress.ports is required"));
+        spec["networkPolicy"]["redisEgress"]["ports"] = json!([6379]);
+        assert_eq!(broken(spec.clone()), "");
+        // Off, or without redis: nothing to ask.
+        spec["networkPolicy"] = json!({"enabled": false});
+        assert_eq!(broken(spec.clone()), "");
+        let mut no_redis = good();
+        no_redis.as_object_mut().expect("object").remove("redis");
+        no_redis.as_object_mut().expect("object").remove("policies");
+        no_redis["networkPolicy"] = json!({"enabled": true});
+        assert_eq!(broken(no_redis), "");
     }
 
     #[test]

@@ -14,10 +14,16 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the operator on `client`.
+/// Starts the operator on `client`, managing every namespace.
 pub fn start(client: kube::Client) -> Running {
+    start_in(client, Vec::new())
+}
+
+/// Starts the operator on `client`, managing `namespaces` (empty: every
+/// namespace).
+pub fn start_in(client: kube::Client, namespaces: Vec<String>) -> Running {
     let settings = operator::runtime::Settings {
-        namespace: None,
+        namespaces,
         kafka_timeout: Duration::from_secs(10),
         redis_timeout: Duration::from_secs(5),
     };
