@@ -115,3 +115,65 @@ async fn tokens_masked_properties_and_secrets_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
     }
 }
+
+/// Credentials given as files (as the operator mounts them) stay out of
+/// the logs too, even while Redis refuses every connection and the errors
+/// are logged at `trace`; and they are in no environment variable.
+#[tokio::test]
+async fn credentials_read_from_files_never_reach_the_logs() {
+    const REDIS_PASSWORD: &str = "redis-password-never-logged";
+    const KAFKA_PASSWORD: &str = "kafka-password-never-logged";
+    // Nothing listens on port 1: every Redis call fails and is logged.
+    let files = Volume::new(&[
+        (
+            "redis-url",
+            &format!("redis://:{REDIS_PASSWORD}@127.0.0.1:1\n"),
+        ),
+        ("kafka-sasl-username", "capture\n"),
+        ("kafka-sasl-password", &format!("{KAFKA_PASSWORD}\n")),
+    ]);
+    let out = tempfile::NamedTempFile::new().expect("out");
+    let path = |name: &str| files.path(name).to_str().expect("utf-8").to_owned();
+    let capture = Capture::start(&[
+        "--log-level".to_owned(),
+        "trace".to_owned(),
+        "--sink".to_owned(),
+        "file".to_owned(),
+        "--sink-file".to_owned(),
+        out.path().to_str().expect("utf-8").to_owned(),
+        "--redis-url-file".to_owned(),
+        path("redis-url"),
+        "--kafka-security-protocol".to_owned(),
+        "sasl-plaintext".to_owned(),
+        "--kafka-sasl-mechanism".to_owned(),
+        "PLAIN".to_owned(),
+        "--kafka-sasl-username-file".to_owned(),
+        path("kafka-sasl-username"),
+        "--kafka-sasl-password-file".to_owned(),
+        path("kafka-sasl-password"),
+    ]);
+    let event = json!({"token": TOKEN, "event": "e", "distinct_id": "u"});
+    let answer = reqwest::Client::new()
+        .post(capture.url("/e"))
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("post");
+    // Redis fails open by default: the event is taken anyway.
+    assert_eq!(answer.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = capture.logs().join("\n");
+    assert!(
+        logs.to_lowercase().contains("redis"),
+        "the Redis failures are logged:\n{logs}"
+    );
+    for secret in [REDIS_PASSWORD, KAFKA_PASSWORD] {
+        assert!(!logs.contains(secret), "{secret} in the logs:\n{logs}");
+    }
+    let environ =
+        std::fs::read(format!("/proc/{}/environ", capture.pid())).expect("the process environment");
+    let environ = String::from_utf8_lossy(&environ);
+    for secret in [REDIS_PASSWORD, KAFKA_PASSWORD] {
+        assert!(!environ.contains(secret), "{secret} in the environment");
+    }
+}
