@@ -690,12 +690,12 @@ impl Config {
                 Config::try_parse_from(merged)?
             }
         };
+        config.read_credential_files()?;
         config.validate()?;
         // The producer queue is sized with the rest of the memory.
         if config.kafka.queue_kbytes.is_none() {
             config.kafka.queue_kbytes = Some(config.memory.queue_kbytes());
         }
-        config.read_credential_files()?;
         Ok(config)
     }
 
@@ -773,12 +773,6 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
-        self.validate_policy()?;
-        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
-            return invalid(
-                "`--tls-cert` and `--tls-key` (CAPTURE_TLS_CERT, CAPTURE_TLS_KEY) go together; set both or neither",
     /// Fills the Kafka SASL credentials and the Redis URL from their
     /// `--*-file` settings, read once here: on Kubernetes they are mounted
     /// Secret keys, so no credential travels in the environment. Setting a
@@ -816,6 +810,12 @@ impl Config {
         Ok(())
     }
 
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        self.validate_policy()?;
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return invalid(
+                "`--tls-cert` and `--tls-key` (CAPTURE_TLS_CERT, CAPTURE_TLS_KEY) go together; set both or neither",
             );
         }
         // hyper's smallest read buffer.
@@ -1152,37 +1152,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bad_values_name_the_flag_and_the_allowed_values() {
-        let err = load(&["--kafka-compression", "brotli"])
-            .expect_err("unknown codec")
-            .to_string();
-        assert!(
-            err.contains("--kafka-compression") && err.contains("lz4"),
-            "{err}"
-        );
-        let err = load(&["--max-batch-body-bytes", "lots"])
-            .expect_err("bad size")
-            .to_string();
-        assert!(err.contains("--max-batch-body-bytes"), "{err}");
-    }
-
-    #[test]
-    fn the_yaml_file_is_read_and_flags_override_it() {
-        let mut file = tempfile::NamedTempFile::new().expect("temp file");
-        writeln!(
-            file,
-            "address: 0.0.0.0:8000\nkafka_brokers: [k1:9092, k2:9092]\nevents-topic: from_file\nensure-topics: true\nmax-batch-body-bytes: 5MiB"
-        )
-        .expect("write");
-        let path = file.path().to_str().expect("utf-8 path");
-        let config = load(&["--config", path, "--events-topic", "from_flag"]).expect("valid");
-        assert_eq!(config.http.address.to_string(), "0.0.0.0:8000");
-        assert_eq!(config.kafka.brokers, ["k1:9092", "k2:9092"]);
-        assert_eq!(config.topics.events_topic, "from_flag");
-        // A list from a flag replaces the file's list.
-        let config = load(&["--config", path, "--kafka-brokers", "k3:9092"]).expect("valid");
-        assert_eq!(config.kafka.brokers, ["k3:9092"]);
     /// A file holding `content`, as a mounted Secret key would.
     fn secret_file(content: &str) -> tempfile::NamedTempFile {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
@@ -1278,6 +1247,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bad_values_name_the_flag_and_the_allowed_values() {
+        let err = load(&["--kafka-compression", "brotli"])
+            .expect_err("unknown codec")
+            .to_string();
+        assert!(
+            err.contains("--kafka-compression") && err.contains("lz4"),
+            "{err}"
+        );
+        let err = load(&["--max-batch-body-bytes", "lots"])
+            .expect_err("bad size")
+            .to_string();
+        assert!(err.contains("--max-batch-body-bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_yaml_file_is_read_and_flags_override_it() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(
+            file,
+            "address: 0.0.0.0:8000\nkafka_brokers: [k1:9092, k2:9092]\nevents-topic: from_file\nensure-topics: true\nmax-batch-body-bytes: 5MiB"
+        )
+        .expect("write");
+        let path = file.path().to_str().expect("utf-8 path");
+        let config = load(&["--config", path, "--events-topic", "from_flag"]).expect("valid");
+        assert_eq!(config.http.address.to_string(), "0.0.0.0:8000");
+        assert_eq!(config.kafka.brokers, ["k1:9092", "k2:9092"]);
+        assert_eq!(config.topics.events_topic, "from_flag");
+        // A list from a flag replaces the file's list.
+        let config = load(&["--config", path, "--kafka-brokers", "k3:9092"]).expect("valid");
+        assert_eq!(config.kafka.brokers, ["k3:9092"]);
         assert!(config.kafka.ensure_topics);
         assert_eq!(config.limits.max_batch_body_bytes, 5 << 20);
     }
