@@ -11,8 +11,10 @@
 //!
 //! Scenarios: `quiet` (honest client alone), `idle` (idle connections),
 //! `resets` (rapid-reset attackers), `both`, and `slow-resets` (idle
-//! connections and attackers that stay under the pending-reset limit by
-//! letting capture accept each small burst, so capture never closes them).
+//! connections and attackers that try to stay under the pending-reset limit
+//! with small bursts and a pause after each, so capture can accept every
+//! stream before it is reset: the attack hyper's limit does not close, bounded
+//! only by how fast one connection can go).
 //!
 //! It prints numbers and asserts nothing about timings. Settings:
 //!
@@ -22,7 +24,8 @@
 //! | `HOSTILE_BENCH_RESET_CONNECTIONS` | 8 | concurrent rapid-reset connections |
 //! | `HOSTILE_BENCH_BURST` | 100 | streams opened and reset per burst |
 //! | `HOSTILE_BENCH_SLOW_BURST` | 10 | the same, for `slow-resets` |
-//! | `HOSTILE_BENCH_REQUESTS` | 2000 | honest requests per scenario |
+//! | `HOSTILE_BENCH_SLOW_PAUSE_US` | 10000 | pause between bursts in `slow-resets`, µs |
+//! | `HOSTILE_BENCH_REQUESTS` | 10000 | honest requests per scenario |
 //! | `HOSTILE_BENCH_SCENARIOS` | all five | comma-separated |
 //! | `HOSTILE_BENCH_CAPTURE_ARGS` | (none) | extra capture flags, space-separated |
 //!
@@ -53,7 +56,8 @@ fn main() {
     let resets: usize = env_or("HOSTILE_BENCH_RESET_CONNECTIONS", 8);
     let burst: usize = env_or("HOSTILE_BENCH_BURST", 100);
     let slow_burst: usize = env_or("HOSTILE_BENCH_SLOW_BURST", 10);
-    let requests: usize = env_or("HOSTILE_BENCH_REQUESTS", 2000);
+    let slow_pause = Duration::from_micros(env_or("HOSTILE_BENCH_SLOW_PAUSE_US", 10_000));
+    let requests: usize = env_or("HOSTILE_BENCH_REQUESTS", 10_000);
     let scenarios: String = env_or(
         "HOSTILE_BENCH_SCENARIOS",
         "quiet,idle,resets,both,slow-resets".to_owned(),
@@ -63,7 +67,7 @@ fn main() {
     let ticks = clock_ticks();
 
     println!(
-        "hostile bench: {idle} idle connections, {resets} rapid-reset connections (bursts of {burst}; slow: {slow_burst}), {requests} honest requests"
+        "hostile bench: {idle} idle connections, {resets} rapid-reset connections (bursts of {burst}; slow: {slow_burst} every {slow_pause:?}), {requests} honest requests"
     );
     println!(
         "| scenario | honest p50 | p99 | max | failed | resets sent (during honest run) | attacker connections | GOAWAY ENHANCE_YOUR_CALM | capture counted | capture CPU s | peak RSS MiB |"
@@ -75,30 +79,35 @@ fn main() {
                 idle: 0,
                 reset_connections: 0,
                 burst,
+                pause: Duration::ZERO,
                 honest_requests: requests,
             },
             "idle" => Attack {
                 idle,
                 reset_connections: 0,
                 burst,
+                pause: Duration::ZERO,
                 honest_requests: requests,
             },
             "resets" => Attack {
                 idle: 0,
                 reset_connections: resets,
                 burst,
+                pause: Duration::ZERO,
                 honest_requests: requests,
             },
             "both" => Attack {
                 idle,
                 reset_connections: resets,
                 burst,
+                pause: Duration::ZERO,
                 honest_requests: requests,
             },
             "slow-resets" => Attack {
                 idle,
                 reset_connections: resets,
                 burst: slow_burst,
+                pause: slow_pause,
                 honest_requests: requests,
             },
             other => panic!("unknown scenario {other:?}"),

@@ -24,6 +24,7 @@ fn idle_connections_and_rapid_resets_leave_the_honest_p99_under_200ms() {
         idle: IDLE,
         reset_connections: 4,
         burst: 100,
+        pause: Duration::ZERO,
         honest_requests: 300,
     };
     // Room for the idle connections, the attackers and the honest client;

@@ -27,6 +27,10 @@ pub struct Attack {
     /// flush them: capture reads a burst in one go, so more than its
     /// pending-reset limit (20) in a burst is what trips the limit.
     pub burst: usize,
+    /// Pause between bursts. Zero only yields to the connection's task, so
+    /// bursts may reach capture back to back; a pause lets capture accept
+    /// each burst before the next (an attacker staying under the limit).
+    pub pause: Duration,
     /// Sequential requests of the honest client (`/batch`, 10 events).
     pub honest_requests: usize,
 }
@@ -148,7 +152,7 @@ pub fn run(address: SocketAddr, attack: &Attack) -> Outcome {
                     .map(|_| {
                         tokio::spawn(rapid_reset(
                             address,
-                            attack.burst,
+                            (attack.burst, attack.pause),
                             Arc::clone(&stop),
                             Arc::clone(&tally),
                         ))
@@ -195,9 +199,15 @@ pub fn run(address: SocketAddr, attack: &Attack) -> Outcome {
 }
 
 /// One rapid-reset attacker: connects, opens streams (`POST /e`, headers
-/// only) and resets each at once, `burst` at a time, until capture closes
-/// the connection; then connects again, until `stop`.
-async fn rapid_reset(address: SocketAddr, burst: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+/// only) and resets each at once, `burst` at a time with `pause` between
+/// bursts, until capture closes the connection; then connects again, until
+/// `stop`.
+async fn rapid_reset(
+    address: SocketAddr,
+    (burst, pause): (usize, Duration),
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let tcp = match tokio::net::TcpStream::connect(address).await {
             Ok(tcp) => tcp,
@@ -238,7 +248,11 @@ async fn rapid_reset(address: SocketAddr, burst: usize, stop: Arc<AtomicBool>, t
                 }
             }
             // Lets the connection task write the burst out.
-            tokio::task::yield_now().await;
+            if pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
         }
         let stopped = stop.load(Ordering::Relaxed);
         drop(client);
