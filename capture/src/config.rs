@@ -63,7 +63,7 @@ pub enum ConfigError {
 /// Sets `value` from `file`, when given: its content without a trailing
 /// newline. Refuses a value and a file together, and an unreadable file,
 /// naming the `(value, file)` flags and the path (never the content).
-fn read_credential(
+pub(crate) fn read_credential(
     (flag, file_flag): (&'static str, &'static str),
     value: &mut Option<String>,
     file: Option<&std::path::Path>,
@@ -557,6 +557,11 @@ pub struct RedisConfig {
     /// The URLs are Redis Cluster nodes.
     #[arg(long, env = "CAPTURE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// PEM file of the CA that signed the Redis servers' certificates, for
+    /// `rediss://` URLs (a private CA, such as one from cert-manager).
+    /// Unset: the system's trusted roots verify them.
+    #[arg(long, env = "CAPTURE_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every key capture and the operator use (no braces).
     #[arg(long, env = "CAPTURE_REDIS_KEY_PREFIX", default_value = "")]
     pub redis_key_prefix: String,
@@ -740,7 +745,8 @@ impl Config {
             r.redis_cluster,
             r.redis_connect_timeout,
             r.redis_timeout,
-        );
+        )
+        .with_tls_ca(r.redis_ca_file.clone());
         PolicySettings {
             redis: (!store.urls.is_empty()).then(|| RedisPolicySettings {
                 store,
@@ -930,6 +936,31 @@ impl Config {
                 return invalid(format!(
                     "`--redis-url` {:?} must start with redis:// or rediss://",
                     crate::policy::store::redacted(url)
+                ));
+            }
+        }
+        if let Some(ca) = &self.redis.redis_ca_file {
+            if !self
+                .redis
+                .redis_url
+                .iter()
+                .any(|u| u.trim().starts_with("rediss://"))
+            {
+                return invalid(
+                    "`--redis-ca-file` (CAPTURE_REDIS_CA_FILE) applies to rediss:// URLs; `--redis-url` has none"
+                        .into(),
+                );
+            }
+            let pem = std::fs::read_to_string(ca).map_err(|err| {
+                ConfigError::Invalid(format!(
+                    "`--redis-ca-file` {}: cannot read it: {err}",
+                    ca.display()
+                ))
+            })?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return invalid(format!(
+                    "`--redis-ca-file` {}: no PEM certificate in it",
+                    ca.display()
                 ));
             }
         }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Capture;
-use common::redis::{RedisCluster, RedisServer, shared};
+use common::redis::{RedisCluster, RedisServer, TlsFiles, shared};
 use serde_json::{Value, json};
 
 /// A capture process writing to its own file.
@@ -120,7 +120,16 @@ fn events(n: usize, name: &str, distinct_id: &str) -> Vec<Value> {
 
 /// Runs `capture quota ...` and returns its stdout.
 fn quota(redis_url: &str, prefix: &str, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_capture"))
+    quota_trusting(None, redis_url, prefix, args)
+}
+
+/// [`quota`] against `rediss://` servers whose certificates `ca` signed.
+fn quota_trusting(ca: Option<&TlsFiles>, redis_url: &str, prefix: &str, args: &[&str]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_capture"));
+    if let Some(tls) = ca {
+        command.env("CAPTURE_REDIS_CA_FILE", &tls.ca);
+    }
+    let output = command
         .args([
             "quota",
             "--redis-url",
@@ -792,6 +801,67 @@ async fn password_database_and_a_flushed_script_on_a_standalone_server() {
     assert!(!log.contains("wrong-pw"), "{log}");
 }
 
+/// `capture quota --redis-url-file`: the URL, password included, comes
+/// from a mounted-Secret-like file (its trailing newline dropped); a URL
+/// given both ways is refused, naming both flags.
+#[test]
+fn the_quota_command_reads_the_redis_url_from_a_file() {
+    let redis = RedisServer::start_with(common::free_port(), &["--requirepass", "s3cret"]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/2", redis.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, format!("{url}\n")).expect("write the URL file");
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_capture"))
+            .arg("quota")
+            .args(args)
+            .args(["--redis-key-prefix", &prefix])
+            .env_remove("CAPTURE_REDIS_URL")
+            .env_remove("CAPTURE_REDIS_URL_FILE")
+            .output()
+            .expect("run capture quota")
+    };
+    let file_arg = file.display().to_string();
+    let set = run(&[
+        "--redis-url-file",
+        &file_arg,
+        "set",
+        "--token",
+        &token,
+        "--limit",
+        "events=7",
+    ]);
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let status: Value =
+        serde_json::from_str(&quota(&url, &prefix, &["get", "--token", &token])).expect("JSON");
+    assert_eq!(
+        status["settings"]["types"]["events"]["limit"], 7,
+        "{status}"
+    );
+
+    let both = run(&[
+        "--redis-url",
+        &url,
+        "--redis-url-file",
+        &file_arg,
+        "get",
+        "--token",
+        &token,
+    ]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert_eq!(both.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`--redis-url` and `--redis-url-file` are both set")
+            && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn quotas_dedup_and_rates_work_on_a_redis_cluster() {
     let cluster = RedisCluster::start();
@@ -1032,4 +1102,178 @@ async fn send_until_answered(node: &Node, token: &str, event: Value) -> Reply {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("a copy was held for over a second");
+}
+
+/// A CA and a certificate for 127.0.0.1 that it signed, written to a fresh
+/// directory (removed with the returned guard), for servers that speak only
+/// TLS.
+fn redis_certificates() -> (tempfile::TempDir, TlsFiles) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().expect("certificate dir");
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "redis test CA");
+    let ca =
+        CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key")).expect("ca");
+    let key = KeyPair::generate().expect("server key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    let files = TlsFiles {
+        ca: dir.path().join("ca.crt"),
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&files.ca, ca.pem()).expect("write ca");
+    std::fs::write(&files.cert, leaf.pem()).expect("write certificate");
+    std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+    (dir, files)
+}
+
+/// Sends three batches of two events for `token`, whose quota is three:
+/// the quota is enforced (so capture reached Redis) and the resent batch
+/// is a duplicate (dedup markers too).
+async fn quota_and_dedup_hold(node: &Node, token: &str) {
+    let batch = events(2, "e", "u");
+    assert_eq!(
+        node.batch(token, batch.clone()).await.body,
+        json!({"status": "Ok"})
+    );
+    assert_eq!(node.batch(token, batch).await.body, json!({"status": "Ok"}));
+    let over = node.batch(token, events(2, "e", "u")).await;
+    assert_eq!(over.body["quota_limited"], json!(["events"]), "{over:?}");
+    assert_eq!(node.lines().len(), 3);
+}
+
+#[tokio::test]
+async fn quotas_and_dedup_work_over_tls_on_a_standalone_server() {
+    let (_dir, tls) = redis_certificates();
+    let server = RedisServer::start_tls(&tls, &[]);
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let ca = tls.ca.display().to_string();
+    quota_trusting(
+        Some(&tls),
+        &server.url(),
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=3",
+            "--window",
+            "events=1h",
+        ],
+    );
+    let node = Node::start(&server.url(), &prefix, &["--dedup", "--redis-ca-file", &ca]);
+    quota_and_dedup_hold(&node, &token).await;
+    let status = quota_trusting(
+        Some(&tls),
+        &server.url(),
+        &prefix,
+        &["get", "--token", &token],
+    );
+    let status: Value = serde_json::from_str(&status).expect("quota get prints JSON");
+    assert_eq!(status["usage"]["events"]["used"], 3);
+}
+
+#[tokio::test]
+async fn quotas_and_dedup_work_over_tls_on_a_redis_cluster() {
+    let (_dir, tls) = redis_certificates();
+    let cluster = RedisCluster::start_tls(&tls);
+    let urls = cluster.urls();
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    let ca = tls.ca.display().to_string();
+    quota_trusting(
+        Some(&tls),
+        &urls,
+        &prefix,
+        &[
+            "set",
+            "--token",
+            &token,
+            "--limit",
+            "events=3",
+            "--window",
+            "events=1h",
+        ],
+    );
+    let node = Node::start(
+        &urls,
+        &prefix,
+        &["--redis-cluster", "--dedup", "--redis-ca-file", &ca],
+    );
+    quota_and_dedup_hold(&node, &token).await;
+}
+
+/// Certificates are verified: without the CA that signed the server's
+/// certificate, capture cannot reach Redis, and with the closed failure
+/// mode says so with a 503 rather than accepting unchecked events.
+#[tokio::test]
+async fn a_server_certificate_from_an_unknown_ca_is_refused() {
+    let (_dir, tls) = redis_certificates();
+    let server = RedisServer::start_tls(&tls, &[]);
+    let (_other_dir, other) = redis_certificates();
+    let other_ca = other.ca.display().to_string();
+    let prefix = unique("p") + ":";
+    let node = Node::start(
+        &server.url(),
+        &prefix,
+        &[
+            "--dedup",
+            "--redis-failure-mode",
+            "closed",
+            "--redis-ca-file",
+            &other_ca,
+        ],
+    );
+    let reply = node.batch(&unique("phc"), events(1, "e", "u")).await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(node.lines().is_empty());
+}
+
+#[test]
+fn a_redis_ca_file_is_checked_at_start() {
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_capture"))
+            .args(args)
+            .env_remove("CAPTURE_REDIS_URL")
+            .output()
+            .expect("run capture");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[
+        "--redis-url",
+        "redis://127.0.0.1:1",
+        "--redis-ca-file",
+        "/etc/hostname",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--redis-ca-file") && stderr.contains("rediss://"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&[
+        "--redis-url",
+        "rediss://127.0.0.1:1",
+        "--redis-ca-file",
+        "/no/such/ca.pem",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/no/such/ca.pem"), "{stderr}");
+    let (code, stderr) = run(&[
+        "--redis-url",
+        "rediss://127.0.0.1:1",
+        "--redis-ca-file",
+        "/etc/hostname",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no PEM certificate"), "{stderr}");
 }

@@ -36,9 +36,17 @@ struct RedisArgs {
         global = true
     )]
     redis_url: Vec<String>,
+    /// A file holding the Redis URL (or comma-separated cluster nodes), such
+    /// as a mounted Secret key; instead of `--redis-url`.
+    #[arg(long, env = "CAPTURE_REDIS_URL_FILE", global = true)]
+    redis_url_file: Option<std::path::PathBuf>,
     /// The URLs are Redis Cluster nodes.
     #[arg(long, env = "CAPTURE_REDIS_CLUSTER", global = true)]
     redis_cluster: bool,
+    /// PEM file of the CA that signed the servers' certificates
+    /// (`rediss://`); unset: the system's roots.
+    #[arg(long, env = "CAPTURE_REDIS_CA_FILE", global = true)]
+    redis_ca_file: Option<std::path::PathBuf>,
     /// Key prefix (as the capture servers use it).
     #[arg(
         long,
@@ -121,14 +129,26 @@ pub async fn run(args: Vec<OsString>) -> i32 {
 
 async fn execute(cli: QuotaCli) -> Result<String, String> {
     let keys = Keys::new(&cli.redis.redis_key_prefix)?;
+    let mut urls = (!cli.redis.redis_url.is_empty()).then(|| cli.redis.redis_url.join(","));
+    crate::config::read_credential(
+        ("--redis-url", "--redis-url-file"),
+        &mut urls,
+        cli.redis.redis_url_file.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let urls = urls.unwrap_or_default();
     let settings = StoreSettings::from_urls(
-        cli.redis.redis_url.iter().map(String::as_str),
+        urls.split(','),
         cli.redis.redis_cluster,
         Duration::from_secs(5),
         Duration::from_secs(5),
-    );
+    )
+    .with_tls_ca(cli.redis.redis_ca_file.clone());
     if settings.urls.is_empty() {
-        return Err("set `--redis-url` (or CAPTURE_REDIS_URL)".into());
+        return Err(
+            "set `--redis-url` or `--redis-url-file` (CAPTURE_REDIS_URL, CAPTURE_REDIS_URL_FILE)"
+                .into(),
+        );
     }
     let store = Store::open(&settings).map_err(|e| e.to_string())?;
     let admin = QuotaAdmin::new(store, keys);

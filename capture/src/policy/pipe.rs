@@ -439,4 +439,9 @@ mod tests {
         assert!(Target::new(&settings(&["redis://h:7"], true)).is_none());
         assert!(Target::new(&settings(&["redis://a:7", "redis://b:7"], false)).is_none());
     }
+
+    #[test]
+    fn tls_stays_on_the_redis_crate() {
+        assert!(Target::new(&settings(&["rediss://h:7"], false)).is_none());
+    }
 }

@@ -1,6 +1,7 @@
 //! Real `redis-server` processes for tests: a standalone server per test
 //! binary (or per test when it must be killed), and a three-master cluster
-//! made the way an operator would, with `redis-cli --cluster create`.
+//! made the way an operator would, with `redis-cli --cluster create`. Either
+//! can serve TLS only (`rediss://`), with certificates the test made.
 //!
 //! Servers run without persistence, on free ports, under a shell whose stdin
 //! is this process's pipe: when the test process exits, however it exits,
@@ -14,12 +15,54 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+/// PEM files for a server that speaks only TLS: the CA clients trust, and
+/// the server's certificate (for 127.0.0.1) and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `redis-server` arguments: TLS on `port`, no plain port, clients not
+    /// asked for certificates.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args: Vec<String> = ["--port", "0", "--tls-port"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        args.push(port.to_string());
+        for (flag, path) in [
+            ("--tls-cert-file", &self.cert),
+            ("--tls-key-file", &self.key),
+            ("--tls-ca-cert-file", &self.ca),
+        ] {
+            args.push(flag.to_owned());
+            args.push(path.display().to_string());
+        }
+        args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
+        args
+    }
+
+    /// `redis-cli` arguments to reach such a server.
+    fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            self.ca.display().to_string(),
+        ]
+    }
+}
+
 /// One `redis-server`.
 pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Set when it serves TLS only.
+    tls: Option<TlsFiles>,
     wrapper: Mutex<Option<Child>>,
 }
 
@@ -31,6 +74,15 @@ impl RedisServer {
 
     /// Starts a server on `port` with extra arguments.
     pub fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        RedisServer::start_as(port, extra, None)
+    }
+
+    /// Starts a server on a free port that speaks only TLS, with `tls`.
+    pub fn start_tls(tls: &TlsFiles, extra: &[&str]) -> RedisServer {
+        RedisServer::start_as(free_port(), extra, Some(tls.clone()))
+    }
+
+    fn start_as(port: u16, extra: &[&str], tls: Option<TlsFiles>) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("redis-{port}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("redis work dir");
@@ -38,6 +90,7 @@ impl RedisServer {
             port,
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            tls,
             wrapper: Mutex::new(None),
         };
         server.launch();
@@ -56,6 +109,8 @@ impl RedisServer {
             .arg(self.port.to_string())
             .arg(&self.dir)
             .args(&self.extra)
+            // Later arguments win: these turn the plain port off.
+            .args(self.tls.iter().flat_map(|tls| tls.server_args(self.port)))
             .stdin(Stdio::piped())
             // The server logs to its file; the shell would only report the kill.
             .stderr(Stdio::null())
@@ -73,9 +128,14 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:port`.
+    /// `redis://127.0.0.1:port`, or `rediss://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server abruptly (SIGKILL), as a crash would.
@@ -118,7 +178,14 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        let tls = self.tls.iter().flat_map(TlsFiles::cli_args);
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(tls)
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 }
 
@@ -155,24 +222,33 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with
     /// `redis-cli --cluster create`, then waits for the cluster to be `ok`.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_as(None)
+    }
+
+    /// A cluster whose clients and bus speak only TLS.
+    pub fn start_tls(tls: &TlsFiles) -> RedisCluster {
+        RedisCluster::start_as(Some(tls))
+    }
+
+    fn start_as(tls: Option<&TlsFiles>) -> RedisCluster {
+        let mut flags = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ];
+        if tls.is_some() {
+            flags.extend(["--tls-cluster", "yes"]);
+        }
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(
-                    free_port(),
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                    ],
-                )
-            })
+            .map(|_| RedisServer::start_as(free_port(), &flags, tls.cloned()))
             .collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let output = Command::new("redis-cli")
+            .args(tls.iter().flat_map(|tls| tls.cli_args()))
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])

@@ -50,6 +50,7 @@ pub fn redis_admin(
         cluster: false,
         connect_timeout: std::time::Duration::from_secs(2),
         response_timeout: std::time::Duration::from_secs(2),
+        tls_ca: None,
     })
     .expect("store");
     capture::policy::admin::QuotaAdmin::new(
