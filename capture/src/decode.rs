@@ -199,8 +199,38 @@ pub fn decode<'a>(
             Cow::Owned(String::from_utf8(bytes).map_err(|err| utf8(err.utf8_error()))?)
         }
     };
-    check_depth(text.as_bytes(), limits.max_json_depth)?;
-    Ok(text)
+    let lone = check_text(text.as_bytes(), limits.max_json_depth)?;
+    Ok(replace_lone_surrogates(text, &lone))
+}
+
+/// `\ufffd`: what a lone surrogate escape becomes (the same length).
+const REPLACEMENT_ESCAPE: &str = "fffd";
+
+/// Rewrites the lone UTF-16 surrogate escapes found at `at` (each the
+/// offset of its backslash) as `\ufffd`, U+FFFD, as PostHog's capture
+/// does. A browser cuts a string in the middle of an emoji and sends half
+/// of its pair (`"\ud83d"`); passed on, it breaks consumers that decode the
+/// JSON strictly. The escape keeps its length, so nothing moves.
+fn replace_lone_surrogates<'a>(text: Cow<'a, str>, at: &[usize]) -> Cow<'a, str> {
+    if at.is_empty() {
+        return text;
+    }
+    metrics::counter!(crate::metrics::LONE_SURROGATES_REPLACED).increment(at.len() as u64);
+    let mut text = text.into_owned();
+    for &backslash in at {
+        text.replace_range(backslash + 2..backslash + 6, REPLACEMENT_ESCAPE);
+    }
+    Cow::Owned(text)
+}
+
+/// The UTF-16 unit of the `\uXXXX` escape whose backslash is at `at`.
+fn escaped_unit(bytes: &[u8], at: usize) -> Option<u16> {
+    let escape = bytes.get(at..at + 6)?;
+    if &escape[..2] != b"\\u" {
+        return None;
+    }
+    let hex = std::str::from_utf8(&escape[2..]).ok()?;
+    u16::from_str_radix(hex, 16).ok()
 }
 
 fn is_gzip(bytes: &[u8]) -> bool {
@@ -330,25 +360,45 @@ fn lz64(
 }
 
 /// Rejects JSON nested deeper than `max` without parsing it.
-fn check_depth(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
+/// Checks the nesting depth and finds the lone surrogate escapes (their
+/// backslashes' offsets), in one pass that jumps from quote to backslash
+/// through the strings, which are most of a JSON body.
+fn check_text(bytes: &[u8], max: usize) -> Result<Vec<usize>, DecodeError> {
+    let mut lone = Vec::new();
     let mut depth = 0usize;
     let mut at = 0;
     while at < bytes.len() {
         match bytes[at] {
             b'"' => {
-                // Jump through the string: most of a JSON body is strings.
                 at += 1;
                 loop {
                     match memchr::memchr2(b'"', b'\\', &bytes[at..]) {
-                        Some(found) if bytes[at + found] == b'\\' => at += found + 2,
+                        Some(found) if bytes[at + found] == b'\\' => {
+                            at += found;
+                            at += match escaped_unit(bytes, at) {
+                                Some(0xD800..=0xDBFF) => match escaped_unit(bytes, at + 6) {
+                                    // A pair: both halves are passed.
+                                    Some(0xDC00..=0xDFFF) => 12,
+                                    _ => {
+                                        lone.push(at);
+                                        6
+                                    }
+                                },
+                                Some(0xDC00..=0xDFFF) => {
+                                    lone.push(at);
+                                    6
+                                }
+                                _ => 2,
+                            };
+                        }
                         Some(found) => {
                             at += found;
                             break;
                         }
-                        None => return Ok(()),
+                        None => return Ok(lone),
                     }
                     if at >= bytes.len() {
-                        return Ok(());
+                        return Ok(lone);
                     }
                 }
             }
@@ -363,7 +413,7 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
         }
         at += 1;
     }
-    Ok(())
+    Ok(lone)
 }
 
 #[cfg(test)]
@@ -639,6 +689,59 @@ mod tests {
         ));
         let shallow = format!(r#"{{"a":"{}"}}"#, "[[[[[[[[[[\\\"[[[[");
         decode(body(shallow.as_bytes()), LIMITS).expect("brackets inside strings are text");
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_become_the_replacement_character_and_pairs_stay() {
+        let cases = [
+            // A high half cut from its pair, at the end and in the middle.
+            (r#"{"e":"a\ud83d"}"#, r#"{"e":"a\ufffd"}"#),
+            (
+                r#"{"e":"\uD83Dx\ud83d\ude00"}"#,
+                r#"{"e":"\ufffdx\ud83d\ude00"}"#,
+            ),
+            // A low half alone, and two high halves in a row.
+            (
+                r#"{"e":"\ude00\ud83d\ud83d\ude00"}"#,
+                r#"{"e":"\ufffd\ufffd\ud83d\ude00"}"#,
+            ),
+            // A high half before another escape, and before a `\u` escape
+            // that is not a low half.
+            (
+                r#"{"e":"\ud83d\n","f":"\ud83d\u00e9"}"#,
+                r#"{"e":"\ufffd\n","f":"\ufffd\u00e9"}"#,
+            ),
+            // Not escapes: an escaped backslash before `u`, and keys too.
+            (
+                r#"{"\ud800":"\\ud83d","k":"\\\ud83d"}"#,
+                r#"{"\ufffd":"\\ud83d","k":"\\\ufffd"}"#,
+            ),
+            // Nothing to repair: the text is returned as it came.
+            (
+                r#"{"e":"\ud83d\ude00 \u00e9 \\ud83d"}"#,
+                r#"{"e":"\ud83d\ude00 \u00e9 \\ud83d"}"#,
+            ),
+        ];
+        for (sent, repaired) in cases {
+            let text = decode(body(sent.as_bytes()), LIMITS).expect(sent);
+            assert_eq!(text, repaired, "{sent}");
+            assert_eq!(matches!(text, Cow::Borrowed(_)), sent == repaired, "{sent}");
+            let value: serde_json::Value =
+                serde_json::from_str(&text).expect("a strict parser reads the repaired text");
+            let strings = value.to_string();
+            assert_eq!(strings.contains('\u{fffd}'), sent != repaired, "{strings}");
+        }
+        // Compressed bodies are repaired too.
+        let compressed = gzip(br#"["\udc00"]"#);
+        let text = decode(body(&compressed), LIMITS).expect("gzip");
+        assert_eq!(text, r#"["\ufffd"]"#);
+    }
+
+    #[test]
+    fn a_strict_parser_refuses_what_is_repaired() {
+        // Why the repair: serde_json (like most strict decoders) refuses a
+        // lone surrogate in a string it decodes.
+        assert!(serde_json::from_str::<String>(r#""\ud83d""#).is_err());
     }
 
     #[test]

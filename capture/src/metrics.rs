@@ -75,6 +75,8 @@ pub const HTTP_CONNECTIONS_SILENT: &str = "capture_http_connections_silent_total
 /// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM` for resetting
 /// too many streams (rapid reset) or causing too many stream errors.
 pub const HTTP2_RESET_FLOODS: &str = "capture_http2_reset_floods_total";
+/// Lone UTF-16 surrogate escapes in request bodies replaced by `\ufffd`.
+pub const LONE_SURROGATES_REPLACED: &str = "capture_lone_surrogates_replaced_total";
 /// Requests refused because `--max-requests-in-flight` were being handled.
 pub const HTTP_OVERLOADED: &str = "capture_http_overloaded_total";
 /// The request memory budget, bytes.
@@ -212,6 +214,10 @@ fn describe() {
     describe_counter!(
         HTTP2_RESET_FLOODS,
         "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for resetting too many streams"
+    );
+    describe_counter!(
+        LONE_SURROGATES_REPLACED,
+        "Lone UTF-16 surrogate escapes in request bodies replaced by \\ufffd (U+FFFD)"
     );
     describe_counter!(
         HTTP_OVERLOADED,

@@ -188,3 +188,45 @@ proptest! {
         }
     }
 }
+
+/// A browser that cuts a string in the middle of an emoji sends half of its
+/// surrogate pair. Every strict JSON decoder downstream refuses such a
+/// string, so capture writes U+FFFD in its place (as PostHog's capture
+/// does), in the fields it reads and in the event text it forwards, and
+/// leaves whole pairs alone.
+#[tokio::test]
+async fn lone_surrogates_reach_kafka_as_the_replacement_character() {
+    let sink = Arc::new(MemorySink::default());
+    let router = app(AppState::new(
+        sink.clone(),
+        Arc::new(SystemClock),
+        Topics::default(),
+        Limits::default(),
+    ));
+    let body = r#"{"api_key":"phc_t","batch":[{"event":"cut \ud83d","distinct_id":"u\udc00",
+        "properties":{"title":"Hello \ud83d\ude00 and \ud83d","$cut\ud83d":1}}]}"#;
+    let request = Request::post("/batch/")
+        .header("Content-Type", "application/json")
+        .body(Body::from(body))
+        .expect("request");
+    let response = router.oneshot(request).await.expect("router answers");
+    assert_eq!(response.status(), 200);
+    let produced = sink.take();
+    assert_eq!(produced.len(), 1);
+    let value: Value = serde_json::from_str(&produced[0].payload).expect("the value is JSON");
+    assert_eq!(value["distinct_id"], "u\u{fffd}");
+    let data: Value = serde_json::from_str(value["data"].as_str().expect("data is a string"))
+        .expect("a strict parser reads the forwarded event");
+    assert_eq!(data["event"], "cut \u{fffd}");
+    assert_eq!(data["properties"]["title"], "Hello \u{1f600} and \u{fffd}");
+    assert_eq!(data["properties"]["$cut\u{fffd}"], 1);
+    let header = |name: &str| {
+        produced[0]
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("distinct_id").as_deref(), Some("u\u{fffd}"));
+    assert_eq!(produced[0].key.as_deref(), Some("phc_t:u\u{fffd}"));
+}
