@@ -465,6 +465,13 @@ pub struct LimitsConfig {
     /// Largest body for `/s`.
     #[arg(long, env = "CAPTURE_MAX_RECORDING_BODY_BYTES", default_value = "25MB", value_parser = parse_bytes)]
     pub max_recording_body_bytes: usize,
+    /// Largest body for the v1 endpoint `/i/v1/analytics/events`, as sent
+    /// (PostHog's v1 limit).
+    #[arg(long, env = "CAPTURE_MAX_V1_BODY_BYTES", default_value = "10MiB", value_parser = parse_bytes)]
+    pub max_v1_body_bytes: usize,
+    /// Largest v1 body after decompression (PostHog's v1 limit).
+    #[arg(long, env = "CAPTURE_MAX_V1_DECOMPRESSED_BYTES", default_value = "50MiB", value_parser = parse_bytes)]
+    pub max_v1_decompressed_bytes: usize,
     /// Largest body after decompression and base64 decoding.
     #[arg(long, env = "CAPTURE_MAX_DECOMPRESSED_BYTES", default_value = "64MB", value_parser = parse_bytes)]
     pub max_decompressed_bytes: usize,
@@ -894,6 +901,12 @@ impl Config {
                     l.max_decompressed_bytes
                 )));
             }
+        }
+        if l.max_v1_decompressed_bytes < l.max_v1_body_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "`--max-v1-decompressed-bytes` ({}) must be at least `--max-v1-body-bytes` ({})",
+                l.max_v1_decompressed_bytes, l.max_v1_body_bytes
+            )));
         }
         if l.max_message_bytes == 0 || l.max_message_bytes > MAX_MESSAGE_BYTES {
             return Err(ConfigError::Invalid(format!(

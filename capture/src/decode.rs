@@ -45,6 +45,15 @@ pub enum DecodeError {
     /// Gzip magic bytes were present but the stream is corrupt.
     #[error("invalid gzip data: {0}")]
     Gzip(#[source] std::io::Error),
+    /// A v1 body does not decompress as its `Content-Encoding` says.
+    #[error("invalid {encoding} data: {source}")]
+    Corrupt {
+        /// The `Content-Encoding`.
+        encoding: &'static str,
+        /// What the decoder found.
+        #[source]
+        source: std::io::Error,
+    },
     /// The body was labelled lz64 but does not decompress.
     #[error("invalid lz64 data: not an lz-string base64 stream")]
     Lz64,
@@ -140,13 +149,7 @@ pub fn decode<'a>(
     limits: DecodeLimits,
     grow: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Cow<'a, str>, DecodeError> {
-    let mut grow = |bytes: usize| {
-        if grow(bytes) {
-            Ok(())
-        } else {
-            Err(DecodeError::OverBudget)
-        }
-    };
+    let mut grow = asking(grow);
     let mut hint = Compression::from_hint(input.compression_hint.unwrap_or(""))?;
     let mut bytes: Cow<'a, [u8]> = if !input.body.is_empty() {
         Cow::Borrowed(input.body)
@@ -190,6 +193,120 @@ pub fn decode<'a>(
         });
     }
 
+    into_text(bytes, limits)
+}
+
+/// How a v1 request says its body is compressed: `Content-Encoding` alone
+/// decides (no sniffing, no query hints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentEncoding {
+    /// No `Content-Encoding`.
+    Identity,
+    /// `gzip`.
+    Gzip,
+    /// `deflate`: zlib (RFC 1950) as the HTTP specification says, or a raw
+    /// deflate stream (RFC 1951) as some clients send, told apart by the
+    /// zlib header.
+    Deflate,
+    /// `zstd`.
+    Zstd,
+}
+
+impl ContentEncoding {
+    /// The encodings a v1 request may name.
+    pub const ALLOWED: &'static str = "gzip, deflate, zstd (or no Content-Encoding)";
+
+    /// Reads a `Content-Encoding` value (case-insensitive); `None` for one
+    /// capture does not decode.
+    pub fn from_header(value: Option<&str>) -> Option<Self> {
+        let Some(value) = value.map(str::trim) else {
+            return Some(ContentEncoding::Identity);
+        };
+        [
+            ("gzip", ContentEncoding::Gzip),
+            ("deflate", ContentEncoding::Deflate),
+            ("zstd", ContentEncoding::Zstd),
+        ]
+        .into_iter()
+        .find_map(|(name, encoding)| value.eq_ignore_ascii_case(name).then_some(encoding))
+    }
+}
+
+/// Decodes a body compressed as `encoding` into JSON text, with the same
+/// caps, budget and checks as [`decode`].
+pub fn decode_content<'a>(
+    body: &'a [u8],
+    encoding: ContentEncoding,
+    limits: DecodeLimits,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Cow<'a, str>, DecodeError> {
+    let mut grow = asking(grow);
+    if body.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let max = limits.max_decompressed_bytes;
+    // Compressed JSON rarely shrinks past 1:32: memory beyond that waits
+    // for the data to show it is needed.
+    let guess = body.len().saturating_mul(32).max(64 * 1024);
+    let corrupt = |encoding: &'static str| move |source| DecodeError::Corrupt { encoding, source };
+    let bytes = match encoding {
+        ContentEncoding::Identity => Cow::Borrowed(body),
+        ContentEncoding::Gzip => Cow::Owned(gunzip(body, max, &mut grow)?),
+        ContentEncoding::Deflate if is_zlib(body) => Cow::Owned(read_capped(
+            flate2::read::ZlibDecoder::new(body),
+            guess,
+            max,
+            &mut grow,
+            corrupt("deflate"),
+        )?),
+        ContentEncoding::Deflate => Cow::Owned(read_capped(
+            flate2::read::DeflateDecoder::new(body),
+            guess,
+            max,
+            &mut grow,
+            corrupt("deflate"),
+        )?),
+        ContentEncoding::Zstd => {
+            let decoder =
+                zstd::stream::read::Decoder::with_buffer(body).map_err(corrupt("zstd"))?;
+            Cow::Owned(read_capped(
+                decoder,
+                guess,
+                max,
+                &mut grow,
+                corrupt("zstd"),
+            )?)
+        }
+    };
+    if bytes.len() > max {
+        return Err(DecodeError::DecompressedTooLarge { max });
+    }
+    into_text(bytes, limits)
+}
+
+/// `grow` as the decoders ask it: a refusal is [`DecodeError::OverBudget`].
+fn asking(
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> impl FnMut(usize) -> Result<(), DecodeError> + '_ {
+    move |bytes| {
+        if grow(bytes) {
+            Ok(())
+        } else {
+            Err(DecodeError::OverBudget)
+        }
+    }
+}
+
+/// A zlib header: deflate with a window of at most 32 KiB, and the check
+/// bits that make the first two bytes a multiple of 31.
+fn is_zlib(bytes: &[u8]) -> bool {
+    matches!(bytes, [cmf, flg, ..] if cmf & 0x0f == 8 && cmf >> 4 <= 7
+        && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0)
+}
+
+/// The decoded bytes as checked JSON text: UTF-8, nested within the limit,
+/// with lone surrogate escapes repaired.
+fn into_text(bytes: Cow<'_, [u8]>, limits: DecodeLimits) -> Result<Cow<'_, str>, DecodeError> {
     let utf8 = |err: std::str::Utf8Error| DecodeError::Utf8 {
         offset: err.valid_up_to(),
     };
@@ -253,7 +370,6 @@ fn gunzip(
     max: usize,
     grow: &mut dyn FnMut(usize) -> Result<(), DecodeError>,
 ) -> Result<Vec<u8>, DecodeError> {
-    let too_large = DecodeError::DecompressedTooLarge { max };
     // ISIZE, the last member's size mod 2^32: right for what SDKs send,
     // and only a first guess for anything else.
     let declared = bytes
@@ -263,11 +379,28 @@ fn gunzip(
         .map_or(0, |size: [u8; 4]| u32::from_le_bytes(size) as usize);
     // JSON rarely compresses past 1:32; a claim beyond that waits to be
     // shown by the data before memory is given to it.
-    let first = declared
-        .min(bytes.len().saturating_mul(32).max(64 * 1024))
-        .min(max)
-        + 1;
-    let mut decoder = flate2::read::MultiGzDecoder::new(bytes);
+    let first = declared.min(bytes.len().saturating_mul(32).max(64 * 1024));
+    read_capped(
+        flate2::read::MultiGzDecoder::new(bytes),
+        first,
+        max,
+        grow,
+        DecodeError::Gzip,
+    )
+}
+
+/// Reads `decoder` to its end into a buffer that never holds more than
+/// `max + 1` bytes: `first` bytes at first, then doubled as needed, each
+/// step asked of `grow` before it is taken.
+fn read_capped(
+    mut decoder: impl Read,
+    first: usize,
+    max: usize,
+    grow: &mut dyn FnMut(usize) -> Result<(), DecodeError>,
+    corrupt: impl Fn(std::io::Error) -> DecodeError,
+) -> Result<Vec<u8>, DecodeError> {
+    let too_large = DecodeError::DecompressedTooLarge { max };
+    let first = first.min(max) + 1;
     let mut out: Vec<u8> = Vec::new();
     let mut filled = 0;
     loop {
@@ -289,7 +422,7 @@ fn gunzip(
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(DecodeError::Gzip(err)),
+            Err(err) => return Err(corrupt(err)),
         }
     }
     if filled > max {

@@ -79,6 +79,26 @@ pub enum CaptureError {
     /// `--max-requests-in-flight` requests are being handled already.
     #[error("too many requests in flight; retry after 1s")]
     Overloaded,
+    /// A v1 request's headers are missing or malformed (400).
+    #[error("{detail}")]
+    Header {
+        /// Stable code: `missing_required_headers` or `invalid_header_value`.
+        code: &'static str,
+        /// Which header and what is allowed.
+        detail: String,
+    },
+    /// A v1 request has no `Authorization` header (401).
+    #[error("missing `Authorization: Bearer <project token>` header")]
+    MissingAuthorization,
+    /// A v1 request's content type or encoding is not one capture reads
+    /// (415).
+    #[error("{detail}")]
+    Unsupported {
+        /// Stable code: `unsupported_content_type` or `unsupported_encoding`.
+        code: &'static str,
+        /// What was sent and what is allowed.
+        detail: String,
+    },
     /// The request's data would not fit in the memory budget now (other
     /// requests hold it); the same request fits later.
     #[error("the server's request memory budget is in use; retry after {}s", retry_secs(*retry_after))]
@@ -122,7 +142,10 @@ impl CaptureError {
             | CaptureError::Payload(_)
             | CaptureError::InvalidEvent { .. }
             | CaptureError::Recording(_)
-            | CaptureError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            | CaptureError::BodyRead(_)
+            | CaptureError::Header { .. } => StatusCode::BAD_REQUEST,
+            CaptureError::Unsupported { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            CaptureError::MissingAuthorization => StatusCode::UNAUTHORIZED,
             CaptureError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             CaptureError::Token(_) | CaptureError::Signature(_) => StatusCode::UNAUTHORIZED,
             CaptureError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -157,9 +180,46 @@ impl CaptureError {
             CaptureError::InFlight { .. } => "in_flight",
             CaptureError::MemoryBudget { .. } => "memory_budget",
             CaptureError::Overloaded => "overloaded",
+            CaptureError::Header { code, .. } | CaptureError::Unsupported { code, .. } => code,
+            CaptureError::MissingAuthorization => "missing_authorization",
         }
     }
 }
+
+/// Where v1 error bodies point for the protocol.
+const V1_ERROR_URI: &str = "https://posthog.com/docs/api";
+
+/// A v1 error body, as PostHog's v1 capture shapes it.
+#[derive(Debug, Serialize)]
+struct V1ErrorBody<'a> {
+    error: &'a str,
+    error_description: String,
+    error_uri: &'a str,
+}
+
+impl CaptureError {
+    /// The response for a v1 request: the status and `Retry-After` of
+    /// [`IntoResponse`], and PostHog's v1 body `{"error",
+    /// "error_description", "error_uri"}`.
+    pub fn into_v1_response(self) -> Response {
+        let error = self.code();
+        let error_description = if self.status().is_server_error() {
+            SERVER_ERROR_DETAIL.to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = V1ErrorBody {
+            error,
+            error_description,
+            error_uri: V1_ERROR_URI,
+        };
+        let (parts, _) = self.into_response().into_parts();
+        (parts, Json(body)).into_response()
+    }
+}
+
+/// What a 5xx body says: internals go to the log, not to the client.
+const SERVER_ERROR_DETAIL: &str = "capture could not store the events, retry later";
 
 impl IntoResponse for CaptureError {
     fn into_response(self) -> Response {
@@ -176,10 +236,7 @@ impl IntoResponse for CaptureError {
             } else {
                 tracing::warn!(error = %self, code, "request failed on the server side");
             }
-            (
-                "server_error",
-                "capture could not store the events, retry later".to_owned(),
-            )
+            ("server_error", SERVER_ERROR_DETAIL.to_owned())
         } else {
             let kind = if status == StatusCode::UNAUTHORIZED {
                 "authentication_error"

@@ -52,6 +52,7 @@ pub mod sink;
 pub mod timestamp;
 pub mod tls;
 pub mod token;
+pub mod v1;
 pub mod verdict;
 
 pub use config::Config;

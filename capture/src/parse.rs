@@ -274,7 +274,8 @@ pub fn parse(text: &str, max_events: usize) -> Result<Payload<'_>, CaptureError>
     parse_checked(text, max_events)
 }
 
-fn too_many(max_events: usize) -> CaptureError {
+/// The 413 for a request of more than `max_events` events.
+pub fn too_many(max_events: usize) -> CaptureError {
     CaptureError::TooLarge(format!(
         "request has more than {max_events} events, the most one request may carry \
          (--max-events-per-request); send them in several requests"

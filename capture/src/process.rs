@@ -27,6 +27,10 @@ use crate::verdict::{Candidate, Candidates, DedupId, Verdict};
 /// Longest distinct id kept, in characters; longer ones are truncated.
 pub const MAX_DISTINCT_ID_CHARS: usize = 200;
 
+/// What drops an event larger than `--max-message-bytes` on the v1
+/// endpoint (its result's `details`).
+pub const EVENT_TOO_BIG: &str = "event_too_big";
+
 /// Which family of endpoint received the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -38,6 +42,9 @@ pub enum Endpoint {
     Engage,
     /// `/s`: session recordings.
     Recordings,
+    /// `/i/v1/analytics/events`: PostHog's v1 protocol, answered per event
+    /// (see [`crate::v1`]).
+    V1,
 }
 
 impl Endpoint {
@@ -48,6 +55,7 @@ impl Endpoint {
             Endpoint::Batch => "batch",
             Endpoint::Engage => "engage",
             Endpoint::Recordings => "recordings",
+            Endpoint::V1 => "v1",
         }
     }
 }
@@ -164,7 +172,14 @@ pub fn analytics_candidates(
         };
         let key = keyed.then(|| captured.key());
         let message = captured.into_message(kind, topic, key);
-        check_size(&message, ctx.max_message_bytes)?;
+        if let Err(err) = check_size(&message, ctx.max_message_bytes) {
+            // v1 answers per event: this one is dropped, the others go on.
+            if ctx.endpoint != Endpoint::V1 {
+                return Err(err);
+            }
+            events.push(Candidate::dropped(kind, distinct_id, EVENT_TOO_BIG));
+            continue;
+        }
         let mut candidate = Candidate::new(message, distinct_id, dedup);
         candidate.verdict = verdict;
         events.push(candidate);

@@ -61,6 +61,10 @@ pub struct Limits {
     pub batch_body_bytes: usize,
     /// Body cap for `/s`.
     pub recording_body_bytes: usize,
+    /// Body cap for the v1 endpoint, as sent.
+    pub v1_body_bytes: usize,
+    /// Cap on a v1 body once decompressed.
+    pub v1_decompressed_bytes: usize,
     /// Caps applied while decoding.
     pub decode: DecodeLimits,
     /// Largest message value.
@@ -78,6 +82,8 @@ impl Limits {
             event_body_bytes: config.max_event_body_bytes,
             batch_body_bytes: config.max_batch_body_bytes,
             recording_body_bytes: config.max_recording_body_bytes,
+            v1_body_bytes: config.max_v1_body_bytes,
+            v1_decompressed_bytes: config.max_v1_decompressed_bytes,
             decode: DecodeLimits {
                 max_decompressed_bytes: config.max_decompressed_bytes,
                 max_json_depth: config.max_json_depth.get() as usize,
@@ -93,6 +99,7 @@ impl Limits {
             Endpoint::Event | Endpoint::Engage => self.event_body_bytes,
             Endpoint::Batch => self.batch_body_bytes,
             Endpoint::Recordings => self.recording_body_bytes,
+            Endpoint::V1 => self.v1_body_bytes,
         }
     }
 }
@@ -103,6 +110,8 @@ impl Default for Limits {
             event_body_bytes: 2_000_000,
             batch_body_bytes: 20_000_000,
             recording_body_bytes: 25_000_000,
+            v1_body_bytes: 10 << 20,
+            v1_decompressed_bytes: 50 << 20,
             decode: DecodeLimits {
                 max_decompressed_bytes: 64_000_000,
                 max_json_depth: 64,
@@ -223,6 +232,12 @@ pub fn app(state: AppState) -> Router {
             .route(path, handler.clone())
             .route(&format!("{path}/"), handler);
     }
+    let v1 =
+        axum::routing::post(|State(state): State<AppState>, req: Request| capture_v1(state, req))
+            .options(|| async { StatusCode::OK });
+    router = router
+        .route(crate::v1::PATH, v1.clone())
+        .route(&format!("{}/", crate::v1::PATH), v1);
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_headers(AllowHeaders::mirror_request())
@@ -269,36 +284,14 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     } else {
         StatusCode::OK
     };
-    let result = match Arc::clone(&state.0.in_flight).try_acquire_owned() {
-        Err(_) => {
-            metrics::counter!(m::HTTP_OVERLOADED).increment(1);
-            Err(CaptureError::Overloaded)
-        }
-        Ok(permit) => {
-            // On a task of its own, so a client that goes away does not
-            // cancel the request half way: once its policies reserved
-            // something in Redis, it runs on to the settle, whatever happens
-            // to the connection. Its in-flight permit goes along.
-            let state = state.clone();
-            let work = async move {
-                let _permit = permit;
-                handle(&state, endpoint, req, query).await
-            };
-            // The request's span (its request id) goes along into the task.
-            match tokio::spawn(tracing::Instrument::in_current_span(work)).await {
-                Ok(result) => result,
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                Err(_) => Err(CaptureError::Sink(SinkError::Timeout)),
-            }
-        }
-    };
+    let result = detached(&state, move |state| async move {
+        handle(&state, endpoint, req, query).await
+    })
+    .await;
     let status = result
         .as_ref()
         .map_or_else(CaptureError::status, |_| success);
-    metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.label(), "status" => status_label(status))
-        .increment(1);
-    metrics::histogram!(m::HTTP_REQUEST_SECONDS, "endpoint" => endpoint.label())
-        .record(started.elapsed().as_secs_f64());
+    record(endpoint, status, started);
     match result {
         Ok(_) if success == StatusCode::NO_CONTENT => success.into_response(),
         Ok(answer) if answer.quota_limited.is_empty() => {
@@ -327,6 +320,74 @@ async fn capture(state: AppState, endpoint: Endpoint, req: Request) -> Response 
     }
 }
 
+/// Runs `work` on a task of its own, holding an in-flight permit (none
+/// left: 503 `overloaded`). A client that goes away does not cancel the
+/// request half way: once its policies reserved something in Redis, it
+/// runs on to the settle, whatever happens to the connection.
+async fn detached<T, F>(
+    state: &AppState,
+    work: impl FnOnce(AppState) -> F,
+) -> Result<T, CaptureError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, CaptureError>> + Send + 'static,
+{
+    let Ok(permit) = Arc::clone(&state.0.in_flight).try_acquire_owned() else {
+        metrics::counter!(m::HTTP_OVERLOADED).increment(1);
+        return Err(CaptureError::Overloaded);
+    };
+    let work = work(state.clone());
+    let work = async move {
+        let _permit = permit;
+        work.await
+    };
+    // The request's span (its request id) goes along into the task.
+    match tokio::spawn(tracing::Instrument::in_current_span(work)).await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(CaptureError::Sink(SinkError::Timeout)),
+    }
+}
+
+/// Counts an answered request and its duration.
+fn record(endpoint: Endpoint, status: StatusCode, started: Instant) {
+    metrics::counter!(m::HTTP_REQUESTS, "endpoint" => endpoint.label(), "status" => status_label(status))
+        .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_SECONDS, "endpoint" => endpoint.label())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// `/i/v1/analytics/events`: a result per event (see [`crate::v1`]).
+async fn capture_v1(state: AppState, req: Request) -> Response {
+    let started = Instant::now();
+    let result = detached(
+        &state,
+        move |state| async move { handle_v1(&state, req).await },
+    )
+    .await;
+    let status = result
+        .as_ref()
+        .map_or_else(CaptureError::status, |_| StatusCode::OK);
+    record(Endpoint::V1, status, started);
+    match result {
+        Ok((body, retry)) => {
+            let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if retry {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            response
+        }
+        Err(err) => {
+            if !status.is_server_error() {
+                tracing::debug!(error = %err, code = err.code(), "v1 request refused");
+            }
+            err.into_v1_response()
+        }
+    }
+}
+
 async fn handle(
     state: &AppState,
     endpoint: Endpoint,
@@ -339,20 +400,9 @@ async fn handle(
     // Everything this request holds in memory is counted here, until it is
     // answered.
     let mut lease = inner.budget.lease();
-    // The whole body within the timeout of the headers, however it is
-    // paced: a client dripping a byte at a time is cut off too.
-    let body = tokio::time::timeout(
-        inner.limits.body_read_timeout,
-        read_body(
-            body,
-            &parts.headers,
-            inner.limits.body_limit(endpoint),
-            &mut lease,
-        ),
-    )
-    .await
-    .map_err(|_| CaptureError::BodyTimeout)??;
-    metrics::histogram!(m::BODY_BYTES, "endpoint" => endpoint.label()).record(body.len() as f64);
+    let limit = inner.limits.body_limit(endpoint);
+    let body =
+        read_within_deadline(inner, endpoint, body, &parts.headers, limit, &mut lease).await?;
 
     let header_text =
         |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -370,16 +420,9 @@ async fn handle(
             .or_else(|| header_text(header::CONTENT_ENCODING)),
         form,
     };
-    let mut decoding = body.len();
-    let mut refused = None;
-    let decoded = decode(encoded, inner.limits.decode, &mut |more| {
-        decoding += more;
-        lease
-            .try_grow_to(decoding)
-            .map_err(|err| refused = Some(err))
-            .is_ok()
-    });
-    let decoded = decoded.map_err(|err| refused.take().unwrap_or_else(|| err.into()))?;
+    let decoded = decode_within(&mut lease, body.len(), |grow| {
+        decode(encoded, inner.limits.decode, grow)
+    })?;
     let payload = parse(&decoded, inner.limits.max_events)?;
     // Building the messages: about the decoded text again, and a share per
     // event for what capture adds and keeps beside it.
@@ -388,26 +431,12 @@ async fn handle(
         .await?;
     // One runtime config for the whole request, whatever reloads meanwhile.
     let runtime = inner.live.current();
-    let mut signed = None;
-    if let Some(signing) = &runtime.signing {
+    let signed = if runtime.signing.is_some() {
         let token = crate::parse::request_token(&payload)?;
-        if signing.requires(&token) {
-            let header = parts
-                .headers
-                .get(crate::signing::HEADER)
-                .and_then(|v| v.to_str().ok());
-            // What was sent, before any decoding.
-            let sent = crate::signing::Signed {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query().unwrap_or(""),
-                body: &body,
-            };
-            let verified = signing.verify(&token, header, &sent, now.timestamp())?;
-            inner.replays.admit(verified, now.timestamp())?;
-            signed = Some(verified);
-        }
-    }
+        verify_signature(inner, &runtime, &token, &parts, &body, now)?
+    } else {
+        None
+    };
 
     let events = payload.events.len();
     metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => endpoint.label()).increment(events as u64);
@@ -453,6 +482,23 @@ async fn deliver(
     runtime: &crate::live::Applied,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Answer, CaptureError> {
+    let error = produce(inner, request, runtime, now).await?;
+    match (request.answer(), error) {
+        (Some(answer), None) => Ok(answer),
+        (_, error) => Err(CaptureError::from(error.unwrap_or(SinkError::Timeout))),
+    }
+}
+
+/// Policies, sink, settle: sets every event's final verdict. A policy that
+/// refuses the request is an `Err`; the sink's first error, if it had one,
+/// is returned (and counted) beside the verdicts, which say which events
+/// it failed.
+async fn produce(
+    inner: &Inner,
+    request: &mut Candidates,
+    runtime: &crate::live::Applied,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<SinkError>, CaptureError> {
     let reservation = inner
         .policy
         .check(request, &runtime.topics, now, &runtime.overrides)
@@ -484,15 +530,190 @@ async fn deliver(
     if let Some(reservation) = reservation {
         inner.policy.settle(request, reservation).await;
     }
-    match (request.answer(), error) {
-        (Some(answer), None) => Ok(answer),
-        (_, error) => {
-            let err = error.unwrap_or(SinkError::Timeout);
-            metrics::counter!(m::SINK_ERRORS, "sink" => inner.sink.name(), "error" => err.label())
-                .increment(1);
-            Err(CaptureError::from(err))
-        }
+    if request.count(crate::verdict::Verdict::Failed) > 0 && error.is_none() {
+        error = Some(SinkError::Timeout);
     }
+    if let Some(err) = &error {
+        metrics::counter!(m::SINK_ERRORS, "sink" => inner.sink.name(), "error" => err.label())
+            .increment(1);
+    }
+    Ok(error)
+}
+
+/// The whole body within `--body-read-timeout` of the headers, however it
+/// is paced (a client dripping a byte at a time is cut off too), within
+/// `limit`, held in `lease`.
+async fn read_within_deadline(
+    inner: &Inner,
+    endpoint: Endpoint,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    lease: &mut Lease,
+) -> Result<Bytes, CaptureError> {
+    let body = tokio::time::timeout(
+        inner.limits.body_read_timeout,
+        read_body(body, headers, limit, lease),
+    )
+    .await
+    .map_err(|_| CaptureError::BodyTimeout)??;
+    metrics::histogram!(m::BODY_BYTES, "endpoint" => endpoint.label()).record(body.len() as f64);
+    Ok(body)
+}
+
+/// Runs a decoder whose every buffer is first asked of `lease` (which
+/// already holds the `body` bytes); a budget refusal is the request's
+/// error rather than the decoder's.
+fn decode_within<T>(
+    lease: &mut Lease,
+    body: usize,
+    decoder: impl FnOnce(&mut dyn FnMut(usize) -> bool) -> Result<T, crate::decode::DecodeError>,
+) -> Result<T, CaptureError> {
+    let mut decoding = body;
+    let mut refused = None;
+    let decoded = decoder(&mut |more| {
+        decoding += more;
+        lease
+            .try_grow_to(decoding)
+            .map_err(|err| refused = Some(err))
+            .is_ok()
+    });
+    decoded.map_err(|err| refused.take().unwrap_or_else(|| err.into()))
+}
+
+/// Checks the request's signature when the runtime config asks `token` to
+/// sign, and admits it once.
+fn verify_signature(
+    inner: &Inner,
+    runtime: &crate::live::Applied,
+    token: &str,
+    parts: &axum::http::request::Parts,
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<crate::signing::Verified>, CaptureError> {
+    let Some(signing) = runtime.signing.as_ref().filter(|s| s.requires(token)) else {
+        return Ok(None);
+    };
+    let header = parts
+        .headers
+        .get(crate::signing::HEADER)
+        .and_then(|v| v.to_str().ok());
+    // What was sent, before any decoding.
+    let sent = crate::signing::Signed {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        body,
+    };
+    let verified = signing.verify(token, header, &sent, now.timestamp())?;
+    inner.replays.admit(verified, now.timestamp())?;
+    Ok(Some(verified))
+}
+
+/// A v1 request: headers, body, the events' checks, then the shared
+/// pipeline for those kept; every event gets its result.
+async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), CaptureError> {
+    use crate::v1::{Checked, Outcome};
+    let inner = &state.0;
+    let now = inner.clock.now();
+    let (parts, body) = req.into_parts();
+    let headers = crate::v1::headers(&parts.headers)?;
+    let runtime = inner.live.current();
+    runtime.check_token(&headers.token)?;
+    let mut lease = inner.budget.lease();
+    let body = read_within_deadline(
+        inner,
+        Endpoint::V1,
+        body,
+        &parts.headers,
+        inner.limits.v1_body_bytes,
+        &mut lease,
+    )
+    .await?;
+    let limits = crate::decode::DecodeLimits {
+        max_decompressed_bytes: inner.limits.v1_decompressed_bytes,
+        ..inner.limits.decode
+    };
+    let decoded = decode_within(&mut lease, body.len(), |grow| {
+        crate::decode::decode_content(&body, headers.encoding, limits, grow)
+    })?;
+    let batch = crate::v1::parse(&decoded)?;
+    if batch.batch.len() > inner.limits.max_events {
+        return Err(crate::parse::too_many(inner.limits.max_events));
+    }
+    let checked = crate::v1::check(&batch, headers.lib.as_ref())?;
+    let signed = verify_signature(inner, &runtime, &headers.token, &parts, &body, now)?;
+    let events = checked.len();
+    metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => Endpoint::V1.label())
+        .increment(events as u64);
+    let kept: Vec<&str> = checked
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Checked::Keep(text) => Some(text.as_str()),
+            Checked::Drop(why) => {
+                metrics::counter!(m::EVENTS_DROPPED, "cause" => *why).increment(1);
+                None
+            }
+        })
+        .collect();
+    let mut verdicts = Vec::new().into_iter();
+    if !kept.is_empty() {
+        let text = crate::v1::v0_batch(&headers, batch.historical_migration == Some(true), &kept);
+        lease
+            .grow_to(body.len() + 2 * decoded.len() + 2 * text.len() + kept.len() * PER_EVENT_BYTES)
+            .await?;
+        let payload = parse(&text, usize::MAX)?;
+        let ctx = RequestContext {
+            endpoint: Endpoint::V1,
+            now,
+            ip: client_ip(
+                &parts.headers,
+                parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+            ),
+            query_sent_at: None,
+            topics: &runtime.topics,
+            max_message_bytes: inner.limits.max_message_bytes,
+            dedup_ids: inner.policy.dedups(&runtime.overrides),
+            runtime: &runtime,
+        };
+        let refused = |err: &CaptureError, dropped: usize| {
+            metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);
+            if let Some(verified) = &signed {
+                inner.replays.forget(verified);
+            }
+        };
+        let mut request =
+            analytics_candidates(payload, &ctx).inspect_err(|err| refused(err, kept.len()))?;
+        if let Some(err) = produce(inner, &mut request, &runtime, now)
+            .await
+            .inspect_err(|err| refused(err, request.not_produced()))?
+        {
+            let failed = request.count(crate::verdict::Verdict::Failed);
+            metrics::counter!(m::EVENTS_DROPPED, "cause" => CaptureError::from(err).code())
+                .increment(failed as u64);
+        }
+        verdicts = request
+            .events
+            .iter()
+            .map(|e| e.verdict)
+            .collect::<Vec<_>>()
+            .into_iter();
+    }
+    let results: Vec<(uuid::Uuid, Outcome)> = checked
+        .into_iter()
+        .map(|(uuid, c)| match c {
+            Checked::Drop(why) => (uuid, Outcome::Drop(why.into())),
+            Checked::Keep(_) => (
+                uuid,
+                verdicts
+                    .next()
+                    .map_or(Outcome::Retry("not_persisted"), crate::v1::result_of),
+            ),
+        })
+        .collect();
+    tracing::debug!(token = %Masked(&headers.token), events, attempt = headers.attempt,
+        request_id = %headers.request_id, "v1 request answered");
+    Ok(crate::v1::render(&results))
 }
 
 /// What one event's candidate and message take beside its text (fields
