@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod hostile;
 pub mod ledger;
+pub mod python;
 pub mod redis;
 pub mod volume;
 
