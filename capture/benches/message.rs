@@ -45,6 +45,8 @@ fn main() {
                 event: "$pageview".into(),
                 timestamp: "2024-06-01T12:00:00.000000+00:00".into(),
                 is_cookieless_mode: false,
+                historical_migration: false,
+                timestamp_millis: 1_717_243_200_000,
             };
             bytes = black_box(event.to_json()).len();
         }

@@ -29,6 +29,29 @@ pub mod header {
     pub const NOW: &str = "now";
     /// Session id, recordings only.
     pub const SESSION_ID: &str = "session_id";
+    /// `true` on events of a `historical_migration` batch (absent
+    /// otherwise), as PostHog's capture writes it.
+    pub const HISTORICAL_MIGRATION: &str = "historical_migration";
+    /// `true` on analytics events produced without a partition key
+    /// (overflow): their person updates may land on any partition, so
+    /// ingestion must not process persons for them. Absent otherwise.
+    pub const FORCE_DISABLE_PERSON_PROCESSING: &str = "force_disable_person_processing";
+}
+
+/// Adds `force_disable_person_processing: true` to an unkeyed analytics
+/// message (recordings are never keyed by person), once.
+pub fn mark_personless(message: &mut Message) {
+    let personless = message.key.is_none()
+        && message.kind != DataType::Recordings
+        && !message
+            .headers
+            .iter()
+            .any(|(name, _)| *name == header::FORCE_DISABLE_PERSON_PROCESSING);
+    if personless {
+        message
+            .headers
+            .push((header::FORCE_DISABLE_PERSON_PROCESSING, "true".to_owned()));
+    }
 }
 
 /// The message value: one captured event as capture hands it downstream.
@@ -57,6 +80,13 @@ pub struct CapturedEvent<'a> {
     /// The event was sent in cookieless mode (keyed by IP, not distinct id).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_cookieless_mode: bool,
+    /// The event came in a `historical_migration` batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub historical_migration: bool,
+    /// `timestamp` in Unix milliseconds, for the `timestamp` header (the
+    /// form PostHog's capture writes there); not part of the value.
+    #[serde(skip)]
+    pub timestamp_millis: i64,
 }
 
 impl CapturedEvent<'_> {
@@ -102,6 +132,9 @@ impl CapturedEvent<'_> {
         if self.is_cookieless_mode {
             out.push_str(",\"is_cookieless_mode\":true");
         }
+        if self.historical_migration {
+            out.push_str(",\"historical_migration\":true");
+        }
         out.push('}');
         out
     }
@@ -115,7 +148,7 @@ impl CapturedEvent<'_> {
         key: Option<String>,
     ) -> Message {
         let payload = self.to_json();
-        let headers = vec![
+        let mut headers = vec![
             (header::TOKEN, self.token),
             (header::DISTINCT_ID, self.distinct_id),
             (header::EVENT, self.event),
@@ -126,16 +159,21 @@ impl CapturedEvent<'_> {
                     .encode_lower(&mut Uuid::encode_buffer())
                     .to_owned(),
             ),
-            (header::TIMESTAMP, self.timestamp),
+            (header::TIMESTAMP, self.timestamp_millis.to_string()),
             (header::NOW, self.now),
         ];
-        Message {
+        if self.historical_migration {
+            headers.push((header::HISTORICAL_MIGRATION, "true".to_owned()));
+        }
+        let mut message = Message {
             kind,
             topic,
             key,
             headers,
             payload,
-        }
+        };
+        mark_personless(&mut message);
+        message
     }
 }
 
@@ -230,6 +268,8 @@ mod tests {
             event: "$pageview".into(),
             timestamp: "2024-01-01T00:00:00.000000+00:00".into(),
             is_cookieless_mode: false,
+            historical_migration: false,
+            timestamp_millis: 1_704_067_200_000,
         }
     }
 
@@ -264,14 +304,40 @@ mod tests {
     }
 
     #[test]
-    fn headers_carry_the_routing_fields() {
-        let message = event().into_message(DataType::Events, "t".into(), None);
+    fn headers_carry_the_routing_fields_as_posthog_writes_them() {
+        let message = event().into_message(DataType::Events, "t".into(), Some("k".into()));
         let names: Vec<_> = message.headers.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             names,
             ["token", "distinct_id", "event", "uuid", "timestamp", "now"]
         );
         assert_eq!(message.headers[3].1, Uuid::nil().to_string());
+        assert_eq!(message.headers[4].1, "1704067200000", "milliseconds");
+
+        // Historical, and unkeyed: two more headers, and the flag in the
+        // value.
+        let historical = CapturedEvent {
+            historical_migration: true,
+            ..event()
+        };
+        let message = historical.into_message(DataType::Historical, "t".into(), None);
+        let extra: Vec<_> = message.headers[6..]
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                ("historical_migration", "true"),
+                ("force_disable_person_processing", "true")
+            ]
+        );
+        let value: serde_json::Value = serde_json::from_str(&message.payload).expect("JSON");
+        assert_eq!(value["historical_migration"], true);
+        // Recordings are keyed by session, never by person: no flag.
+        let mut recording = event().into_message(DataType::Recordings, "t".into(), None);
+        mark_personless(&mut recording);
+        assert_eq!(recording.headers.len(), 6);
     }
 
     #[test]
@@ -279,6 +345,7 @@ mod tests {
         let full = CapturedEvent {
             sent_at: Some("2024-01-01T00:00:00.000000+00:00".into()),
             is_cookieless_mode: true,
+            historical_migration: true,
             data: r#"{"event":"a \"q\" \\ é","n":[1, 2]}"#.into(),
             distinct_id: "tab\there\u{1}\u{7f}".into(),
             ..event()

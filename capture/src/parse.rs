@@ -70,6 +70,10 @@ pub struct EventFields<'a> {
     /// A batch body's request for the historical topic.
     #[serde(borrow, default)]
     pub historical_migration: Option<&'a RawValue>,
+    /// A team id the client put in the event: never forwarded (see
+    /// [`crate::process`]).
+    #[serde(borrow, default)]
+    pub team_id: Option<&'a RawValue>,
     /// The fields read from the event's properties; empty when there are
     /// none or `properties` is not an object. Read in the same pass as the
     /// event itself.

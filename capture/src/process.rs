@@ -105,6 +105,13 @@ pub fn analytics_candidates(
                 Cow::Owned(named_identify(event.raw).map_err(invalid)?),
             ),
         };
+        // PostHog's ingestion reads the team from `data` before the token:
+        // a client must not pick another team's.
+        let data = if fields.team_id.is_some() {
+            Cow::Owned(without_field(&data, "team_id").map_err(invalid)?)
+        } else {
+            data
+        };
         let distinct_id = distinct_id(fields).map_err(invalid)?;
         let uuid = event_uuid(fields).map_err(invalid)?;
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
@@ -169,6 +176,8 @@ pub fn analytics_candidates(
             event: name,
             timestamp: timestamp::format(ts),
             is_cookieless_mode: flag(properties.cookieless_mode),
+            historical_migration: payload.historical_migration,
+            timestamp_millis: ts.timestamp_millis(),
         };
         let key = keyed.then(|| captured.key());
         let message = captured.into_message(kind, topic, key);
@@ -240,6 +249,47 @@ fn named_identify(raw: &str) -> Result<String, String> {
         serde_json::from_str(raw).map_err(|err| err.to_string())?;
     event.insert("event".into(), "$identify".into());
     serde_json::to_string(&event).map_err(|err| err.to_string())
+}
+
+/// The event object `raw` without its top-level `field` (every copy of
+/// it); the other members keep their text and order.
+fn without_field(raw: &str, field: &str) -> Result<String, String> {
+    struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+    impl<'de> serde::Deserialize<'de> for Members<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Members<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an event object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                        members.push((key, map.next_value::<&'de RawValue>()?));
+                    }
+                    Ok(Members(members))
+                }
+            }
+            deserializer.deserialize_map(Visit)
+        }
+    }
+    let Members(members) = serde_json::from_str(raw).map_err(|err| err.to_string())?;
+    let mut out = String::with_capacity(raw.len());
+    out.push('{');
+    for (key, value) in members.iter().filter(|(key, _)| key != field) {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        crate::event::push_json_str(&mut out, key);
+        out.push(':');
+        out.push_str(value.get());
+    }
+    out.push('}');
+    Ok(out)
 }
 
 /// The distinct id from the event or its properties, as a clean string.
@@ -427,6 +477,30 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "event 1: missing `distinct_id` (in the event or its properties)"
+        );
+    }
+
+    #[test]
+    fn a_team_id_in_the_event_never_reaches_data_and_the_rest_keeps_its_text() {
+        let messages = run(
+            json!({"api_key": "phc_t", "batch": [
+                {"event": "e", "distinct_id": "u", "team_id": 1, "properties": {"team_id": 7}},
+                {"event": "f", "distinct_id": "u"},
+            ]}),
+            Endpoint::Batch,
+        )
+        .expect("valid");
+        let data: serde_json::Value =
+            serde_json::from_str(&value(&messages[0]).data).expect("data");
+        assert_eq!(
+            data,
+            json!({"event": "e", "distinct_id": "u", "properties": {"team_id": 7}}),
+            "only the top-level team_id goes"
+        );
+        let text = r#"{"n":12345678901234567890123, "team_id":2,"s":"\u00e9","team_id":3}"#;
+        assert_eq!(
+            without_field(text, "team_id").expect("object"),
+            r#"{"n":12345678901234567890123,"s":"\u00e9"}"#
         );
     }
 

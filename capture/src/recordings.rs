@@ -126,6 +126,8 @@ pub fn recording_candidates(
         event: "$snapshot_items".into(),
         timestamp: timestamp::format(ts),
         is_cookieless_mode: false,
+        historical_migration: false,
+        timestamp_millis: ts.timestamp_millis(),
     };
     let kind = DataType::Recordings;
     let mut message = captured.into_message(

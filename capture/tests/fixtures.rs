@@ -179,11 +179,16 @@ fn check_message(
         .keys()
         .filter(|k| !expected.contains_key(*k))
         .collect();
-    let allowed_extra: Vec<&str> = if expected.contains_key("sent_at") {
+    let mut allowed_extra: Vec<&str> = if expected.contains_key("sent_at") {
         vec!["event", "timestamp"]
     } else {
         vec!["event", "timestamp", "sent_at"]
     };
+    // Today's PostHog capture flags historical events in the value; the
+    // 2023 one recorded here did not.
+    if recorded.historical_migration {
+        allowed_extra.push("historical_migration");
+    }
     for field in extra {
         assert!(
             allowed_extra.contains(&field.as_str()),
@@ -226,5 +231,16 @@ fn check_message(
     assert_eq!(header("event"), Some(event), "{at}");
     assert_eq!(header("uuid"), expected["uuid"].as_str(), "{at}");
     assert_eq!(header("now"), expected["now"].as_str(), "{at}");
-    assert_eq!(header("timestamp"), value["timestamp"].as_str(), "{at}");
+    let millis = value["timestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis().to_string());
+    assert_eq!(header("timestamp"), millis.as_deref(), "{at}");
+    let historical = recorded.historical_migration.then_some("true");
+    assert_eq!(header("historical_migration"), historical, "{at}");
+    assert_eq!(
+        value.get("historical_migration").and_then(|v| v.as_bool()),
+        recorded.historical_migration.then_some(true),
+        "{at}"
+    );
 }

@@ -58,9 +58,14 @@ async fn a_single_event_lands_on_the_events_topic_with_key_and_headers() {
         record.headers["now"],
         record.value["now"].as_str().expect("now")
     );
+    // The header is the value's time in Unix milliseconds, as PostHog's
+    // capture writes it.
+    let timestamp =
+        chrono::DateTime::parse_from_rfc3339(record.value["timestamp"].as_str().expect("ts"))
+            .expect("RFC 3339");
     assert_eq!(
         record.headers["timestamp"],
-        record.value["timestamp"].as_str().expect("ts")
+        timestamp.timestamp_millis().to_string()
     );
 }
 

@@ -109,7 +109,7 @@ async fn sdk_round_trip(mode: Mode) {
             expected_topic(&topics, &event.name, mode),
             "topic of {record:#?}"
         );
-        check_record(record, &event, &version, started, finished);
+        check_record(record, &event, &version, mode, (started, finished));
         by_uuid.insert(uuid.to_owned(), record);
     }
     assert!(
@@ -210,8 +210,8 @@ fn check_record(
     record: &Record,
     sent: &WireEvent,
     version: &str,
-    started: DateTime<Utc>,
-    finished: DateTime<Utc>,
+    mode: Mode,
+    (started, finished): (DateTime<Utc>, DateTime<Utc>),
 ) {
     let value = &record.value;
     let event = &sent.event;
@@ -231,20 +231,31 @@ fn check_record(
         .map(String::as_str)
         .collect();
     fields.sort_unstable();
+    let mut expected = vec![
+        "data",
+        "distinct_id",
+        "event",
+        "ip",
+        "now",
+        "sent_at",
+        "timestamp",
+        "token",
+        "uuid",
+    ];
+    // A historical batch's events say so, in the value and a header.
+    if mode.historical {
+        expected.push("historical_migration");
+        expected.sort_unstable();
+        assert_eq!(value["historical_migration"], true, "{context}");
+    }
+    assert_eq!(fields, expected, "value fields: {context}");
     assert_eq!(
-        fields,
-        [
-            "data",
-            "distinct_id",
-            "event",
-            "ip",
-            "now",
-            "sent_at",
-            "timestamp",
-            "token",
-            "uuid"
-        ],
-        "value fields: {context}"
+        record
+            .headers
+            .get("historical_migration")
+            .map(String::as_str),
+        mode.historical.then_some("true"),
+        "{context}"
     );
     let distinct_id = event["distinct_id"]
         .as_str()
@@ -260,13 +271,16 @@ fn check_record(
         Some(format!("{TOKEN}:{distinct_id}").as_str()),
         "key: {context}"
     );
+    let millis = time(&value["timestamp"], "timestamp")
+        .timestamp_millis()
+        .to_string();
     for (header, expected) in [
         ("token", TOKEN),
         ("distinct_id", distinct_id),
         ("event", sent.name.as_str()),
         ("uuid", uuid),
         ("now", value["now"].as_str().expect("now")),
-        ("timestamp", value["timestamp"].as_str().expect("timestamp")),
+        ("timestamp", millis.as_str()),
     ] {
         assert_eq!(
             record.headers.get(header).map(String::as_str),

@@ -488,12 +488,14 @@ fn dedup_marker(event: &Candidate, dedup: bool) -> Option<Marker<'_>> {
     })
 }
 
-/// Moves an event to the overflow topic, unkeyed.
+/// Moves an event to the overflow topic, unkeyed (so without person
+/// processing, see [`crate::event::mark_personless`]).
 fn overflow(event: &mut Candidate, topics: &Topics) {
     if let Some(message) = &mut event.message {
         message.kind = DataType::Overflow;
         message.topic = Arc::clone(topics.topic(DataType::Overflow));
         message.key = None;
+        crate::event::mark_personless(message);
     }
 }
 
