@@ -193,7 +193,11 @@ pub fn analytics_candidates(
         candidate.verdict = verdict;
         events.push(candidate);
     }
-    Ok(Candidates { token, events })
+    Ok(Candidates {
+        token,
+        events,
+        retry: false,
+    })
 }
 
 /// The event's time from its `timestamp` and `offset`, corrected by the

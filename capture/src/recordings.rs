@@ -142,6 +142,7 @@ pub fn recording_candidates(
     Ok(Candidates {
         token,
         events: vec![Candidate::new(message, distinct_id, None)],
+        retry: false,
     })
 }
 

@@ -684,6 +684,7 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
         };
         let mut request =
             analytics_candidates(payload, &ctx).inspect_err(|err| refused(err, kept.len()))?;
+        request.retry = headers.attempt > 1;
         if let Some(err) = produce(inner, &mut request, &runtime, now)
             .await
             .inspect_err(|err| refused(err, request.not_produced()))?

@@ -128,6 +128,10 @@ pub struct Candidates {
     pub token: String,
     /// One per event, in request order.
     pub events: Vec<Candidate>,
+    /// The client says it sends these events again (v1's `PostHog-Attempt`
+    /// above 1): some may be in Kafka already, so deduplication is asked
+    /// before any quota known locally drops them.
+    pub retry: bool,
 }
 
 /// The v0 answer to a request whose events all have a final verdict and
@@ -231,6 +235,7 @@ mod tests {
         Candidates {
             token: "phc_t".into(),
             events,
+            retry: false,
         }
     }
 

@@ -1277,3 +1277,71 @@ fn a_redis_ca_file_is_checked_at_start() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no PEM certificate"), "{stderr}");
 }
+
+/// Posts a v1 batch of `events` (each `(name, uuid)`) as attempt `attempt`
+/// of request `request_id`; returns the status and the body.
+async fn post_v1(
+    node: &Node,
+    token: &str,
+    request_id: uuid::Uuid,
+    attempt: u32,
+    events: &[(&str, String)],
+) -> (u16, Value) {
+    let batch: Vec<Value> = events
+        .iter()
+        .map(|(name, uuid)| {
+            json!({"event": name, "uuid": uuid, "distinct_id": "u",
+                   "timestamp": chrono::Utc::now().to_rfc3339(), "properties": {}})
+        })
+        .collect();
+    let response = reqwest::Client::new()
+        .post(node.capture.url("/i/v1/analytics/events"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("PostHog-Sdk-Info", "posthog-python/7.91.1")
+        .header("PostHog-Attempt", attempt.to_string())
+        .header("PostHog-Request-Id", request_id.to_string())
+        .header("PostHog-Request-Timestamp", chrono::Utc::now().to_rfc3339())
+        .json(&json!({"created_at": chrono::Utc::now().to_rfc3339(), "batch": batch}))
+        .send()
+        .await
+        .expect("v1 request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// v1 with the Redis policies: an event over quota is `drop`
+/// `billing_limit_exceeded` while the others are `ok`, and a whole batch
+/// sent again (an SDK whose answer was lost retries it, same request id,
+/// next attempt) is answered `ok` throughout without producing anything
+/// twice: deduplication knows what was delivered.
+#[tokio::test]
+async fn v1_results_carry_quota_drops_and_a_resent_batch_is_produced_once() {
+    let (prefix, token) = (unique("p") + ":", unique("phc"));
+    set_events_limit(&shared().url(), &prefix, &token, 2, "1h");
+    let node = Node::start(&shared().url(), &prefix, &["--dedup"]);
+    let events: Vec<(&str, String)> = (0..3)
+        .map(|_| ("e", uuid::Uuid::now_v7().to_string()))
+        .collect();
+    let request_id = uuid::Uuid::new_v4();
+    let (status, body) = post_v1(&node, &token, request_id, 1, &events).await;
+    assert_eq!(status, 200, "{body}");
+    let results: Vec<&Value> = events.iter().map(|(_, u)| &body["results"][u]).collect();
+    assert_eq!(
+        results,
+        [
+            &json!({"result": "ok"}),
+            &json!({"result": "ok"}),
+            &json!({"result": "drop", "details": "billing_limit_exceeded"})
+        ]
+    );
+    assert_eq!(node.lines().len(), 2);
+
+    // The first two again, as attempt 2: delivered already, so ok and not
+    // produced again.
+    let (status, body) = post_v1(&node, &token, request_id, 2, &events[..2]).await;
+    assert_eq!(status, 200, "{body}");
+    for (_, uuid) in &events[..2] {
+        assert_eq!(body["results"][uuid], json!({"result": "ok"}), "{body}");
+    }
+    assert_eq!(node.lines().len(), 2, "nothing produced twice");
+}

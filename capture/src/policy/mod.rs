@@ -488,6 +488,22 @@ fn dedup_marker(event: &Candidate, dedup: bool) -> Option<Marker<'_>> {
     })
 }
 
+/// Drops the events still to produce whose type is `limited` (a quota
+/// known exhausted here, or a billing limit) as over quota.
+fn limit_locally(events: &mut [Candidate], limited: &[(QuotaType, QuotaAction)]) {
+    if limited.is_empty() {
+        return;
+    }
+    for event in events.iter_mut().filter(|e| e.verdict.produces()) {
+        let kind = quota_type(event.kind);
+        if limited.iter().any(|(k, _)| *k == kind) {
+            event.decide(Verdict::Limited(kind));
+            metrics::counter!(m::QUOTA_CHECKS, "event_type" => kind.as_str(), "source" => "local")
+                .increment(1);
+        }
+    }
+}
+
 /// Moves an event to the overflow topic, unkeyed (so without person
 /// processing, see [`crate::event::mark_personless`]).
 fn overflow(event: &mut Candidate, topics: &Topics) {
@@ -513,7 +529,15 @@ impl RedisPolicy {
             .rate
             .unwrap_or((settings.rate_limit, settings.rate_burst));
         let dedup_ttl = overrides.dedup_ttl.unwrap_or(settings.dedup_ttl);
-        let local_limited = self.local_limits(token, now);
+        let mut local_limited = self.local_limits(token, now);
+        let dedup = dedup_ttl.is_some();
+        // A retry may resend events already in Kafka: Redis tells those
+        // (duplicates, `ok`) before a quota known here drops the rest.
+        let deferred = if request.retry && dedup {
+            std::mem::take(&mut local_limited)
+        } else {
+            Vec::new()
+        };
         if !local_limited.is_empty() {
             for event in request.events.iter_mut().filter(|e| e.verdict.produces()) {
                 let kind = quota_type(event.kind);
@@ -529,7 +553,6 @@ impl RedisPolicy {
                 }
             }
         }
-        let dedup = dedup_ttl.is_some();
         let mut types: Vec<TypeCheck> = Vec::with_capacity(2);
         // The events Redis decides: those still to produce, in order.
         let mut events: Vec<CheckedEvent<'_>> = Vec::with_capacity(request.events.len());
@@ -579,8 +602,12 @@ impl RedisPolicy {
                 self.answered();
                 reply
             }
-            Ok(Err(err)) => return self.fail("error", &err.to_string()).map(|()| None),
+            Ok(Err(err)) => {
+                limit_locally(&mut request.events, &deferred);
+                return self.fail("error", &err.to_string()).map(|()| None);
+            }
             Err(_) => {
+                limit_locally(&mut request.events, &deferred);
                 return self
                     .fail("timeout", "no answer within --redis-timeout")
                     .map(|()| None);
@@ -646,6 +673,9 @@ impl RedisPolicy {
             };
             held_any |= event.held.any();
         }
+        // What Redis took for these is given back at the settle: they are
+        // not delivered.
+        limit_locally(&mut request.events, &deferred);
         let recheck = settings.quota_recheck;
         if !exhausted.is_empty() {
             let until = Instant::now();
@@ -863,6 +893,7 @@ mod tests {
                 .iter()
                 .map(|d| candidate(DataType::Events, d))
                 .collect(),
+            retry: false,
         };
         let reservation = check(&policy, &mut request).await;
         assert!(reservation.is_none(), "nothing held without redis");
@@ -896,6 +927,7 @@ mod tests {
                 Candidate::dropped(DataType::Events, "u".into(), "sample"),
                 candidate(DataType::Events, "u"),
             ],
+            retry: false,
         };
         check(&policy, &mut request).await;
         assert_eq!(request.events[0].verdict, Verdict::Dropped("sample"));
