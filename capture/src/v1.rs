@@ -478,7 +478,9 @@ pub fn result_of(verdict: Verdict) -> Outcome {
         Verdict::Dropped(crate::process::EVENT_TOO_BIG) => {
             Outcome::Drop(crate::process::EVENT_TOO_BIG.into())
         }
-        Verdict::Dropped("restrictions") => Outcome::Drop("event_restriction_drop".into()),
+        Verdict::Dropped(crate::plugins::RESTRICTION) => {
+            Outcome::Drop("event_restriction_drop".into())
+        }
         Verdict::Dropped(plugin) => Outcome::Drop(format!("dropped_by_plugin:{plugin}").into()),
         Verdict::Limited(_) => Outcome::Drop("billing_limit_exceeded".into()),
         Verdict::Failed => Outcome::Retry("not_persisted"),
@@ -815,7 +817,7 @@ mod tests {
         );
         assert!(!render(&[(ids[0], Outcome::Ok)]).1);
         assert_eq!(
-            result_of(Verdict::Dropped("restrictions")),
+            result_of(Verdict::Dropped(crate::plugins::RESTRICTION)),
             Outcome::Drop("event_restriction_drop".into())
         );
         assert_eq!(

@@ -386,3 +386,64 @@ async fn kafka_refusing_part_of_a_batch_gets_retry_for_that_part_only() {
     assert_eq!(produced.len(), 1);
     assert_eq!(&*produced[0].topic, "exceptions");
 }
+
+/// The runtime config's restrictions and plugins give their verdicts as
+/// results: dropped by a restriction or a plugin (named), moved to the
+/// overflow topic (`ok`, produced without a key and so without person
+/// processing).
+#[tokio::test]
+async fn restrictions_and_plugins_answer_with_their_reasons() {
+    let document = "version: 1
+restrictions:
+  - {action: drop, events: [blocked]}
+  - {action: forceOverflow, distinctIds: [hot-user]}
+plugins:
+  - drop: {events: [$feature_flag_called]}
+";
+    let config = capture::runtime_config::parse(document).expect("runtime config");
+    let live = capture::live::Live::new(capture::live::Applied::new(config, &Topics::default()));
+    let sink = Arc::new(MemorySink::default());
+    let router = app(AppState::new(
+        sink.clone(),
+        Arc::new(SystemClock),
+        Topics::default(),
+        Limits::default(),
+    )
+    .with_live(Arc::new(live)));
+    let events = [
+        event("blocked", json!({})),
+        event("$feature_flag_called", json!({})),
+        event("click", json!({"distinct_id": "hot-user"})),
+        event("kept", json!({})),
+    ];
+    let reply = send(
+        &router,
+        &sdk_headers(Uuid::new_v4(), 1),
+        batch(&events).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let results: Vec<Value> = events.iter().map(|e| result(&reply, e)).collect();
+    assert_eq!(
+        results,
+        [
+            json!({"result": "drop", "details": "event_restriction_drop"}),
+            json!({"result": "drop", "details": "dropped_by_plugin:drop"}),
+            json!({"result": "ok"}),
+            json!({"result": "ok"}),
+        ]
+    );
+    let produced = sink.take();
+    assert_eq!(produced.len(), 2);
+    assert_eq!(&*produced[0].topic, "events_plugin_ingestion_overflow");
+    assert_eq!(produced[0].key, None);
+    assert!(
+        produced[0]
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "force_disable_person_processing" && v == "true"),
+        "{:?}",
+        produced[0].headers
+    );
+    assert_eq!(&*produced[1].topic, "clickhouse_events");
+}

@@ -209,6 +209,9 @@ pub struct Pipeline {
 /// `restriction`.
 pub type By = &'static str;
 
+/// [`By`] for the runtime config's restrictions.
+pub const RESTRICTION: By = "restriction";
+
 impl Pipeline {
     /// The pipeline of `config` (validated).
     pub fn new(config: &RuntimeConfig) -> Self {
@@ -228,7 +231,7 @@ impl Pipeline {
     pub fn run(&self, event: &mut Event<'_, '_>) -> (Verdict, By) {
         let verdict = self.restrictions.apply(event);
         if verdict != Verdict::Keep {
-            return (verdict, "restriction");
+            return (verdict, RESTRICTION);
         }
         for plugin in &self.plugins {
             let verdict = plugin.process(event);
