@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import urllib.parse
+import zlib
 from pathlib import Path
 
 FUZZ = Path(__file__).resolve().parent
@@ -162,6 +163,37 @@ def seed_bodies(fixtures):
             save("parse", b"\xff" + json.dumps(batch).encode())
             save("parse", b"\x01" + json.dumps(events).encode())
             save("lzstring", lz_compress_to_base64(json.dumps(events)))
+            for encoding, body in v1_bodies(events):
+                save("v1", bytes([encoding]) + body)
+
+
+def v1_bodies(events):
+    """The events as a v1 batch (as posthog-python's v1 mode shapes them),
+    plain, gzipped, zlib-deflated and, with zstandard at hand, zstd: the
+    first byte picks the encoding in fuzz_targets/v1.rs."""
+    batch = []
+    for i, event in enumerate(events):
+        properties = dict(event.get("properties") or {})
+        session = properties.pop("$session_id", None)
+        batch.append({
+            "event": event.get("event", ""),
+            "uuid": event.get("uuid") or f"0190b0e1-0000-7000-8000-{i:012d}",
+            "distinct_id": str(event.get("distinct_id") or properties.get("distinct_id") or "seed"),
+            "timestamp": event.get("timestamp") or "2023-09-15T09:15:05Z",
+            "session_id": session if isinstance(session, str) else None,
+            "options": {"process_person_profile": i % 2 == 0},
+            "properties": properties,
+        })
+    text = json.dumps({"created_at": "2023-09-15T09:15:05Z", "batch": batch}).encode()
+    yield 0, text
+    yield 1, gzip.compress(text)
+    yield 2, zlib.compress(text)
+    try:
+        import zstandard
+
+        yield 3, zstandard.ZstdCompressor().compress(text)
+    except ImportError:
+        pass
 
 
 def seed_others():

@@ -75,6 +75,7 @@ fn main() {
         max_message_bytes: 1 << 20,
         dedup_ids: false,
         runtime: capture::live::Applied::empty(),
+        historical_after: None,
     };
     let requests = (count / 100).max(1);
     for (what, build) in [

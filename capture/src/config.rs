@@ -450,6 +450,18 @@ pub struct TopicsConfig {
         default_value = "events_plugin_ingestion_overflow"
     )]
     pub overflow_topic: String,
+    /// `$$heatmap` events.
+    #[arg(
+        long,
+        env = "CAPTURE_HEATMAPS_TOPIC",
+        default_value = "heatmaps_ingestion"
+    )]
+    pub heatmaps_topic: String,
+    /// Analytics events whose time (after skew correction) is older than
+    /// this go to the historical topic, as PostHog's historical rerouting
+    /// does (`1d` there); unset: only `historical_migration` batches do.
+    #[arg(long, env = "CAPTURE_HISTORICAL_AFTER", value_parser = humantime::parse_duration)]
+    pub historical_after: Option<Duration>,
 }
 
 /// Size and shape limits on requests.
@@ -741,6 +753,7 @@ impl Config {
             client_warnings: t.client_warnings_topic.as_str().into(),
             exceptions: t.exceptions_topic.as_str().into(),
             overflow: t.overflow_topic.as_str().into(),
+            heatmaps: t.heatmaps_topic.as_str().into(),
         }
     }
 

@@ -57,6 +57,7 @@ impl Applied {
             client_warnings: pick(&routing.client_warnings, &base.client_warnings),
             exceptions: pick(&routing.exceptions, &base.exceptions),
             overflow: pick(&routing.overflow, &base.overflow),
+            heatmaps: pick(&routing.heatmaps, &base.heatmaps),
         };
         Applied {
             hash: config.hash(),

@@ -80,6 +80,9 @@ pub struct RequestContext<'a> {
     pub dedup_ids: bool,
     /// The runtime config in force for this request.
     pub runtime: &'a crate::live::Applied,
+    /// Analytics events older than this go to the historical topic
+    /// (`--historical-after`).
+    pub historical_after: Option<chrono::Duration>,
 }
 
 /// Builds one candidate per analytics event of the payload: its message,
@@ -108,7 +111,7 @@ pub fn analytics_candidates(
         // PostHog's ingestion reads the team from `data` before the token:
         // a client must not pick another team's.
         let data = if fields.team_id.is_some() {
-            Cow::Owned(without_field(&data, "team_id").map_err(invalid)?)
+            Cow::Owned(without_fields(&data, &["team_id"]).map_err(invalid)?)
         } else {
             data
         };
@@ -117,6 +120,9 @@ pub fn analytics_candidates(
         let flag = |raw: Option<&RawValue>| raw.and_then(as_bool) == Some(true);
         let ts = event_time(fields, sent_at, flag(properties.ignore_sent_at), ctx.now);
         let mut kind = DataType::for_event(&name, payload.historical_migration);
+        if kind == DataType::Events && ctx.historical_after.is_some_and(|age| ts < ctx.now - age) {
+            kind = DataType::Historical;
+        }
         let mut topic = Arc::clone(ctx.topics.topic(kind));
         let mut keyed = true;
         let mut verdict = Verdict::Accepted;
@@ -255,9 +261,9 @@ fn named_identify(raw: &str) -> Result<String, String> {
     serde_json::to_string(&event).map_err(|err| err.to_string())
 }
 
-/// The event object `raw` without its top-level `field` (every copy of
-/// it); the other members keep their text and order.
-fn without_field(raw: &str, field: &str) -> Result<String, String> {
+/// The JSON object `raw` without its top-level members named in `fields`
+/// (every copy of each); the other members keep their text and order.
+pub fn without_fields(raw: &str, fields: &[&str]) -> Result<String, String> {
     struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
     impl<'de> serde::Deserialize<'de> for Members<'de> {
         fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -284,7 +290,7 @@ fn without_field(raw: &str, field: &str) -> Result<String, String> {
     let Members(members) = serde_json::from_str(raw).map_err(|err| err.to_string())?;
     let mut out = String::with_capacity(raw.len());
     out.push('{');
-    for (key, value) in members.iter().filter(|(key, _)| key != field) {
+    for (key, value) in members.iter().filter(|(key, _)| !fields.contains(&&**key)) {
         if out.len() > 1 {
             out.push(',');
         }
@@ -348,6 +354,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             dedup_ids: true,
             runtime: crate::live::Applied::empty(),
+            historical_after: None,
         }
     }
 
@@ -376,6 +383,7 @@ mod tests {
                 {"event": "$pageview", "distinct_id": "u1"},
                 {"event": "$exception", "distinct_id": "u1"},
                 {"event": "$$client_ingestion_warning", "distinct_id": "u1"},
+                {"event": "$$heatmap", "distinct_id": "u1"},
             ]}),
             Endpoint::Batch,
         )
@@ -383,8 +391,14 @@ mod tests {
         let topics: Vec<_> = messages.iter().map(|m| m.topic.to_string()).collect();
         assert_eq!(
             topics,
-            ["clickhouse_events", "exceptions", "client_warnings"]
+            [
+                "clickhouse_events",
+                "exceptions",
+                "client_warnings",
+                "heatmaps_ingestion"
+            ]
         );
+        assert_eq!(messages[3].key.as_deref(), Some("phc_t:u1"));
         assert_eq!(messages[0].key.as_deref(), Some("phc_t:u1"));
     }
 
@@ -503,7 +517,7 @@ mod tests {
         );
         let text = r#"{"n":12345678901234567890123, "team_id":2,"s":"\u00e9","team_id":3}"#;
         assert_eq!(
-            without_field(text, "team_id").expect("object"),
+            without_fields(text, &["team_id"]).expect("object"),
             r#"{"n":12345678901234567890123,"s":"\u00e9"}"#
         );
     }
@@ -561,6 +575,36 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(&*messages[0].topic, "historical_events");
+    }
+
+    #[test]
+    fn old_events_go_to_the_historical_topic_when_asked() {
+        let topics = Topics::default();
+        let body = json!({"api_key": "phc_t", "batch": [
+            {"event": "old", "distinct_id": "u", "timestamp": "2023-12-30T11:59:59Z"},
+            {"event": "recent", "distinct_id": "u", "timestamp": "2024-01-01T11:00:00Z"},
+            {"event": "$exception", "distinct_id": "u", "timestamp": "2023-01-01T00:00:00Z"},
+        ]})
+        .to_string();
+        let routed = |after: Option<chrono::Duration>| -> Vec<String> {
+            let ctx = RequestContext {
+                historical_after: after,
+                ..ctx(&topics, Endpoint::Batch)
+            };
+            messages(analytics_candidates(parse(&body).expect("parse"), &ctx).expect("valid"))
+                .iter()
+                .map(|m| m.topic.to_string())
+                .collect()
+        };
+        assert_eq!(
+            routed(Some(chrono::Duration::days(1))),
+            ["historical_events", "clickhouse_events", "exceptions"],
+            "older than a day: historical; exceptions keep their topic"
+        );
+        assert_eq!(
+            routed(None),
+            ["clickhouse_events", "clickhouse_events", "exceptions"]
+        );
     }
 
     #[test]

@@ -188,6 +188,7 @@ mod tests {
             max_message_bytes,
             dedup_ids: false,
             runtime: crate::live::Applied::empty(),
+            historical_after: None,
         };
         let mut candidates = recording_candidates(parse(&body.to_string())?, &ctx)?;
         Ok(candidates

@@ -21,6 +21,8 @@ pub enum DataType {
     Recordings,
     /// Events rerouted away from a hot partition key.
     Overflow,
+    /// `$$heatmap` events (posthog-js's batched heatmap data).
+    Heatmaps,
 }
 
 impl DataType {
@@ -29,6 +31,7 @@ impl DataType {
         match (name, historical) {
             ("$$client_ingestion_warning", _) => DataType::ClientWarnings,
             ("$exception", _) => DataType::Exceptions,
+            ("$$heatmap", _) => DataType::Heatmaps,
             (_, true) => DataType::Historical,
             (_, false) => DataType::Events,
         }
@@ -43,6 +46,7 @@ impl DataType {
             DataType::ClientWarnings => "client_warnings",
             DataType::Recordings => "recordings",
             DataType::Overflow => "overflow",
+            DataType::Heatmaps => "heatmaps",
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Topics {
     pub exceptions: Arc<str>,
     /// Overflow for hot keys.
     pub overflow: Arc<str>,
+    /// Heatmaps.
+    pub heatmaps: Arc<str>,
 }
 
 impl Topics {
@@ -74,11 +80,12 @@ impl Topics {
             DataType::ClientWarnings => &self.client_warnings,
             DataType::Recordings => &self.recordings,
             DataType::Overflow => &self.overflow,
+            DataType::Heatmaps => &self.heatmaps,
         }
     }
 
     /// Every configured topic, for creating them at start.
-    pub fn all(&self) -> [&Arc<str>; 6] {
+    pub fn all(&self) -> [&Arc<str>; 7] {
         [
             &self.events,
             &self.recordings,
@@ -86,6 +93,7 @@ impl Topics {
             &self.client_warnings,
             &self.exceptions,
             &self.overflow,
+            &self.heatmaps,
         ]
     }
 }
@@ -99,6 +107,8 @@ impl Default for Topics {
             client_warnings: "client_warnings".into(),
             exceptions: "exceptions".into(),
             overflow: "events_plugin_ingestion_overflow".into(),
+            // PostHog's name: the design document lists no heatmaps topic.
+            heatmaps: "heatmaps_ingestion".into(),
         }
     }
 }
@@ -118,6 +128,7 @@ mod tests {
             DataType::ClientWarnings
         );
         assert_eq!(DataType::for_event("$pageview", true), DataType::Historical);
+        assert_eq!(DataType::for_event("$$heatmap", true), DataType::Heatmaps);
         assert_eq!(DataType::for_event("$pageview", false), DataType::Events);
     }
 
@@ -127,7 +138,7 @@ mod tests {
         let mut names: Vec<_> = topics.all().iter().map(|t| t.to_string()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 6);
+        assert_eq!(names.len(), 7);
         assert_eq!(&**topics.topic(DataType::Events), "clickhouse_events");
     }
 }

@@ -139,6 +139,8 @@ struct Inner {
     budget: MemoryBudget,
     /// One permit per request being handled (`--max-requests-in-flight`).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// `--historical-after`.
+    historical_after: Option<chrono::Duration>,
 }
 
 /// Requests handled at once unless configured otherwise.
@@ -163,7 +165,15 @@ impl AppState {
                 Duration::from_secs(1),
             ),
             in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
+            historical_after: None,
         }))
+    }
+
+    /// Sends analytics events older than `age` to the historical topic.
+    /// Call before cloning the state.
+    pub fn with_historical_after(self, age: Option<Duration>) -> Self {
+        let age = age.and_then(|age| chrono::Duration::from_std(age).ok());
+        self.edit(|inner| inner.historical_after = age)
     }
 
     /// Handles at most `max` requests at once; more get 503. Call before
@@ -452,6 +462,7 @@ async fn handle(
         max_message_bytes: inner.limits.max_message_bytes,
         dedup_ids: inner.policy.dedups(&runtime.overrides),
         runtime: &runtime,
+        historical_after: inner.historical_after,
     };
     // A refused request: its events count as dropped, and its signature
     // may be sent again.
@@ -675,6 +686,7 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
             max_message_bytes: inner.limits.max_message_bytes,
             dedup_ids: inner.policy.dedups(&runtime.overrides),
             runtime: &runtime,
+            historical_after: inner.historical_after,
         };
         let refused = |err: &CaptureError, dropped: usize| {
             metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);

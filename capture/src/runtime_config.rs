@@ -349,6 +349,9 @@ pub struct Routing {
     /// Overflowed events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<String>,
+    /// `$$heatmap` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heatmaps: Option<String>,
 }
 
 impl Routing {
@@ -356,7 +359,7 @@ impl Routing {
         self == &Routing::default()
     }
 
-    fn entries(&self) -> [(&'static str, &Option<String>); 6] {
+    fn entries(&self) -> [(&'static str, &Option<String>); 7] {
         [
             ("events", &self.events),
             ("historical", &self.historical),
@@ -364,6 +367,7 @@ impl Routing {
             ("clientWarnings", &self.client_warnings),
             ("recordings", &self.recordings),
             ("overflow", &self.overflow),
+            ("heatmaps", &self.heatmaps),
         ]
     }
 }

@@ -194,7 +194,8 @@ pub async fn run(
         request_budget,
         config.memory.memory_wait,
     ))
-    .with_max_in_flight(config.http.max_requests_in_flight.get() as usize);
+    .with_max_in_flight(config.http.max_requests_in_flight.get() as usize)
+    .with_historical_after(config.topics.historical_after);
     tracing::info!(
         memory_limit_mib = config.memory.limit() >> 20,
         request_budget_mib = request_budget >> 20,

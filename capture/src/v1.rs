@@ -290,6 +290,12 @@ pub fn check(
             });
         }
         let outcome = match v0_text(event, uuid, lib) {
+            // What the shared pipeline reads of it must read: a key it
+            // reads (`distinct_id`, `$lib`, ...) given twice in the
+            // properties drops this event, not the whole batch.
+            Ok(text) if serde_json::from_str::<crate::parse::EventFields<'_>>(&text).is_err() => {
+                Checked::Drop("malformed_event_properties")
+            }
             Ok(text) => Checked::Keep(text),
             Err(details) => Checked::Drop(details),
         };
@@ -334,6 +340,50 @@ fn v0_text(
     };
     let options = Options::read(event.options).ok_or("invalid_options")?;
 
+    // What is appended to the properties, each value as JSON text.
+    let mut appended: Vec<(&'static str, String)> = Vec::with_capacity(8);
+    let mut string = |key: &'static str, value: &str| {
+        let mut json = String::with_capacity(value.len() + 2);
+        push_json_str(&mut json, value);
+        appended.push((key, json));
+    };
+    if let Some(id) = &event.session_id {
+        string("$session_id", id);
+    }
+    if let Some(id) = &event.window_id {
+        string("$window_id", id);
+    }
+    if let Some(id) = &options.product_tour_id {
+        string("$product_tour_id", id);
+    }
+    if let Some((name, version)) = lib {
+        string("$lib", name);
+        string("$lib_version", version);
+    }
+    for (key, on) in [
+        ("$cookieless_mode", options.cookieless_mode),
+        ("$ignore_sent_at", options.disable_skew_correction),
+        ("$process_person_profile", options.process_person_profile),
+    ] {
+        if let Some(on) = on {
+            appended.push((key, on.to_string()));
+        }
+    }
+    // A key given both ways keeps one copy, the appended one: readers that
+    // refuse a repeated key (capture's own among them) read the event too.
+    let inside: Cow<'_, str> = if appended
+        .iter()
+        .any(|(key, _)| inside.contains(&format!("\"{key}\"")))
+    {
+        let keys: Vec<&str> = appended.iter().map(|(key, _)| *key).collect();
+        let Ok(kept) = crate::process::without_fields(properties, &keys) else {
+            return Err("malformed_event_properties");
+        };
+        Cow::Owned(kept[1..kept.len() - 1].to_owned())
+    } else {
+        Cow::Borrowed(inside)
+    };
+
     let mut text = String::with_capacity(properties.len() + 256);
     text.push_str("{\"event\":");
     push_json_str(&mut text, name);
@@ -342,43 +392,16 @@ fn v0_text(
     let _ = write!(text, ",\"uuid\":\"{uuid}\",\"timestamp\":");
     push_json_str(&mut text, event.timestamp.trim());
     text.push_str(",\"properties\":{");
-    text.push_str(inside);
+    text.push_str(&inside);
     let mut first = inside.trim().is_empty();
-    let mut add = |text: &mut String, key: &str, value: &dyn Fn(&mut String)| {
+    for (key, value) in &appended {
         if !first {
             text.push(',');
         }
         first = false;
-        push_json_str(text, key);
+        push_json_str(&mut text, key);
         text.push(':');
-        value(text);
-    };
-    let string = |s: &str| {
-        let s = s.to_owned();
-        move |t: &mut String| push_json_str(t, &s)
-    };
-    let boolean = |b: bool| move |t: &mut String| t.push_str(if b { "true" } else { "false" });
-    if let Some(id) = &event.session_id {
-        add(&mut text, "$session_id", &string(id));
-    }
-    if let Some(id) = &event.window_id {
-        add(&mut text, "$window_id", &string(id));
-    }
-    if let Some(on) = options.cookieless_mode {
-        add(&mut text, "$cookieless_mode", &boolean(on));
-    }
-    if let Some(on) = options.disable_skew_correction {
-        add(&mut text, "$ignore_sent_at", &boolean(on));
-    }
-    if let Some(id) = &options.product_tour_id {
-        add(&mut text, "$product_tour_id", &string(id));
-    }
-    if let Some(on) = options.process_person_profile {
-        add(&mut text, "$process_person_profile", &boolean(on));
-    }
-    if let Some((name, version)) = lib {
-        add(&mut text, "$lib", &string(name));
-        add(&mut text, "$lib_version", &string(version));
+        text.push_str(value);
     }
     text.push_str("}}");
     Ok(text)
@@ -730,6 +753,21 @@ mod tests {
                    "$process_person_profile": false, "$lib": "posthog-python",
                    "$lib_version": "7.91.1"})
         );
+        // Keys the properties already have are kept once, as appended.
+        let text = batch_of(json!([event(json!({
+            "session_id": "s2",
+            "properties": {"$lib": "old", "$session_id": "s0", "a": 1, "$lib": "older"}
+        }))]));
+        let checked = check(&parse(&text).expect("parse"), Some(&lib)).expect("valid");
+        let Checked::Keep(v0) = &checked[0].1 else {
+            panic!("kept")
+        };
+        assert_eq!(v0.matches("\"$lib\"").count(), 1, "one $lib: {v0}");
+        let v0: Value = serde_json::from_str(v0).expect("JSON");
+        assert_eq!(
+            v0["properties"],
+            json!({"a": 1, "$session_id": "s2", "$lib": "posthog-python", "$lib_version": "7.91.1"})
+        );
         // No properties and no options: only `$lib` is added.
         let text = batch_of(json!([event(json!({}))]));
         let checked = check(&parse(&text).expect("parse"), Some(&lib)).expect("valid");
@@ -757,7 +795,13 @@ mod tests {
             event(json!({"options": "yes"})),
             event(json!({"options": {"cookieless_mode": "maybe"}})),
             event(json!({"options": null, "properties": {}})),
-        ]));
+        ]))
+        // A key capture reads, twice in the properties (a fuzzing find:
+        // it refused the whole batch).
+        .replace(
+            r#""properties":{}"#,
+            r#""properties":{"distinct_id":"a","distinct_id":"b"}"#,
+        );
         let checked = check(&parse(&text).expect("parse"), None).expect("valid");
         let details: Vec<&str> = checked
             .iter()
@@ -779,7 +823,7 @@ mod tests {
                 "kept",
                 "invalid_options",
                 "invalid_options",
-                "kept"
+                "malformed_event_properties"
             ]
         );
 

@@ -81,7 +81,9 @@ fn event(name: &str, extra: Value) -> Value {
         "distinct_id": "user-1",
         "timestamp": chrono::Utc::now().to_rfc3339(),
         "options": {},
-        "properties": {"$current_url": "https://example.com", "$set": {"plan": "pro"}},
+        // A `$lib` of its own, as some clients leave it: the header's wins
+        // (a fuzzing find: appended twice, the event was refused).
+        "properties": {"$current_url": "https://example.com", "$set": {"plan": "pro"}, "$lib": "stale"},
     });
     for (key, value) in extra.as_object().expect("object") {
         event[key] = value.clone();

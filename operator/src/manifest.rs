@@ -104,7 +104,7 @@ fn metadata(cd: &CaptureDeployment) -> ObjectMeta {
 }
 
 /// The topic names, by capture's data type, defaults from capture itself.
-pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &TopicSpec); 6] {
+pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &TopicSpec); 7] {
     let defaults = capture::route::Topics::default();
     let t = &spec.kafka.topics;
     let name =
@@ -135,6 +135,11 @@ pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &Top
             "OVERFLOW",
             name(&t.overflow, &defaults.overflow),
             &t.overflow,
+        ),
+        (
+            "HEATMAPS",
+            name(&t.heatmaps, &defaults.heatmaps),
+            &t.heatmaps,
         ),
     ]
 }

@@ -51,10 +51,11 @@ pub struct Topics {
     pub client_warnings: String,
     pub exceptions: String,
     pub overflow: String,
+    pub heatmaps: String,
 }
 
 impl Topics {
-    /// Creates the six topics on the shared broker with `partitions` each.
+    /// Creates the seven topics on the shared broker with `partitions` each.
     pub async fn create(partitions: i32) -> Topics {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let topics = Topics {
@@ -64,12 +65,13 @@ impl Topics {
             client_warnings: format!("warnings-{id}"),
             exceptions: format!("exceptions-{id}"),
             overflow: format!("overflow-{id}"),
+            heatmaps: format!("heatmaps-{id}"),
         };
         create_topics(&topics.names(), partitions).await;
         topics
     }
 
-    pub fn names(&self) -> [&str; 6] {
+    pub fn names(&self) -> [&str; 7] {
         [
             &self.events,
             &self.recordings,
@@ -77,6 +79,7 @@ impl Topics {
             &self.client_warnings,
             &self.exceptions,
             &self.overflow,
+            &self.heatmaps,
         ]
     }
 
@@ -89,6 +92,7 @@ impl Topics {
             ("--client-warnings-topic", &self.client_warnings),
             ("--exceptions-topic", &self.exceptions),
             ("--overflow-topic", &self.overflow),
+            ("--heatmaps-topic", &self.heatmaps),
         ]
         .into_iter()
         .flat_map(|(flag, name)| [flag.to_owned(), name.clone()])

@@ -304,6 +304,9 @@ pub struct TopicsSpec {
     /// Overflow for hot keys (`events_plugin_ingestion_overflow`).
     #[serde(default)]
     pub overflow: TopicSpec,
+    /// `$$heatmap` events (`heatmaps_ingestion`).
+    #[serde(default)]
+    pub heatmaps: TopicSpec,
 }
 
 /// One Kafka topic.
