@@ -457,6 +457,14 @@ pub struct TopicsConfig {
         default_value = "heatmaps_ingestion"
     )]
     pub heatmaps_topic: String,
+    /// Events a restriction sends to the dead-letter route
+    /// (`redirectToDlq`).
+    #[arg(
+        long,
+        env = "CAPTURE_DLQ_TOPIC",
+        default_value = "events_plugin_ingestion_dlq"
+    )]
+    pub dlq_topic: String,
     /// Analytics events whose time (after skew correction) is older than
     /// this go to the historical topic, as PostHog's historical rerouting
     /// does (`1d` there); unset: only `historical_migration` batches do.
@@ -754,6 +762,7 @@ impl Config {
             exceptions: t.exceptions_topic.as_str().into(),
             overflow: t.overflow_topic.as_str().into(),
             heatmaps: t.heatmaps_topic.as_str().into(),
+            dlq: t.dlq_topic.as_str().into(),
         }
     }
 

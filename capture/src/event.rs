@@ -36,6 +36,12 @@ pub mod header {
     /// (overflow): their person updates may land on any partition, so
     /// ingestion must not process persons for them. Absent otherwise.
     pub const FORCE_DISABLE_PERSON_PROCESSING: &str = "force_disable_person_processing";
+    /// Why an event is on the dead-letter topic (`event_restriction`).
+    pub const DLQ_REASON: &str = "dlq_reason";
+    /// Which step sent it there (`capture`).
+    pub const DLQ_STEP: &str = "dlq_step";
+    /// When (RFC 3339, milliseconds, `Z`).
+    pub const DLQ_TIMESTAMP: &str = "dlq_timestamp";
 }
 
 /// Adds `force_disable_person_processing: true` to an unkeyed analytics

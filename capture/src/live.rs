@@ -58,6 +58,7 @@ impl Applied {
             exceptions: pick(&routing.exceptions, &base.exceptions),
             overflow: pick(&routing.overflow, &base.overflow),
             heatmaps: pick(&routing.heatmaps, &base.heatmaps),
+            dlq: pick(&routing.dlq, &base.dlq),
         };
         Applied {
             hash: config.hash(),

@@ -131,6 +131,7 @@ pub fn analytics_candidates(
             data
         } else {
             let mut event = Event::new(&token, &name, &distinct_id, &mut ip, data);
+            event.uuid = Some(uuid);
             let (decision, by) = ctx.runtime.pipeline.run(&mut event);
             let data = event.into_body();
             let dropped = decision == plugins::Verdict::Drop;
@@ -148,6 +149,12 @@ pub fn analytics_candidates(
                     topic = to;
                     verdict = Verdict::Rerouted;
                     Some("redirect")
+                }
+                plugins::Verdict::DeadLetter => {
+                    kind = DataType::DeadLetter;
+                    topic = Arc::clone(&ctx.topics.dlq);
+                    verdict = Verdict::Rerouted;
+                    Some("dead_letter")
                 }
             };
             if let Some(label) = label {
@@ -186,7 +193,16 @@ pub fn analytics_candidates(
             timestamp_millis: ts.timestamp_millis(),
         };
         let key = keyed.then(|| captured.key());
-        let message = captured.into_message(kind, topic, key);
+        let mut message = captured.into_message(kind, topic, key);
+        if kind == DataType::DeadLetter {
+            use crate::event::header;
+            let now = ctx.now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            message.headers.extend([
+                (header::DLQ_REASON, "event_restriction".to_owned()),
+                (header::DLQ_STEP, "capture".to_owned()),
+                (header::DLQ_TIMESTAMP, now),
+            ]);
+        }
         if let Err(err) = check_size(&message, ctx.max_message_bytes) {
             // v1 answers per event: this one is dropped, the others go on.
             if ctx.endpoint != Endpoint::V1 {

@@ -23,6 +23,8 @@ pub enum DataType {
     Overflow,
     /// `$$heatmap` events (posthog-js's batched heatmap data).
     Heatmaps,
+    /// Events a restriction sends to the dead-letter topic.
+    DeadLetter,
 }
 
 impl DataType {
@@ -47,6 +49,7 @@ impl DataType {
             DataType::Recordings => "recordings",
             DataType::Overflow => "overflow",
             DataType::Heatmaps => "heatmaps",
+            DataType::DeadLetter => "dead_letter",
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct Topics {
     pub overflow: Arc<str>,
     /// Heatmaps.
     pub heatmaps: Arc<str>,
+    /// The dead-letter route of restrictions.
+    pub dlq: Arc<str>,
 }
 
 impl Topics {
@@ -81,11 +86,12 @@ impl Topics {
             DataType::Recordings => &self.recordings,
             DataType::Overflow => &self.overflow,
             DataType::Heatmaps => &self.heatmaps,
+            DataType::DeadLetter => &self.dlq,
         }
     }
 
     /// Every configured topic, for creating them at start.
-    pub fn all(&self) -> [&Arc<str>; 7] {
+    pub fn all(&self) -> [&Arc<str>; 8] {
         [
             &self.events,
             &self.recordings,
@@ -94,6 +100,7 @@ impl Topics {
             &self.exceptions,
             &self.overflow,
             &self.heatmaps,
+            &self.dlq,
         ]
     }
 }
@@ -109,6 +116,8 @@ impl Default for Topics {
             overflow: "events_plugin_ingestion_overflow".into(),
             // PostHog's name: the design document lists no heatmaps topic.
             heatmaps: "heatmaps_ingestion".into(),
+            // PostHog's name, likewise.
+            dlq: "events_plugin_ingestion_dlq".into(),
         }
     }
 }
@@ -138,7 +147,7 @@ mod tests {
         let mut names: Vec<_> = topics.all().iter().map(|t| t.to_string()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 7);
+        assert_eq!(names.len(), 8);
         assert_eq!(&**topics.topic(DataType::Events), "clickhouse_events");
     }
 }

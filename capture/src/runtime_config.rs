@@ -124,6 +124,8 @@ pub enum RestrictionAction {
     SkipPersonProcessing,
     /// Send them to `topic` instead.
     Redirect,
+    /// Send them to the dead-letter topic, with headers saying why.
+    RedirectToDlq,
 }
 
 /// An event restriction, as PostHog has them: events of the listed tokens,
@@ -136,8 +138,8 @@ pub enum RestrictionAction {
         "message": "a restriction has a topic exactly when its action is redirect",
     },
     {
-        "rule": "has(self.tokens) || has(self.events) || has(self.distinctIds)",
-        "message": "a restriction needs at least one of tokens, events or distinctIds",
+        "rule": "has(self.tokens) || has(self.events) || has(self.distinctIds) || has(self.sessionIds) || has(self.eventUuids)",
+        "message": "a restriction needs at least one of tokens, events, distinctIds, sessionIds or eventUuids",
     },
 ]))]
 pub struct Restriction {
@@ -152,6 +154,12 @@ pub struct Restriction {
     /// Distinct ids it applies to (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub distinct_ids: Vec<String>,
+    /// Session ids (`$session_id`) it applies to (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub session_ids: Vec<String>,
+    /// Event uuids it applies to (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_uuids: Vec<String>,
     /// Target topic of `redirect` (and only of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
@@ -352,6 +360,9 @@ pub struct Routing {
     /// `$$heatmap` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heatmaps: Option<String>,
+    /// The dead-letter route of restrictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq: Option<String>,
 }
 
 impl Routing {
@@ -359,7 +370,7 @@ impl Routing {
         self == &Routing::default()
     }
 
-    fn entries(&self) -> [(&'static str, &Option<String>); 7] {
+    fn entries(&self) -> [(&'static str, &Option<String>); 8] {
         [
             ("events", &self.events),
             ("historical", &self.historical),
@@ -368,6 +379,7 @@ impl Routing {
             ("recordings", &self.recordings),
             ("overflow", &self.overflow),
             ("heatmaps", &self.heatmaps),
+            ("dlq", &self.dlq),
         ]
     }
 }
@@ -523,11 +535,21 @@ impl RuntimeConfig {
             if restriction.tokens.is_empty()
                 && restriction.events.is_empty()
                 && restriction.distinct_ids.is_empty()
+                && restriction.session_ids.is_empty()
+                && restriction.event_uuids.is_empty()
             {
                 return Err(invalid(
                     field,
-                    "give at least one of tokens, events or distinctIds: a restriction matching every event is almost certainly a mistake",
+                    "give at least one of tokens, events, distinctIds, sessionIds or eventUuids: a restriction matching every event is almost certainly a mistake",
                 ));
+            }
+            for (j, id) in restriction.event_uuids.iter().enumerate() {
+                if uuid::Uuid::parse_str(id).is_err() {
+                    return Err(invalid(
+                        format!("{field}.eventUuids[{j}]"),
+                        "a UUID (8-4-4-4-12 hex digits)",
+                    ));
+                }
             }
             match (restriction.action, &restriction.topic) {
                 (RestrictionAction::Redirect, None) => {

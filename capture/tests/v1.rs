@@ -392,13 +392,14 @@ async fn kafka_refusing_part_of_a_batch_gets_retry_for_that_part_only() {
 /// The runtime config's restrictions and plugins give their verdicts as
 /// results: dropped by a restriction or a plugin (named), moved to the
 /// overflow topic (`ok`, produced without a key and so without person
-/// processing).
+/// processing), or to the dead-letter topic (`ok`).
 #[tokio::test]
 async fn restrictions_and_plugins_answer_with_their_reasons() {
     let document = "version: 1
 restrictions:
   - {action: drop, events: [blocked]}
   - {action: forceOverflow, distinctIds: [hot-user]}
+  - {action: redirectToDlq, sessionIds: [s-poison]}
 plugins:
   - drop: {events: [$feature_flag_called]}
 ";
@@ -417,6 +418,7 @@ plugins:
         event("$feature_flag_called", json!({})),
         event("click", json!({"distinct_id": "hot-user"})),
         event("kept", json!({})),
+        event("poisoned", json!({"session_id": "s-poison"})),
     ];
     let reply = send(
         &router,
@@ -433,10 +435,29 @@ plugins:
             json!({"result": "drop", "details": "dropped_by_plugin:drop"}),
             json!({"result": "ok"}),
             json!({"result": "ok"}),
+            json!({"result": "ok"}),
         ]
     );
     let produced = sink.take();
-    assert_eq!(produced.len(), 2);
+    assert_eq!(produced.len(), 3);
+    // The session restriction matched the v1 `session_id`: dead letter,
+    // keyed as before, with headers saying why.
+    let dead = &produced[2];
+    assert_eq!(&*dead.topic, "events_plugin_ingestion_dlq");
+    assert_eq!(dead.key.as_deref(), Some("phc_v1_token:user-1"));
+    let header = |name: &str| {
+        dead.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("dlq_reason").as_deref(), Some("event_restriction"));
+    assert_eq!(header("dlq_step").as_deref(), Some("capture"));
+    let at = header("dlq_timestamp").expect("dlq_timestamp");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&at).is_ok() && at.ends_with('Z'),
+        "{at}"
+    );
     assert_eq!(&*produced[0].topic, "events_plugin_ingestion_overflow");
     assert_eq!(produced[0].key, None);
     assert!(

@@ -882,7 +882,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(&row[..4], ["capture", "True", "2", "7/7"], "{shown}");
+    assert_eq!(&row[..4], ["capture", "True", "2", "8/8"], "{shown}");
     step(
         label,
         started,

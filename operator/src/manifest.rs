@@ -104,7 +104,7 @@ fn metadata(cd: &CaptureDeployment) -> ObjectMeta {
 }
 
 /// The topic names, by capture's data type, defaults from capture itself.
-pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &TopicSpec); 7] {
+pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &TopicSpec); 8] {
     let defaults = capture::route::Topics::default();
     let t = &spec.kafka.topics;
     let name =
@@ -141,6 +141,7 @@ pub fn topic_names(spec: &CaptureDeploymentSpec) -> [(&'static str, String, &Top
             name(&t.heatmaps, &defaults.heatmaps),
             &t.heatmaps,
         ),
+        ("DLQ", name(&t.dlq, &defaults.dlq), &t.dlq),
     ]
 }
 

@@ -32,7 +32,7 @@ fn seed(api: &MemoryApi, runtime: Value) -> String {
                         "events": topic("events"), "recordings": topic("recordings"),
                         "historical": topic("historical"), "clientWarnings": topic("warnings"),
                         "exceptions": topic("exceptions"), "overflow": topic("overflow"),
-                    "heatmaps": topic("heatmaps"),
+                    "heatmaps": topic("heatmaps"), "dlq": topic("dlq"),
                     },
                 },
                 "runtimeConfig": runtime,

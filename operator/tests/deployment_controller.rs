@@ -63,6 +63,7 @@ fn spec(id: &str) -> Value {
                 "exceptions": topic("exceptions"),
                 "overflow": topic("overflow"),
                 "heatmaps": topic("heatmaps"),
+                "dlq": topic("dlq"),
             },
         },
         "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
@@ -223,7 +224,7 @@ async fn a_new_deployment_gets_its_objects_topics_and_status() {
     // Status: topics created and in sync, pods not yet rolled out.
     let status = &bodies.last().expect("status patch")["status"];
     assert_eq!(status["observedGeneration"], 3);
-    assert_eq!(status["topicsSummary"], "7/7");
+    assert_eq!(status["topicsSummary"], "8/8");
     assert_eq!(status["configHash"], hash);
     let condition = |kind: &str| condition(status, kind);
     assert_eq!(

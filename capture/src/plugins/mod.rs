@@ -44,6 +44,8 @@ pub enum Verdict {
     Overflow,
     /// It goes to this topic.
     Topic(Arc<str>),
+    /// It goes to the dead-letter topic, with headers saying why.
+    DeadLetter,
 }
 
 /// One event as plugins see it. The event body is parsed only when a
@@ -58,6 +60,8 @@ pub struct Event<'e, 'r> {
     pub distinct_id: &'e str,
     /// Client IP (the message's `ip`).
     pub ip: &'e mut String,
+    /// The event's uuid (the client's, or the one capture made).
+    pub uuid: Option<uuid::Uuid>,
     body: Body<'r>,
     /// Where the properties are in the unparsed text, once looked for.
     index: Option<Option<raw::EventIndex>>,
@@ -83,6 +87,7 @@ impl<'e, 'r> Event<'e, 'r> {
             name,
             distinct_id,
             ip,
+            uuid: None,
             body: Body::Raw(raw),
             index: None,
         }
@@ -269,6 +274,18 @@ pub(crate) mod testing {
         let (verdict, _) = pipeline.run(&mut event);
         let body = serde_json::from_str(&event.into_body()).expect("json");
         (verdict, body, ip)
+    }
+
+    /// [`run`] for an event of token `t`, name `e`, distinct id `d`, with
+    /// `uuid`.
+    pub fn run_with_uuid(pipeline: &Pipeline, uuid: uuid::Uuid, body: Value) -> (Verdict, Value) {
+        let mut ip = "203.0.113.77".to_owned();
+        let raw = body.to_string();
+        let mut event = Event::new("t", "e", "d", &mut ip, Cow::Borrowed(&raw));
+        event.uuid = Some(uuid);
+        let (verdict, _) = pipeline.run(&mut event);
+        let body = serde_json::from_str(&event.into_body()).expect("json");
+        (verdict, body)
     }
 
     /// The pipeline of a runtime config document.

@@ -204,9 +204,11 @@ impl Meters {
 /// The quota type an event of `kind` counts against.
 pub fn quota_type(kind: DataType) -> QuotaType {
     match kind {
-        DataType::Events | DataType::ClientWarnings | DataType::Overflow | DataType::Heatmaps => {
-            QuotaType::Events
-        }
+        DataType::Events
+        | DataType::ClientWarnings
+        | DataType::Overflow
+        | DataType::Heatmaps
+        | DataType::DeadLetter => QuotaType::Events,
         DataType::Historical => QuotaType::Historical,
         DataType::Exceptions => QuotaType::Exceptions,
         DataType::Recordings => QuotaType::Recordings,

@@ -52,10 +52,11 @@ pub struct Topics {
     pub exceptions: String,
     pub overflow: String,
     pub heatmaps: String,
+    pub dlq: String,
 }
 
 impl Topics {
-    /// Creates the seven topics on the shared broker with `partitions` each.
+    /// Creates the eight topics on the shared broker with `partitions` each.
     pub async fn create(partitions: i32) -> Topics {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let topics = Topics {
@@ -66,12 +67,13 @@ impl Topics {
             exceptions: format!("exceptions-{id}"),
             overflow: format!("overflow-{id}"),
             heatmaps: format!("heatmaps-{id}"),
+            dlq: format!("dlq-{id}"),
         };
         create_topics(&topics.names(), partitions).await;
         topics
     }
 
-    pub fn names(&self) -> [&str; 7] {
+    pub fn names(&self) -> [&str; 8] {
         [
             &self.events,
             &self.recordings,
@@ -80,6 +82,7 @@ impl Topics {
             &self.exceptions,
             &self.overflow,
             &self.heatmaps,
+            &self.dlq,
         ]
     }
 
@@ -93,6 +96,7 @@ impl Topics {
             ("--exceptions-topic", &self.exceptions),
             ("--overflow-topic", &self.overflow),
             ("--heatmaps-topic", &self.heatmaps),
+            ("--dlq-topic", &self.dlq),
         ]
         .into_iter()
         .flat_map(|(flag, name)| [flag.to_owned(), name.clone()])

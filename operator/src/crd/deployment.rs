@@ -307,6 +307,9 @@ pub struct TopicsSpec {
     /// `$$heatmap` events (`heatmaps_ingestion`).
     #[serde(default)]
     pub heatmaps: TopicSpec,
+    /// The dead-letter route of restrictions (`events_plugin_ingestion_dlq`).
+    #[serde(default)]
+    pub dlq: TopicSpec,
 }
 
 /// One Kafka topic.
@@ -629,7 +632,7 @@ mod tests {
             ),
             (
                 json!({"restrictions": [{"action": "drop"}]}),
-                "needs at least one of tokens, events or distinctIds",
+                "needs at least one of tokens, events, distinctIds, sessionIds or eventUuids",
             ),
             (
                 json!({"signatures": {"tokens": ["phc_a"]}}),
