@@ -44,6 +44,19 @@ pub mod header {
     pub const DLQ_TIMESTAMP: &str = "dlq_timestamp";
 }
 
+/// Adds the headers that say why a message is on the dead-letter topic: a
+/// restriction (`event_restriction`) in capture, at `now`.
+pub fn mark_dead_letter(message: &mut Message, now: chrono::DateTime<chrono::Utc>) {
+    message.headers.extend([
+        (header::DLQ_REASON, "event_restriction".to_owned()),
+        (header::DLQ_STEP, "capture".to_owned()),
+        (
+            header::DLQ_TIMESTAMP,
+            now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ),
+    ]);
+}
+
 /// Adds `force_disable_person_processing: true` to an unkeyed analytics
 /// message (recordings are never keyed by person), once.
 pub fn mark_personless(message: &mut Message) {

@@ -195,13 +195,7 @@ pub fn analytics_candidates(
         let key = keyed.then(|| captured.key());
         let mut message = captured.into_message(kind, topic, key);
         if kind == DataType::DeadLetter {
-            use crate::event::header;
-            let now = ctx.now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            message.headers.extend([
-                (header::DLQ_REASON, "event_restriction".to_owned()),
-                (header::DLQ_STEP, "capture".to_owned()),
-                (header::DLQ_TIMESTAMP, now),
-            ]);
+            crate::event::mark_dead_letter(&mut message, ctx.now);
         }
         if let Err(err) = check_size(&message, ctx.max_message_bytes) {
             // v1 answers per event: this one is dropped, the others go on.

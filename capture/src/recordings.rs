@@ -130,12 +130,49 @@ pub fn recording_candidates(
         timestamp_millis: ts.timestamp_millis(),
     };
     let kind = DataType::Recordings;
-    let mut message = captured.into_message(
-        kind,
-        Arc::clone(ctx.topics.topic(kind)),
-        Some(session_id.clone()),
-    );
+    let mut topic = Arc::clone(ctx.topics.topic(kind));
+    let mut dead_letter = false;
+    // Restrictions apply to recordings too (the plugins do not): drop,
+    // redirect and the dead-letter route; overflow and skipping person
+    // processing mean nothing for a session's snapshots. Only the verdict
+    // is taken: the message keeps its text.
+    if !ctx.runtime.pipeline.is_empty() {
+        let mut ip = ctx.ip.clone();
+        let mut event = crate::plugins::Event::new(
+            &token,
+            "$snapshot_items",
+            &distinct_id,
+            &mut ip,
+            Cow::Borrowed(&*captured.data),
+        );
+        event.uuid = Some(uuid);
+        match ctx.runtime.pipeline.restrict(&mut event) {
+            crate::plugins::Verdict::Drop => {
+                metrics::counter!(crate::metrics::EVENTS_FILTERED, "by" => crate::plugins::RESTRICTION, "verdict" => "drop")
+                    .increment(1);
+                return Ok(Candidates {
+                    token,
+                    events: vec![Candidate::dropped(
+                        kind,
+                        distinct_id,
+                        crate::plugins::RESTRICTION,
+                    )],
+                    retry: false,
+                });
+            }
+            crate::plugins::Verdict::Topic(to) => topic = to,
+            crate::plugins::Verdict::DeadLetter => {
+                topic = Arc::clone(&ctx.topics.dlq);
+                dead_letter = true;
+            }
+            crate::plugins::Verdict::Keep | crate::plugins::Verdict::Overflow => {}
+        }
+    }
+    let mut message = captured.into_message(kind, topic, Some(session_id.clone()));
     message.headers.push((header::SESSION_ID, session_id));
+    if dead_letter {
+        crate::event::mark_dead_letter(&mut message, ctx.now);
+    }
     check_size(&message, ctx.max_message_bytes)?;
     // Recordings are neither deduplicated nor moved by hot keys: one
     // message per request, keyed by session.
@@ -196,6 +233,59 @@ mod tests {
             .pop()
             .and_then(|e| e.message)
             .expect("one message"))
+    }
+
+    #[test]
+    fn restrictions_drop_redirect_and_dead_letter_recordings() {
+        let document = "version: 1
+restrictions:
+  - {action: drop, sessionIds: [s-drop]}
+  - {action: redirectToDlq, sessionIds: [s-dlq]}
+  - {action: redirect, sessionIds: [s-moved], topic: replay_moved}
+  - {action: skipPersonProcessing, sessionIds: [s-kept]}
+";
+        let config = crate::runtime_config::parse(document).expect("valid");
+        let topics = Topics::default();
+        let applied = crate::live::Applied::new(config, &topics);
+        let ctx = RequestContext {
+            endpoint: Endpoint::Recordings,
+            now: timestamp::parse("2024-01-01T00:00:00Z").expect("time"),
+            ip: "127.0.0.1".into(),
+            query_sent_at: None,
+            topics: &topics,
+            max_message_bytes: 1 << 20,
+            dedup_ids: false,
+            runtime: &applied,
+            historical_after: None,
+        };
+        let one = |session: &str| {
+            let body = json!([snapshot(session, json!([{"type": 2}]))]).to_string();
+            let mut candidates =
+                recording_candidates(parse(&body).expect("parse"), &ctx).expect("valid");
+            candidates.events.pop().expect("one candidate")
+        };
+        let dropped = one("s-drop");
+        assert_eq!(
+            dropped.verdict,
+            crate::verdict::Verdict::Dropped(crate::plugins::RESTRICTION)
+        );
+        assert!(dropped.message.is_none());
+        let dead = one("s-dlq").message.expect("message");
+        assert_eq!(&*dead.topic, "events_plugin_ingestion_dlq");
+        assert_eq!(dead.key.as_deref(), Some("s-dlq"));
+        assert!(
+            dead.headers
+                .contains(&("dlq_reason", "event_restriction".to_owned()))
+        );
+        assert_eq!(
+            &*one("s-moved").message.expect("message").topic,
+            "replay_moved"
+        );
+        // Person processing means nothing for snapshots: the message is
+        // left as it was.
+        let kept = one("s-kept").message.expect("message");
+        assert_eq!(&*kept.topic, "clickhouse_session_recording_events");
+        assert!(!kept.payload.contains("$process_person_profile"));
     }
 
     fn snapshot(session: &str, data: Value) -> Value {

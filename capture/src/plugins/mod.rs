@@ -231,6 +231,12 @@ impl Pipeline {
         self.restrictions.is_empty() && self.plugins.is_empty()
     }
 
+    /// Runs `event` through the restrictions alone (session recordings
+    /// take them, not the plugins).
+    pub fn restrict(&self, event: &mut Event<'_, '_>) -> Verdict {
+        self.restrictions.apply(event)
+    }
+
     /// Runs `event` through the restrictions and plugins; the first verdict
     /// other than [`Verdict::Keep`] ends it, with who gave it.
     pub fn run(&self, event: &mut Event<'_, '_>) -> (Verdict, By) {
