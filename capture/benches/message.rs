@@ -76,6 +76,7 @@ fn main() {
         dedup_ids: false,
         runtime: capture::live::Applied::empty(),
         historical_after: None,
+        warnings: capture::warnings::Warnings::none(),
     };
     let requests = (count / 100).max(1);
     for (what, build) in [

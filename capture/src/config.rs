@@ -465,6 +465,11 @@ pub struct TopicsConfig {
         default_value = "events_plugin_ingestion_dlq"
     )]
     pub dlq_topic: String,
+    /// At most one ingestion warning (capture's own `$$client_ingestion_warning`
+    /// on the client-warnings topic, when it drops or limits a project's
+    /// events) per token and kind in this interval; `0s` writes none.
+    #[arg(long, env = "CAPTURE_INGESTION_WARNINGS_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ingestion_warnings_interval: Duration,
     /// Analytics events whose time (after skew correction) is older than
     /// this go to the historical topic, as PostHog's historical rerouting
     /// does (`1d` there); unset: only `historical_migration` batches do.

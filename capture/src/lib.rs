@@ -54,6 +54,7 @@ pub mod tls;
 pub mod token;
 pub mod v1;
 pub mod verdict;
+pub mod warnings;
 
 pub use config::Config;
 pub use event::CapturedEvent;

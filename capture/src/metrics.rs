@@ -77,6 +77,10 @@ pub const HTTP_CONNECTIONS_SILENT: &str = "capture_http_connections_silent_total
 pub const HTTP2_RESET_FLOODS: &str = "capture_http2_reset_floods_total";
 /// Lone UTF-16 surrogate escapes in request bodies replaced by `\ufffd`.
 pub const LONE_SURROGATES_REPLACED: &str = "capture_lone_surrogates_replaced_total";
+/// Ingestion warnings capture wrote, by kind.
+pub const INGESTION_WARNINGS: &str = "capture_ingestion_warnings_total";
+/// Ingestion warnings the sink did not take.
+pub const INGESTION_WARNINGS_FAILED: &str = "capture_ingestion_warnings_failed_total";
 /// Requests refused because `--max-requests-in-flight` were being handled.
 pub const HTTP_OVERLOADED: &str = "capture_http_overloaded_total";
 /// The request memory budget, bytes.
@@ -214,6 +218,14 @@ fn describe() {
     describe_counter!(
         HTTP2_RESET_FLOODS,
         "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for resetting too many streams"
+    );
+    describe_counter!(
+        INGESTION_WARNINGS,
+        "Ingestion warnings capture wrote to the client-warnings topic, by kind"
+    );
+    describe_counter!(
+        INGESTION_WARNINGS_FAILED,
+        "Ingestion warnings the sink did not acknowledge"
     );
     describe_counter!(
         LONE_SURROGATES_REPLACED,

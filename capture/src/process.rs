@@ -83,6 +83,8 @@ pub struct RequestContext<'a> {
     /// Analytics events older than this go to the historical topic
     /// (`--historical-after`).
     pub historical_after: Option<chrono::Duration>,
+    /// Where capture's own ingestion warnings go.
+    pub warnings: &'a crate::warnings::Warnings,
 }
 
 /// Builds one candidate per analytics event of the payload: its message,
@@ -98,7 +100,11 @@ pub fn analytics_candidates(
     let sent_at_text = sent_at.map(timestamp::format);
     let mut events = Vec::with_capacity(payload.events.len());
     for (index, event) in payload.events.iter().enumerate() {
-        let invalid = |reason: String| CaptureError::InvalidEvent { index, reason };
+        let invalid = |reason: String| {
+            let details = serde_json::json!({"index": index, "reason": reason});
+            warn(ctx, &token, "invalid_event", details);
+            CaptureError::InvalidEvent { index, reason }
+        };
         let fields = &event.fields;
         let properties = &fields.properties;
         let (name, data) = match event_name(fields, ctx.endpoint).map_err(invalid)? {
@@ -162,6 +168,14 @@ pub fn analytics_candidates(
                     .increment(1);
             }
             if dropped {
+                if by == plugins::RESTRICTION {
+                    warn(
+                        ctx,
+                        &token,
+                        "event_restricted",
+                        serde_json::json!({"event": name}),
+                    );
+                }
                 events.push(Candidate::dropped(kind, distinct_id, by));
                 continue;
             }
@@ -198,6 +212,8 @@ pub fn analytics_candidates(
             crate::event::mark_dead_letter(&mut message, ctx.now);
         }
         if let Err(err) = check_size(&message, ctx.max_message_bytes) {
+            let details = serde_json::json!({"event": message_name(&message), "bytes": message.payload.len()});
+            warn(ctx, &token, EVENT_TOO_BIG, details);
             // v1 answers per event: this one is dropped, the others go on.
             if ctx.endpoint != Endpoint::V1 {
                 return Err(err);
@@ -214,6 +230,21 @@ pub fn analytics_candidates(
         events,
         retry: false,
     })
+}
+
+/// Writes one of capture's ingestion warnings about `token`'s events.
+fn warn(ctx: &RequestContext<'_>, token: &str, kind: &'static str, details: serde_json::Value) {
+    let topic = &ctx.topics.client_warnings;
+    ctx.warnings.warn(token, kind, details, topic, ctx.now);
+}
+
+/// The event name a message carries in its headers.
+fn message_name(message: &Message) -> &str {
+    message
+        .headers
+        .iter()
+        .find(|(name, _)| *name == crate::event::header::EVENT)
+        .map_or("", |(_, value)| value.as_str())
 }
 
 /// The event's time from its `timestamp` and `offset`, corrected by the
@@ -365,6 +396,7 @@ mod tests {
             dedup_ids: true,
             runtime: crate::live::Applied::empty(),
             historical_after: None,
+            warnings: crate::warnings::Warnings::none(),
         }
     }
 

@@ -226,6 +226,7 @@ mod tests {
             dedup_ids: false,
             runtime: crate::live::Applied::empty(),
             historical_after: None,
+            warnings: crate::warnings::Warnings::none(),
         };
         let mut candidates = recording_candidates(parse(&body.to_string())?, &ctx)?;
         Ok(candidates
@@ -257,6 +258,7 @@ restrictions:
             dedup_ids: false,
             runtime: &applied,
             historical_after: None,
+            warnings: crate::warnings::Warnings::none(),
         };
         let one = |session: &str| {
             let body = json!([snapshot(session, json!([{"type": 2}]))]).to_string();

@@ -141,6 +141,8 @@ struct Inner {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// `--historical-after`.
     historical_after: Option<chrono::Duration>,
+    /// Capture's own ingestion warnings.
+    warnings: Arc<crate::warnings::Warnings>,
 }
 
 /// Requests handled at once unless configured otherwise.
@@ -166,7 +168,14 @@ impl AppState {
             ),
             in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
             historical_after: None,
+            warnings: Arc::new(crate::warnings::Warnings::off()),
         }))
+    }
+
+    /// Writes ingestion warnings with `warnings`. Call before cloning the
+    /// state.
+    pub fn with_warnings(self, warnings: crate::warnings::Warnings) -> Self {
+        self.edit(|inner| inner.warnings = Arc::new(warnings))
     }
 
     /// Sends analytics events older than `age` to the historical topic.
@@ -463,6 +472,7 @@ async fn handle(
         dedup_ids: inner.policy.dedups(&runtime.overrides),
         runtime: &runtime,
         historical_after: inner.historical_after,
+        warnings: &inner.warnings,
     };
     // A refused request: its events count as dropped, and its signature
     // may be sent again.
@@ -510,10 +520,35 @@ async fn produce(
     runtime: &crate::live::Applied,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<SinkError>, CaptureError> {
-    let reservation = inner
+    let checked = inner
         .policy
         .check(request, &runtime.topics, now, &runtime.overrides)
-        .await?;
+        .await;
+    let warn = |kind: &'static str, details: serde_json::Value| {
+        let topic = &runtime.topics.client_warnings;
+        inner
+            .warnings
+            .warn(&request.token, kind, details, topic, now);
+    };
+    let reservation = match checked {
+        Ok(reservation) => reservation,
+        Err(err) => {
+            match &err {
+                CaptureError::RateLimited { .. } => warn("rate_limited", serde_json::json!({})),
+                CaptureError::QuotaExceeded { .. } => {
+                    warn("quota_limited", serde_json::json!({}));
+                }
+                _ => {}
+            }
+            return Err(err);
+        }
+    };
+    if let Some(kind) = request.events.iter().find_map(|e| match e.verdict {
+        crate::verdict::Verdict::Limited(kind) => Some(kind),
+        _ => None,
+    }) {
+        warn("quota_limited", serde_json::json!({"type": kind.as_str()}));
+    }
     let mut error = None;
     if request.any_to_produce() {
         let messages = request.take_messages();
@@ -659,10 +694,17 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
         .increment(events as u64);
     let kept: Vec<&str> = checked
         .iter()
-        .filter_map(|(_, c)| match c {
+        .filter_map(|(uuid, c)| match c {
             Checked::Keep(text) => Some(text.as_str()),
             Checked::Drop(why) => {
                 metrics::counter!(m::EVENTS_DROPPED, "cause" => *why).increment(1);
+                inner.warnings.warn(
+                    &headers.token,
+                    why,
+                    serde_json::json!({"uuid": uuid}),
+                    &runtime.topics.client_warnings,
+                    now,
+                );
                 None
             }
         })
@@ -687,6 +729,7 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
             dedup_ids: inner.policy.dedups(&runtime.overrides),
             runtime: &runtime,
             historical_after: inner.historical_after,
+            warnings: &inner.warnings,
         };
         let refused = |err: &CaptureError, dropped: usize| {
             metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);

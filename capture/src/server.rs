@@ -195,7 +195,11 @@ pub async fn run(
         config.memory.memory_wait,
     ))
     .with_max_in_flight(config.http.max_requests_in_flight.get() as usize)
-    .with_historical_after(config.topics.historical_after);
+    .with_historical_after(config.topics.historical_after)
+    .with_warnings(crate::warnings::Warnings::new(
+        Arc::clone(&sink),
+        config.topics.ingestion_warnings_interval,
+    ));
     tracing::info!(
         memory_limit_mib = config.memory.limit() >> 20,
         request_budget_mib = request_budget >> 20,

@@ -413,9 +413,36 @@ async fn bad_requests_are_refused_with_the_reason_and_produce_nothing() {
         );
     }
     for topic in topics.names() {
+        if topic == topics.client_warnings {
+            continue;
+        }
         let stray = common::read_topic(topic, 1, std::time::Duration::from_millis(300));
         assert!(stray.is_empty(), "{topic} got {stray:#?}");
     }
+    // What the warnings topic holds is capture's own ingestion warnings
+    // about the invalid and too large events, once per kind.
+    let warnings = common::read_topic(
+        &topics.client_warnings,
+        10,
+        std::time::Duration::from_millis(1500),
+    );
+    let mut kinds: Vec<String> = warnings
+        .iter()
+        .map(|record| {
+            assert_eq!(record.value["event"], "$$client_ingestion_warning");
+            let data = record.data();
+            assert_eq!(
+                data["properties"]["$$client_ingestion_warning_source"],
+                "capture"
+            );
+            data["properties"]["$$client_ingestion_warning_type"]
+                .as_str()
+                .expect("type")
+                .to_owned()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["event_too_big", "invalid_event"], "{warnings:#?}");
     // Tokens never reach the logs in clear.
     let logs = capture.logs().join("\n");
     assert!(

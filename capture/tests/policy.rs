@@ -43,8 +43,34 @@ impl Node {
         }
     }
 
-    /// Every line the sink wrote so far.
+    /// Every line the sink wrote so far for the events sent (capture's
+    /// own ingestion warnings, on their topic, left out).
     fn lines(&self) -> Vec<Value> {
+        self.all_lines()
+            .into_iter()
+            .filter(|l| l["topic"] != "client_warnings")
+            .collect()
+    }
+
+    /// The types of the ingestion warnings capture wrote so far.
+    fn warnings(&self) -> Vec<String> {
+        self.all_lines()
+            .into_iter()
+            .filter(|l| l["topic"] == "client_warnings")
+            .map(|l| {
+                let value: Value = serde_json::from_str(l["value"].as_str().unwrap_or(""))
+                    .unwrap_or(l["value"].clone());
+                let data: Value =
+                    serde_json::from_str(value["data"].as_str().expect("data")).expect("data");
+                data["properties"]["$$client_ingestion_warning_type"]
+                    .as_str()
+                    .expect("type")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn all_lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.file)
             .unwrap_or_default()
             .lines()
@@ -1344,4 +1370,7 @@ async fn v1_results_carry_quota_drops_and_a_resent_batch_is_produced_once() {
         assert_eq!(body["results"][uuid], json!({"result": "ok"}), "{body}");
     }
     assert_eq!(node.lines().len(), 2, "nothing produced twice");
+    // The project hears once why its third event is missing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(node.warnings(), ["quota_limited"]);
 }

@@ -470,3 +470,85 @@ plugins:
     );
     assert_eq!(&*produced[1].topic, "clickhouse_events");
 }
+
+/// When capture drops a project's events it says so on the client-warnings
+/// topic, as PostHog's ingestion expects: one `$$client_ingestion_warning`
+/// per token and kind per interval, whatever the number of events.
+#[tokio::test]
+async fn dropped_events_leave_an_ingestion_warning_once_per_kind() {
+    let document = "version: 1
+restrictions:
+  - {action: drop, events: [blocked]}
+";
+    let config = capture::runtime_config::parse(document).expect("runtime config");
+    let live = capture::live::Live::new(capture::live::Applied::new(config, &Topics::default()));
+    let sink = Arc::new(MemorySink::default());
+    let router = app(AppState::new(
+        sink.clone(),
+        Arc::new(SystemClock),
+        Topics::default(),
+        Limits::default(),
+    )
+    .with_live(Arc::new(live))
+    .with_warnings(capture::warnings::Warnings::new(
+        sink.clone(),
+        std::time::Duration::from_secs(3600),
+    )));
+    let events = [
+        event("", json!({})),
+        event("", json!({})),
+        event("x", json!({"timestamp": "nope"})),
+        event("blocked", json!({})),
+        event("blocked", json!({})),
+        event("fine", json!({})),
+    ];
+    for _ in 0..2 {
+        let reply = send(
+            &router,
+            &sdk_headers(Uuid::new_v4(), 1),
+            batch(&events).to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // A v0 request with an invalid event: refused whole, and warned about.
+    let request = Request::post("/batch")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"api_key": TOKEN, "batch": [{"event": "e"}]}).to_string(),
+        ))
+        .expect("request");
+    let response = router.clone().oneshot(request).await.expect("answer");
+    assert_eq!(response.status(), 400);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut kinds: Vec<String> = sink
+        .take()
+        .iter()
+        .filter(|m| &*m.topic == "client_warnings")
+        .map(|m| {
+            let value: Value = serde_json::from_str(&m.payload).expect("value");
+            assert_eq!(value["distinct_id"], TOKEN);
+            assert_eq!(m.key.as_deref(), Some(TOKEN));
+            let data: Value =
+                serde_json::from_str(value["data"].as_str().expect("data")).expect("data");
+            assert_eq!(
+                data["properties"]["$$client_ingestion_warning_source"],
+                "capture"
+            );
+            data["properties"]["$$client_ingestion_warning_type"]
+                .as_str()
+                .expect("type")
+                .to_owned()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "event_restricted",
+            "invalid_event",
+            "invalid_event_timestamp",
+            "missing_event_name"
+        ]
+    );
+}
