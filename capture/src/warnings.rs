@@ -77,10 +77,10 @@ impl Warnings {
     fn admit(&self, token: &str, kind: &'static str) -> bool {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = last.get(&(token.to_owned(), kind)) {
-            if now.duration_since(*at) < self.interval {
-                return false;
-            }
+        if let Some(at) = last.get(&(token.to_owned(), kind))
+            && now.duration_since(*at) < self.interval
+        {
+            return false;
         }
         if last.len() >= MAX_REMEMBERED {
             last.retain(|_, at| now.duration_since(*at) < self.interval);
