@@ -156,6 +156,10 @@ pub fn analytics_candidates(
                     verdict = Verdict::Rerouted;
                     Some("redirect")
                 }
+                plugins::Verdict::Personless => {
+                    keyed = false;
+                    None
+                }
                 plugins::Verdict::DeadLetter => {
                     kind = DataType::DeadLetter;
                     topic = Arc::clone(&ctx.topics.dlq);

@@ -165,7 +165,9 @@ pub fn recording_candidates(
                 topic = Arc::clone(&ctx.topics.dlq);
                 dead_letter = true;
             }
-            crate::plugins::Verdict::Keep | crate::plugins::Verdict::Overflow => {}
+            crate::plugins::Verdict::Keep
+            | crate::plugins::Verdict::Overflow
+            | crate::plugins::Verdict::Personless => {}
         }
     }
     let mut message = captured.into_message(kind, topic, Some(session_id.clone()));

@@ -400,6 +400,7 @@ restrictions:
   - {action: drop, events: [blocked]}
   - {action: forceOverflow, distinctIds: [hot-user]}
   - {action: redirectToDlq, sessionIds: [s-poison]}
+  - {action: skipPersonProcessing, events: [anonymous]}
 plugins:
   - drop: {events: [$feature_flag_called]}
 ";
@@ -419,6 +420,7 @@ plugins:
         event("click", json!({"distinct_id": "hot-user"})),
         event("kept", json!({})),
         event("poisoned", json!({"session_id": "s-poison"})),
+        event("anonymous", json!({})),
     ];
     let reply = send(
         &router,
@@ -436,10 +438,22 @@ plugins:
             json!({"result": "ok"}),
             json!({"result": "ok"}),
             json!({"result": "ok"}),
+            json!({"result": "ok"}),
         ]
     );
     let produced = sink.take();
-    assert_eq!(produced.len(), 3);
+    assert_eq!(produced.len(), 4);
+    // Skipping person processing, as PostHog's capture does: its topic,
+    // no key, the header, the text untouched.
+    let personless = &produced[3];
+    assert_eq!(&*personless.topic, "clickhouse_events");
+    assert_eq!(personless.key, None);
+    assert!(
+        personless
+            .headers
+            .contains(&("force_disable_person_processing", "true".to_owned()))
+    );
+    assert!(!personless.payload.contains("process_person_profile"));
     // The session restriction matched the v1 `session_id`: dead letter,
     // keyed as before, with headers saying why.
     let dead = &produced[2];

@@ -46,6 +46,10 @@ pub enum Verdict {
     Topic(Arc<str>),
     /// It goes to the dead-letter topic, with headers saying why.
     DeadLetter,
+    /// It goes to its topic without a key and with
+    /// `force_disable_person_processing`, its text untouched, as PostHog's
+    /// capture does for a skip-person-processing restriction.
+    Personless,
 }
 
 /// One event as plugins see it. The event body is parsed only when a
@@ -240,9 +244,11 @@ impl Pipeline {
     /// Runs `event` through the restrictions and plugins; the first verdict
     /// other than [`Verdict::Keep`] ends it, with who gave it.
     pub fn run(&self, event: &mut Event<'_, '_>) -> (Verdict, By) {
-        let verdict = self.restrictions.apply(event);
-        if verdict != Verdict::Keep {
-            return (verdict, RESTRICTION);
+        let restricted = self.restrictions.apply(event);
+        // A personless event still goes through the plugins (redaction
+        // among them); the others end the run here.
+        if !matches!(restricted, Verdict::Keep | Verdict::Personless) {
+            return (restricted, RESTRICTION);
         }
         for plugin in &self.plugins {
             let verdict = plugin.process(event);
@@ -250,7 +256,10 @@ impl Pipeline {
                 return (verdict, plugin.name());
             }
         }
-        (Verdict::Keep, "")
+        match restricted {
+            Verdict::Personless => (Verdict::Personless, RESTRICTION),
+            _ => (Verdict::Keep, ""),
+        }
     }
 }
 
@@ -306,6 +315,32 @@ mod tests {
 
     use super::testing::{pipeline, run};
     use super::*;
+
+    #[test]
+    fn a_personless_event_still_meets_the_plugins() {
+        let p = pipeline(
+            "version: 1
+restrictions:
+  - {action: skipPersonProcessing, distinctIds: [anon]}
+plugins:
+  - redact: {keys: [email]}
+  - drop: {events: [noise]}
+",
+        );
+        let (verdict, body, _) = run(
+            &p,
+            "t",
+            "e",
+            "anon",
+            json!({"properties": {"email": "a@b.c"}}),
+        );
+        assert_eq!(verdict, Verdict::Personless);
+        assert_ne!(
+            body["properties"]["email"], "a@b.c",
+            "redacted all the same"
+        );
+        assert_eq!(run(&p, "t", "noise", "anon", json!({})).0, Verdict::Drop);
+    }
 
     #[test]
     fn an_untouched_body_keeps_its_exact_bytes() {

@@ -7,8 +7,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::drop::listed;
 use super::{Event, Verdict};
 use crate::runtime_config::{Restriction, RestrictionAction};
@@ -95,12 +93,7 @@ impl Restrictions {
                 Some(topic) => Verdict::Topic(Arc::clone(topic)),
                 None => Verdict::Keep,
             },
-            RestrictionAction::SkipPersonProcessing => {
-                if let Some(properties) = event.properties_mut() {
-                    properties.insert("$process_person_profile".into(), Value::Bool(false));
-                }
-                Verdict::Keep
-            }
+            RestrictionAction::SkipPersonProcessing => Verdict::Personless,
         }
     }
 }
@@ -139,11 +132,8 @@ restrictions:
             "anon",
             json!({"properties": {"x": 1}}),
         );
-        assert_eq!(verdict, Verdict::Keep);
-        assert_eq!(
-            body["properties"],
-            json!({"x": 1, "$process_person_profile": false})
-        );
+        assert_eq!(verdict, Verdict::Personless);
+        assert_eq!(body["properties"], json!({"x": 1}), "its text untouched");
         assert_eq!(run(&p, "phc_b", "click", "d", json!({})).0, Verdict::Keep);
     }
 
