@@ -459,29 +459,8 @@ async fn handle(
 
     let events = payload.events.len();
     metrics::counter!(m::EVENTS_RECEIVED, "endpoint" => endpoint.label()).increment(events as u64);
-    let ctx = RequestContext {
-        endpoint,
-        now,
-        ip: client_ip(
-            &parts.headers,
-            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
-        ),
-        query_sent_at: query.sent_at,
-        topics: &runtime.topics,
-        max_message_bytes: inner.limits.max_message_bytes,
-        dedup_ids: inner.policy.dedups(&runtime.overrides),
-        runtime: &runtime,
-        historical_after: inner.historical_after,
-        warnings: &inner.warnings,
-    };
-    // A refused request: its events count as dropped, and its signature
-    // may be sent again.
-    let refused = |err: &CaptureError, dropped: usize| {
-        metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);
-        if let Some(verified) = &signed {
-            inner.replays.forget(verified);
-        }
-    };
+    let ctx = request_context(inner, &runtime, endpoint, now, &parts, query.sent_at);
+    let refused = |err: &CaptureError, dropped: usize| refuse(inner, signed.as_ref(), err, dropped);
     let built = match endpoint {
         Endpoint::Recordings => recording_candidates(payload, &ctx),
         _ => analytics_candidates(payload, &ctx),
@@ -493,6 +472,46 @@ async fn handle(
         Ok(_) => tracing::debug!(token = %Masked(&request.token), events, "request accepted"),
     }
     answer
+}
+
+/// What the shared pipeline needs to know about a request.
+fn request_context<'a>(
+    inner: &'a Inner,
+    runtime: &'a crate::live::Applied,
+    endpoint: Endpoint,
+    now: chrono::DateTime<chrono::Utc>,
+    parts: &axum::http::request::Parts,
+    query_sent_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> RequestContext<'a> {
+    RequestContext {
+        endpoint,
+        now,
+        ip: client_ip(
+            &parts.headers,
+            parts.extensions.get::<ConnectInfo<SocketAddr>>(),
+        ),
+        query_sent_at,
+        topics: &runtime.topics,
+        max_message_bytes: inner.limits.max_message_bytes,
+        dedup_ids: inner.policy.dedups(&runtime.overrides),
+        runtime,
+        historical_after: inner.historical_after,
+        warnings: &inner.warnings,
+    }
+}
+
+/// A request refused after parsing: its events count as dropped, and its
+/// signature may be sent again.
+fn refuse(
+    inner: &Inner,
+    signed: Option<&crate::signing::Verified>,
+    err: &CaptureError,
+    dropped: usize,
+) {
+    metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);
+    if let Some(verified) = signed {
+        inner.replays.forget(verified);
+    }
 }
 
 /// Policies, sink, settle: sets every event's final verdict and renders the
@@ -716,27 +735,9 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
             .grow_to(body.len() + 2 * decoded.len() + 2 * text.len() + kept.len() * PER_EVENT_BYTES)
             .await?;
         let payload = parse(&text, usize::MAX)?;
-        let ctx = RequestContext {
-            endpoint: Endpoint::V1,
-            now,
-            ip: client_ip(
-                &parts.headers,
-                parts.extensions.get::<ConnectInfo<SocketAddr>>(),
-            ),
-            query_sent_at: None,
-            topics: &runtime.topics,
-            max_message_bytes: inner.limits.max_message_bytes,
-            dedup_ids: inner.policy.dedups(&runtime.overrides),
-            runtime: &runtime,
-            historical_after: inner.historical_after,
-            warnings: &inner.warnings,
-        };
-        let refused = |err: &CaptureError, dropped: usize| {
-            metrics::counter!(m::EVENTS_DROPPED, "cause" => err.code()).increment(dropped as u64);
-            if let Some(verified) = &signed {
-                inner.replays.forget(verified);
-            }
-        };
+        let ctx = request_context(inner, &runtime, Endpoint::V1, now, &parts, None);
+        let refused =
+            |err: &CaptureError, dropped: usize| refuse(inner, signed.as_ref(), err, dropped);
         let mut request =
             analytics_candidates(payload, &ctx).inspect_err(|err| refused(err, kept.len()))?;
         request.retry = headers.attempt > 1;

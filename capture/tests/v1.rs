@@ -74,6 +74,19 @@ async fn send(router: &axum::Router, headers: &[(&str, String)], body: Vec<u8>) 
     }
 }
 
+/// A state producing to `sink` under the runtime config `document`.
+fn configured(document: &str, sink: Arc<MemorySink>) -> AppState {
+    let config = capture::runtime_config::parse(document).expect("runtime config");
+    let live = capture::live::Live::new(capture::live::Applied::new(config, &Topics::default()));
+    AppState::new(
+        sink,
+        Arc::new(SystemClock),
+        Topics::default(),
+        Limits::default(),
+    )
+    .with_live(Arc::new(live))
+}
+
 fn event(name: &str, extra: Value) -> Value {
     let mut event = json!({
         "event": name,
@@ -404,16 +417,8 @@ restrictions:
 plugins:
   - drop: {events: [$feature_flag_called]}
 ";
-    let config = capture::runtime_config::parse(document).expect("runtime config");
-    let live = capture::live::Live::new(capture::live::Applied::new(config, &Topics::default()));
     let sink = Arc::new(MemorySink::default());
-    let router = app(AppState::new(
-        sink.clone(),
-        Arc::new(SystemClock),
-        Topics::default(),
-        Limits::default(),
-    )
-    .with_live(Arc::new(live)));
+    let router = app(configured(document, sink.clone()));
     let events = [
         event("blocked", json!({})),
         event("$feature_flag_called", json!({})),
@@ -494,20 +499,10 @@ async fn dropped_events_leave_an_ingestion_warning_once_per_kind() {
 restrictions:
   - {action: drop, events: [blocked]}
 ";
-    let config = capture::runtime_config::parse(document).expect("runtime config");
-    let live = capture::live::Live::new(capture::live::Applied::new(config, &Topics::default()));
     let sink = Arc::new(MemorySink::default());
-    let router = app(AppState::new(
-        sink.clone(),
-        Arc::new(SystemClock),
-        Topics::default(),
-        Limits::default(),
-    )
-    .with_live(Arc::new(live))
-    .with_warnings(capture::warnings::Warnings::new(
-        sink.clone(),
-        std::time::Duration::from_secs(3600),
-    )));
+    let router = app(configured(document, sink.clone()).with_warnings(
+        capture::warnings::Warnings::new(sink.clone(), std::time::Duration::from_secs(3600)),
+    ));
     let events = [
         event("", json!({})),
         event("", json!({})),
