@@ -702,6 +702,14 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
     let decoded = decode_within(&mut lease, body.len(), |grow| {
         crate::decode::decode_content(&body, headers.encoding, limits, grow)
     })?;
+    // What parsing builds beside the text: copies of each event's fields
+    // (within the text's size) and a record per event. Every event has a
+    // `"uuid"` key, so their count bounds the events (properties may add
+    // some: the bound only asks more of the budget).
+    let events_at_most = memchr::memmem::find_iter(decoded.as_bytes(), b"\"uuid\"").count();
+    lease
+        .grow_to(body.len() + 2 * decoded.len() + events_at_most * V1_EVENT_BYTES)
+        .await?;
     let batch = crate::v1::parse(&decoded)?;
     if batch.batch.len() > inner.limits.max_events {
         return Err(crate::parse::too_many(inner.limits.max_events));
@@ -778,6 +786,10 @@ async fn handle_v1(state: &AppState, req: Request) -> Result<(String, bool), Cap
 /// estimate rounded up, not a measurement; `tests/memory.rs` checks that
 /// the budget as a whole holds.
 const PER_EVENT_BYTES: usize = 1024;
+
+/// What one parsed and checked v1 event holds beside its text: its fields'
+/// record, its uuid and result; rounded up.
+const V1_EVENT_BYTES: usize = 256;
 
 /// Reads the whole body within `limit`, growing `lease` to hold it before
 /// each part is kept.

@@ -561,3 +561,35 @@ restrictions:
         ]
     );
 }
+
+/// What parsing a v1 body builds is asked of the memory budget before the
+/// parse: a body of many tiny events is refused by the budget (413 naming
+/// it), not parsed whole and only then found to have too many events.
+#[tokio::test]
+async fn many_tiny_events_are_weighed_by_the_budget_before_parsing() {
+    let sink = Arc::new(MemorySink::default());
+    let state = AppState::new(
+        sink.clone(),
+        Arc::new(SystemClock),
+        Topics::default(),
+        Limits::default(),
+    )
+    .with_budget(capture::budget::MemoryBudget::new(
+        4 << 20,
+        std::time::Duration::from_millis(100),
+    ));
+    let router = app(state);
+    let tiny: Vec<Value> = (0..30_000)
+        .map(|i| {
+            json!({"event": "e", "uuid": Uuid::from_u128(i).to_string(), "distinct_id": "d",
+                   "timestamp": "2026-12-03T10:00:00Z"})
+        })
+        .collect();
+    let body = batch(&tiny).to_string().into_bytes();
+    assert!(body.len() < 4 << 20, "the body alone fits the budget");
+    let reply = send(&router, &sdk_headers(Uuid::new_v4(), 1), body).await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    let description = reply.body["error_description"].as_str().unwrap_or("");
+    assert!(description.contains("memory budget"), "{description}");
+    assert!(sink.take().is_empty());
+}
