@@ -125,6 +125,8 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaConfig,
     #[command(flatten)]
+    pub spool: SpoolConfig,
+    #[command(flatten)]
     pub topics: TopicsConfig,
     #[command(flatten)]
     pub limits: LimitsConfig,
@@ -687,6 +689,38 @@ pub struct PolicyConfig {
     pub force_overflow: Vec<String>,
 }
 
+/// The durable spool in front of Kafka (see docs/reliability.md).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Spool")]
+pub struct SpoolConfig {
+    /// Directory of the durable spool: events Kafka cannot take are written
+    /// here (and synced) before their request is answered 200, and replayed
+    /// once Kafka is healthy. Off when unset. On the pod's own volume.
+    #[arg(long, env = "CAPTURE_SPOOL_DIR", value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold; past it requests Kafka cannot take
+    /// get 503 with Retry-After, as without a spool.
+    #[arg(long, env = "CAPTURE_SPOOL_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub spool_max_bytes: usize,
+    /// How long a request waits for Kafka's acknowledgements before the
+    /// events not acknowledged go to the spool. Shorter than
+    /// `--kafka-message-timeout`.
+    #[arg(long, env = "CAPTURE_SPOOL_ACK_DEADLINE", default_value = "3s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub spool_ack_deadline: Duration,
+    /// Most spooled events replayed to Kafka per second, so live traffic
+    /// keeps priority.
+    #[arg(long, env = "CAPTURE_SPOOL_REPLAY_RATE", default_value = "20000")]
+    pub spool_replay_rate: NonZeroU32,
+    /// Size at which a spool segment file is sealed and a new one started
+    /// (replay reads a segment whole, so this bounds its memory).
+    #[arg(long, env = "CAPTURE_SPOOL_SEGMENT_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub spool_segment_bytes: usize,
+    /// Replay the spool to Kafka and exit once it is empty, without serving
+    /// HTTP: how the operator drains the volume of a pod that is gone.
+    #[arg(long, env = "CAPTURE_DRAIN_SPOOL", default_value_t = false)]
+    pub drain_spool: bool,
+}
+
 /// Log output.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Logging")]
@@ -754,6 +788,23 @@ impl Config {
         } else {
             SinkKind::Kafka
         })
+    }
+
+    /// The spool's settings, when it is on.
+    pub fn spool(&self) -> Option<(crate::spool::SpoolSettings, crate::sink::SpoolingSettings)> {
+        let s = &self.spool;
+        let dir = s.spool_dir.clone()?;
+        Some((
+            crate::spool::SpoolSettings {
+                dir,
+                max_bytes: s.spool_max_bytes as u64,
+                segment_bytes: s.spool_segment_bytes as u64,
+            },
+            crate::sink::SpoolingSettings {
+                ack_deadline: s.spool_ack_deadline,
+                replay_rate: s.spool_replay_rate.get(),
+            },
+        ))
     }
 
     /// Topic names as the router uses them.
@@ -867,6 +918,25 @@ impl Config {
         }
         if self.http.tls_poll.is_zero() {
             return invalid("`--tls-poll` must be longer than 0s");
+        }
+        if self.spool.spool_dir.is_some() || self.spool.drain_spool {
+            if self.spool.spool_dir.is_none() {
+                return invalid("`--drain-spool` needs `--spool-dir` (CAPTURE_SPOOL_DIR)");
+            }
+            if self.spool.spool_ack_deadline.is_zero()
+                || self.spool.spool_ack_deadline >= self.kafka.message_timeout
+            {
+                return invalid(
+                    "`--spool-ack-deadline` must be longer than 0s and shorter than `--kafka-message-timeout`",
+                );
+            }
+            if self.spool.spool_segment_bytes < 64 << 10
+                || self.spool.spool_max_bytes < self.spool.spool_segment_bytes
+            {
+                return invalid(
+                    "`--spool-segment-bytes` must be at least 64KiB and at most `--spool-max-bytes`",
+                );
+            }
         }
         match self.sink_kind() {
             SinkKind::Kafka if self.kafka.brokers.iter().all(|b| b.trim().is_empty()) => {

@@ -23,7 +23,8 @@
 //! - [`runtime_config`]: the document the operator renders and capture
 //!   reloads (token policies, restrictions, plugins, limits, routing);
 //!   [`live`] keeps the one in force and reloads it.
-//! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks.
+//! - [`sink`]: Kafka, JSON lines (stdout, file), noop and memory sinks, and
+//!   the spooling sink in front of Kafka; [`spool`] is its durable log.
 //! - [`server`]: accept loop, start-up and graceful shutdown; [`tls`] is
 //!   its optional HTTPS with certificate rotation.
 //! - [`timestamp`], [`token`], [`clock`], [`metrics`], [`error`]: the small
@@ -48,6 +49,7 @@ pub mod router;
 pub mod runtime_config;
 pub mod server;
 pub mod signing;
+pub mod spool;
 pub mod sink;
 pub mod timestamp;
 pub mod tls;

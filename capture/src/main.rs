@@ -36,6 +36,25 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if config.spool.drain_spool {
+        let left = runtime.block_on(async {
+            let shutdown = capture::server::shutdown_signal();
+            capture::server::run_drain(&config, shutdown).await
+        });
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+        match left {
+            Ok(0) => tracing::info!("spool drained; exiting"),
+            Ok(left) => {
+                tracing::error!(records = left, "stopped before the spool was drained");
+                std::process::exit(1);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "capture could not start the drain");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     runtime.block_on(async {
         // First, so a SIGTERM during start-up still means a clean stop.
         let shutdown = capture::server::shutdown_signal();

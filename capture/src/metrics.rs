@@ -117,6 +117,31 @@ pub const RUNTIME_CONFIG_INFO: &str = "capture_runtime_config_info";
 pub const TLS_RELOADS: &str = "capture_tls_reloads_total";
 /// TLS handshakes that failed or timed out.
 pub const TLS_HANDSHAKE_FAILURES: &str = "capture_tls_handshake_failures_total";
+/// Bytes the spool's segments hold.
+pub const SPOOL_BYTES: &str = "capture_spool_bytes";
+/// Most bytes the spool may hold (`--spool-max-bytes`).
+pub const SPOOL_MAX_BYTES: &str = "capture_spool_max_bytes";
+/// Records in the spool not replayed yet.
+pub const SPOOL_RECORDS: &str = "capture_spool_records";
+/// Age of the oldest record in the spool (0 when empty).
+pub const SPOOL_OLDEST_SECONDS: &str = "capture_spool_oldest_record_age_seconds";
+/// Records made durable in the spool (Kafka could not take them).
+pub const SPOOL_APPENDED: &str = "capture_spool_appended_total";
+/// Records replayed from the spool and acknowledged by Kafka.
+pub const SPOOL_REPLAYED: &str = "capture_spool_replayed_total";
+/// Appends refused because the spool held `--spool-max-bytes` (answered 503).
+pub const SPOOL_FULL: &str = "capture_spool_full_total";
+/// Damaged records found in the spool and set aside in `corrupt/`.
+pub const SPOOL_CORRUPT_RECORDS: &str = "capture_spool_corrupt_records_total";
+/// Segments whose torn tail (a write a crash cut short) was truncated.
+pub const SPOOL_TORN_TAILS: &str = "capture_spool_torn_tails_total";
+/// Records Kafka refused for good on replay (too large), set aside.
+pub const SPOOL_REJECTED_RECORDS: &str = "capture_spool_rejected_records_total";
+/// Spooled records Kafka acknowledged after all (the request had stopped
+/// waiting at `--spool-ack-deadline`): each could be produced twice.
+pub const SPOOL_LATE_ACKS: &str = "capture_spool_late_acks_total";
+/// Late-acknowledged records the replay skipped (not produced twice).
+pub const SPOOL_DUPLICATES_AVOIDED: &str = "capture_spool_duplicates_avoided_total";
 
 /// Installs the global recorder. Call once per process; later calls return
 /// a handle to a fresh, uninstalled recorder so tests can build many apps.
@@ -294,5 +319,32 @@ fn describe() {
     describe_counter!(
         POLICY_FALLBACK,
         "Requests decided without Redis, by decision"
+    );
+    describe_gauge!(SPOOL_BYTES, "Bytes the spool's segments hold");
+    describe_gauge!(SPOOL_MAX_BYTES, "Most bytes the spool may hold");
+    describe_gauge!(SPOOL_RECORDS, "Records in the spool not replayed yet");
+    describe_gauge!(
+        SPOOL_OLDEST_SECONDS,
+        "Age of the oldest spooled record in seconds"
+    );
+    describe_counter!(SPOOL_APPENDED, "Records made durable in the spool");
+    describe_counter!(SPOOL_REPLAYED, "Spooled records replayed to Kafka");
+    describe_counter!(SPOOL_FULL, "Appends refused by a full spool");
+    describe_counter!(SPOOL_CORRUPT_RECORDS, "Damaged spool records set aside");
+    describe_counter!(
+        SPOOL_TORN_TAILS,
+        "Spool segments truncated after a cut-short write"
+    );
+    describe_counter!(
+        SPOOL_REJECTED_RECORDS,
+        "Spooled records Kafka refused for good, set aside"
+    );
+    describe_counter!(
+        SPOOL_LATE_ACKS,
+        "Spooled records Kafka acknowledged after all"
+    );
+    describe_counter!(
+        SPOOL_DUPLICATES_AVOIDED,
+        "Late-acknowledged spooled records not replayed"
     );
 }

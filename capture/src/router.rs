@@ -574,7 +574,7 @@ async fn produce(
         // Per data type, so the counters are touched once per request.
         let mut kinds: Vec<(DataType, u64)> = Vec::with_capacity(2);
         let sent: Vec<DataType> = messages.iter().map(|m| m.kind).collect();
-        let delivery = inner.sink.send(messages).await;
+        let delivery = inner.sink.send(Arc::new(messages)).await;
         for (kind, acked) in sent.into_iter().zip(&delivery.acked) {
             if !*acked {
                 continue;
@@ -928,7 +928,7 @@ fn health(state: &AppState) -> Health {
     } else {
         state.0.sink.health()
     };
-    let ready = matches!(health, Health::Ready);
+    let ready = !matches!(health, Health::NotReady(_));
     metrics::gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
     health
 }
@@ -940,6 +940,14 @@ async fn readiness(State(state): State<AppState>) -> Response {
         Health::Ready => (
             StatusCode::OK,
             format!("ready\nruntime-config {}\n", state.0.live.current().hash),
+        )
+            .into_response(),
+        Health::Spooling(note) => (
+            StatusCode::OK,
+            format!(
+                "ready\nspooling: {note}\nruntime-config {}\n",
+                state.0.live.current().hash
+            ),
         )
             .into_response(),
         Health::NotReady(reason) => (

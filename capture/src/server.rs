@@ -28,7 +28,7 @@ use crate::config::{Config, SinkKind};
 use crate::policy::Policy;
 use crate::router::{AppState, Limits, app};
 use crate::sink::kafka::{KafkaSink, ensure_topics};
-use crate::sink::{JsonLinesSink, NoopSink, Sink, SinkError};
+use crate::sink::{JsonLinesSink, NoopSink, Sink, SinkError, SpoolingSink};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,15 @@ pub enum StartError {
         /// Why.
         #[source]
         source: SinkError,
+    },
+    /// The spool directory cannot be opened or recovered.
+    #[error("cannot open the spool at {path}: {source}")]
+    Spool {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The policy settings are unusable.
     #[error("cannot set up policies: {0}")]
@@ -127,7 +136,64 @@ pub async fn build_sink(config: &Config) -> Result<Arc<dyn Sink>, StartError> {
         }
         SinkKind::Noop => Arc::new(NoopSink),
     };
-    Ok(sink)
+    let Some((spool, spooling)) = config.spool() else {
+        return Ok(sink);
+    };
+    let path = spool.dir.display().to_string();
+    let (opened, recovered) =
+        crate::spool::Spool::open(&spool).map_err(|source| StartError::Spool {
+            path: path.clone(),
+            source,
+        })?;
+    tracing::info!(
+        dir = %path,
+        max_bytes = spool.max_bytes,
+        ack_deadline = ?spooling.ack_deadline,
+        left_by_previous_process = recovered.records,
+        segments = recovered.segments,
+        torn_tails = recovered.torn_tails,
+        corrupt = recovered.corrupt,
+        "spool open"
+    );
+    Ok(Arc::new(SpoolingSink::start(sink, opened, spooling)))
+}
+
+/// How often a drain reports its progress.
+const DRAIN_REPORT: Duration = Duration::from_secs(10);
+
+/// Waits until the sink's spool is empty, or `deadline` passes (`None`:
+/// however long it takes). Returns the records left.
+pub async fn drain_spool(sink: &dyn Sink, deadline: Option<Instant>) -> u64 {
+    let mut reported = Instant::now();
+    loop {
+        let left = sink.spooled();
+        if left == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            return left;
+        }
+        if reported.elapsed() >= DRAIN_REPORT {
+            reported = Instant::now();
+            tracing::info!(records = left, health = ?sink.health(), "draining the spool");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--drain-spool`: replays the spool to Kafka, then exits; no HTTP. For the
+/// volume of a pod that is gone. Ends early (with what is left) when
+/// `shutdown` resolves.
+pub async fn run_drain(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<u64, StartError> {
+    let sink = build_sink(config).await?;
+    let left = tokio::select! {
+        left = drain_spool(sink.as_ref(), None) => left,
+        () = shutdown => sink.spooled(),
+    };
+    if let Err(err) = sink.flush(config.http.shutdown_timeout).await {
+        tracing::error!(error = %err, "sink flush incomplete after the drain");
+    }
+    Ok(left)
 }
 
 /// Runs the server until `shutdown` resolves, then fails readiness for the
@@ -265,9 +331,22 @@ pub async fn run(
         policy.flush(),
     );
     match flushed {
-        Ok(()) => tracing::info!("sink flushed; exiting"),
+        Ok(()) => tracing::info!("sink flushed"),
         Err(err) => tracing::error!(error = %err, "sink flush incomplete at shutdown"),
     }
+    // What the spool holds is replayed while the shutdown budget lasts; the
+    // rest stays on the volume for the next process (or the operator's
+    // drain of a volume whose pod is gone).
+    if sink.spooled() > 0 {
+        let spent = drain_started.get().map_or(Duration::ZERO, Instant::elapsed);
+        let budget = config.http.shutdown_timeout.saturating_sub(spent);
+        let left = drain_spool(sink.as_ref(), Some(Instant::now() + budget)).await;
+        tracing::info!(
+            left_in_spool = left,
+            "spool drained as far as the shutdown allows"
+        );
+    }
+    tracing::info!("exiting");
     Ok(())
 }
 

@@ -112,7 +112,7 @@ impl Warnings {
         let sink = Arc::clone(sink);
         metrics::counter!(m::INGESTION_WARNINGS, "kind" => kind).increment(1);
         tokio::spawn(async move {
-            let delivery = sink.send(vec![message]).await;
+            let delivery = sink.send(Arc::new(vec![message])).await;
             if let Err(err) = delivery.into_result() {
                 metrics::counter!(m::INGESTION_WARNINGS_FAILED).increment(1);
                 tracing::debug!(error = %err, kind, "ingestion warning not produced");

@@ -336,19 +336,19 @@ impl Sink for RefusingTopic {
         "refusing"
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Delivery {
+    async fn send(&self, messages: Arc<Vec<Message>>) -> Delivery {
         let refused = self.refused.lock().expect("lock").clone();
         let mut acked = Vec::with_capacity(messages.len());
         let mut kept = Vec::new();
-        for message in messages {
+        for message in messages.iter() {
             let ok = refused.as_deref() != Some(&*message.topic);
             acked.push(ok);
             if ok {
-                kept.push(message);
+                kept.push(message.clone());
             }
         }
         let count = kept.len();
-        self.kept.send(kept).await;
+        self.kept.send(Arc::new(kept)).await;
         let error = (count < acked.len()).then_some(SinkError::Timeout);
         Delivery { acked, error }
     }

@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -87,7 +87,7 @@ impl Sink for JsonLinesSink {
         self.name
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Delivery {
+    async fn send(&self, messages: Arc<Vec<Message>>) -> Delivery {
         let count = messages.len();
         // One write of all lines: a failed write acknowledges none of them
         // (a retry may repeat lines a partial write left; never the reverse).
@@ -132,7 +132,7 @@ mod tests {
             headers: vec![("token", "t".into())],
             payload: r#"{"uuid":"x","event":"e"}"#.into(),
         };
-        sink.send(vec![message.clone(), message])
+        sink.send(Arc::new(vec![message.clone(), message]))
             .await
             .into_result()
             .expect("written");

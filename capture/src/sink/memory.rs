@@ -1,7 +1,7 @@
 //! A sink that keeps messages in memory, for tests that drive the router
 //! without a broker (fixture replay, handler tests).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
@@ -26,12 +26,12 @@ impl Sink for MemorySink {
         "memory"
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Delivery {
+    async fn send(&self, messages: Arc<Vec<Message>>) -> Delivery {
         let count = messages.len();
         self.messages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend(messages);
+            .extend(messages.iter().cloned());
         Delivery::all(count)
     }
 }

@@ -19,12 +19,15 @@ mod jsonl;
 pub mod kafka;
 mod memory;
 mod noop;
+pub mod spool;
 
 pub use jsonl::JsonLinesSink;
 pub use memory::MemorySink;
 pub use noop::NoopSink;
+pub use spool::{SpoolingSettings, SpoolingSink};
 
-/// One message to produce.
+/// One message to produce. A sink takes a request's messages behind an
+/// `Arc`, so a spooling sink can keep them while Kafka has them too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// What kind of data it is (for metrics).
@@ -123,6 +126,9 @@ impl Delivery {
 pub enum Health {
     /// Ready for traffic.
     Ready,
+    /// Ready for traffic, with Kafka's share going to (or coming back from)
+    /// the durable spool, as the note says.
+    Spooling(String),
     /// Not ready, with a reason for the readiness endpoint.
     NotReady(String),
 }
@@ -136,7 +142,7 @@ pub trait Sink: Send + Sync + 'static {
     /// Produces every message and returns once each is acknowledged or
     /// known to have failed (or its deadline passed, which counts as not
     /// acknowledged).
-    async fn send(&self, messages: Vec<Message>) -> Delivery;
+    async fn send(&self, messages: Arc<Vec<Message>>) -> Delivery;
 
     /// Whether the sink is reachable.
     fn health(&self) -> Health {
@@ -147,6 +153,11 @@ pub trait Sink: Send + Sync + 'static {
     /// for them hear at once that they were not (and answer 503). For a
     /// shutdown whose drain deadline is near.
     fn abandon(&self) {}
+
+    /// Records waiting in a durable spool for Kafka (0 without one).
+    fn spooled(&self) -> u64 {
+        0
+    }
 
     /// Delivers anything still buffered, waiting at most `timeout`.
     async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {

@@ -1,6 +1,8 @@
 //! A sink that acknowledges everything and keeps nothing: for measuring the
 //! HTTP and processing path alone.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::{Delivery, Message, Sink};
@@ -15,7 +17,7 @@ impl Sink for NoopSink {
         "noop"
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Delivery {
+    async fn send(&self, messages: Arc<Vec<Message>>) -> Delivery {
         Delivery::all(messages.len())
     }
 }

@@ -464,7 +464,7 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
-    async fn send(&self, messages: Vec<Message>) -> Delivery {
+    async fn send(&self, messages: Arc<Vec<Message>>) -> Delivery {
         let count = messages.len();
         if count == 0 {
             return Delivery::all(0);
