@@ -5,8 +5,8 @@
 //! missing; duplicates are counted and printed.
 //!
 //! Each test runs its own tansu (not the shared `common::broker()`, which
-//! must not be killed), started directly from a temp dir so the test holds
-//! the broker's own pid and SIGKILLs the broker itself, not a wrapper.
+//! must not be killed): a [`SqliteBroker`], whose own pid the test holds,
+//! so it SIGKILLs the broker itself, not a wrapper.
 //!
 //! Capture runs with `--kafka-idempotence false`: tansu 0.6's sqlite engine
 //! panics ("more or less than one row", in its idempotent-producer check)
@@ -21,138 +21,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::net::TcpStream;
-use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::ledger::{Ledger, Load, assert_none_lost, count_on_topic_at};
-use common::{Capture, create_topics_at, free_port, unique};
+use common::sqlite_broker::SqliteBroker;
+use common::{Capture, create_topics_at, unique};
 
 const TOKEN: &str = "phc_broker_faults_token";
-
-/// A tansu broker of one test, storing into `tansu.db` in its own temp
-/// dir, on a port that stays the same across restarts.
-struct SqliteBroker {
-    dir: tempfile::TempDir,
-    port: u16,
-    /// The tansu process itself (no wrapper shell), while it runs.
-    child: Option<Child>,
-    /// How many times it was started (each start logs to its own file).
-    starts: usize,
-}
-
-impl SqliteBroker {
-    /// Starts a broker on a fresh database and a free port.
-    fn start() -> SqliteBroker {
-        let mut broker = SqliteBroker {
-            dir: tempfile::tempdir().expect("temp dir for the broker"),
-            port: free_port(),
-            child: None,
-            starts: 0,
-        };
-        broker.spawn();
-        broker
-    }
-
-    /// `host:port` to bootstrap from.
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Starts tansu (again) on the same port and database file, and waits
-    /// until it accepts connections.
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "the broker is already running");
-        self.starts += 1;
-        let url = format!("tcp://{}", self.address());
-        let log = self.dir.path().join(format!("tansu-{}.log", self.starts));
-        let stdout = File::create(&log).expect("broker log file");
-        let stderr = stdout.try_clone().expect("broker log file");
-        let mut child = Command::new(common::broker::tansu_bin())
-            // `sqlite://tansu.db` is relative to the working directory
-            // (`sqlite:///abs/path` gets mangled).
-            .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("start tansu (set TANSU_BIN or run .ci/run)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.address()).is_err() {
-            if let Some(status) = child.try_wait().expect("tansu status") {
-                panic!(
-                    "tansu exited ({status}) before listening; its log:\n{}",
-                    self.logs()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "tansu did not listen on {} within 30 s; its log:\n{}",
-                    self.address(),
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child = Some(child);
-    }
-
-    /// SIGKILLs the broker (`Child::kill` sends SIGKILL on Unix, to tansu's
-    /// own pid): it gets no chance to flush or close anything.
-    fn sigkill(&mut self) {
-        let mut child = self.child.take().expect("the broker is running");
-        if let Some(status) = child.try_wait().expect("tansu status") {
-            panic!(
-                "tansu had already exited ({status}) before the kill; its log:\n{}",
-                self.logs()
-            );
-        }
-        child.kill().expect("SIGKILL tansu");
-        let status = child.wait().expect("reap tansu");
-        assert_eq!(status.signal(), Some(9), "tansu ended by SIGKILL: {status}");
-        assert!(
-            TcpStream::connect(self.address()).is_err(),
-            "nothing listens on the broker's port after the kill"
-        );
-    }
-
-    /// Every start's log, in order.
-    fn logs(&self) -> String {
-        (1..=self.starts)
-            .map(|n| {
-                let path = self.dir.path().join(format!("tansu-{n}.log"));
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                format!("--- tansu start {n} ---\n{text}")
-            })
-            .collect()
-    }
-
-    /// Tansu log lines that report a panic (none expected with idempotence
-    /// off; printed, as a broker fault rather than capture's).
-    fn panics(&self) -> Vec<String> {
-        self.logs()
-            .lines()
-            .filter(|line| line.contains("panicked"))
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for SqliteBroker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Capture producing plain events to `topic` on `broker`, idempotence off
 /// (see the module comment), with `extra` flags.
@@ -167,16 +42,6 @@ fn capture_on(broker: &SqliteBroker, topic: &str, extra: &[&str]) -> Capture {
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     Capture::start(&args)
-}
-
-/// Requests answered between two snapshots of a ledger, by status.
-fn between(earlier: &Ledger, later: &Ledger) -> BTreeMap<u16, usize> {
-    later
-        .statuses
-        .iter()
-        .map(|(status, n)| (*status, n - earlier.answered(*status)))
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 /// Requests answered with anything but 200 (0: no answer at all).
@@ -234,11 +99,11 @@ async fn an_acknowledged_event_survives_a_broker_sigkill_under_load() {
     // timeout); capture answers them at the latest when its own wait
     // (message timeout + 5 s) runs out.
     let deadline = killed + Duration::from_secs(20);
-    while refused(&between(&before_kill, &load.ledger())) == 0 {
+    while refused(&load.ledger().since(&before_kill)) == 0 {
         assert!(
             Instant::now() < deadline,
             "nothing refused within 20 s of the broker's death: {:?}",
-            between(&before_kill, &load.ledger())
+            load.ledger().since(&before_kill)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -261,9 +126,9 @@ async fn an_acknowledged_event_survives_a_broker_sigkill_under_load() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let ledger = load.finish().await;
 
-    let up = between(&Ledger::default(), &before_kill);
-    let down = between(&before_kill, &before_restart);
-    let back = between(&before_restart, &ledger);
+    let up = before_kill.since(&Ledger::default());
+    let down = before_restart.since(&before_kill);
+    let back = ledger.since(&before_restart);
     println!(
         "[phases] before the kill {up:?}; broker down {down:?} (first refusal {first_refusal:.1?} \
          after the kill); after the restart {back:?} (first 200 {recovered_in:.1?} after it)"
@@ -362,7 +227,7 @@ async fn sigterm_during_a_kafka_outage_answers_everything_and_loses_nothing() {
             .position(|line| line.contains(needle))
             .unwrap_or_else(|| panic!("no log line with {needle:?}:\n{log}"))
     };
-    let (requested, flushed) = (line("shutdown requested"), line("sink flushed; exiting"));
+    let (requested, flushed) = (line("shutdown requested"), line("sink flushed"));
     let flushed_in = logged_at(&logs[flushed])
         .duration_since(logged_at(&logs[requested]))
         .expect("flushed after the signal");
@@ -371,7 +236,7 @@ async fn sigterm_during_a_kafka_outage_answers_everything_and_loses_nothing() {
         .iter()
         .filter(|line| line.contains("event not acknowledged by kafka"))
         .count();
-    let after_stop = between(&at_stop, &ledger);
+    let after_stop = ledger.since(&at_stop);
     println!(
         "[shutdown] {refused_after_sigterm} requests refused after SIGTERM; answered after the \
          clients were stopped {after_stop:?}; producer flushed {flushed_in:.1?} and process \

@@ -29,6 +29,16 @@ impl Ledger {
         self.statuses.get(&status).copied().unwrap_or(0)
     }
 
+    /// Requests answered since `earlier` (a snapshot of the same ledger),
+    /// by status; statuses with none left out.
+    pub fn since(&self, earlier: &Ledger) -> BTreeMap<u16, usize> {
+        self.statuses
+            .iter()
+            .map(|(status, n)| (*status, n - earlier.answered(*status)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     fn record(&mut self, status: u16, uuids: &[String]) {
         *self.statuses.entry(status).or_insert(0) += 1;
         if status == 200 {

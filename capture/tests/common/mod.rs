@@ -12,6 +12,8 @@ pub mod hostile;
 pub mod ledger;
 pub mod python;
 pub mod redis;
+pub mod spooled;
+pub mod sqlite_broker;
 pub mod volume;
 
 pub use broker::broker;
