@@ -138,6 +138,8 @@ struct Shared {
     next_seq: AtomicU64,
     sealed: Mutex<VecDeque<Segment>>,
     active: Mutex<Active>,
+    /// `fdatasync` calls made for appends (group commit shares them).
+    syncs: AtomicU64,
     /// Woken when an append became durable.
     appended: tokio::sync::Notify,
     /// Records Kafka acknowledged after they were spooled (a request that
@@ -224,6 +226,7 @@ impl Spool {
             next_seq: AtomicU64::new(next_seq),
             sealed: Mutex::new(sealed),
             active: Mutex::new(Active::default()),
+            syncs: AtomicU64::new(0),
             appended: tokio::sync::Notify::new(),
             late: Mutex::new(HashSet::new()),
         });
@@ -307,6 +310,11 @@ impl Spool {
             records: self.shared.sealed_records.load(Ordering::Relaxed) + active.records,
             oldest_ms: oldest.or(active.oldest_ms),
         }
+    }
+
+    /// `fdatasync` calls made for appends so far.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
     }
 
     /// Whether `bytes` more would still fit.
@@ -598,7 +606,7 @@ fn write_loop(shared: &Shared, commands: &mpsc::Receiver<Command>, segment_bytes
                     }
                     match write(shared, &mut writing, &frames, first_seq, written_ms) {
                         Ok(()) => {
-                            waiting.push((reply, records, size, written_ms));
+                            waiting.push((reply, records, written_ms));
                         }
                         Err(err) => {
                             let _ = reply.send(Err(SpoolError::Io(err)));
@@ -621,9 +629,10 @@ fn write_loop(shared: &Shared, commands: &mpsc::Receiver<Command>, segment_bytes
     }
 }
 
+/// Appends written and not yet synced: who to answer, their records and
+/// when they were written.
 type Waiting = Vec<(
     tokio::sync::oneshot::Sender<Result<(), SpoolError>>,
-    u64,
     u64,
     u64,
 )>;
@@ -659,6 +668,11 @@ fn write(
         return Err(err);
     }
     w.segment.bytes += frames.len() as u64;
+    // Counted at once, so the next append of the same group is checked
+    // against it (`--spool-max-bytes` holds however many arrive together).
+    shared
+        .bytes
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 
@@ -674,9 +688,9 @@ fn sync(shared: &Shared, writing: &mut Option<Writing>, waiting: &mut Waiting) {
         return;
     };
     let synced = w.file.sync_data();
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
     let failed = synced.is_err();
-    for (reply, records, size, written_ms) in waiting.drain(..) {
-        shared.bytes.fetch_add(size, Ordering::Relaxed);
+    for (reply, records, written_ms) in waiting.drain(..) {
         match &synced {
             Ok(()) => {
                 let mut active = lock(&shared.active);

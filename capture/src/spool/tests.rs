@@ -257,3 +257,36 @@ async fn concurrent_appends_share_syncs_and_all_are_kept() {
     expected.sort();
     assert_eq!(seen, expected);
 }
+
+#[tokio::test]
+async fn appends_arriving_together_never_take_the_spool_past_its_max_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut one = Vec::new();
+    record::encode(&mut one, 0, 0, &message(10));
+    let mut limited = settings(dir.path());
+    limited.max_bytes = one.len() as u64 * 10 + 5;
+    limited.segment_bytes = one.len() as u64 * 4;
+    let (spool, _) = Spool::open(&limited).expect("opens");
+    let spool = Arc::new(spool);
+    for _ in 0..5 {
+        let tasks: Vec<_> = (0..64)
+            .map(|n| {
+                let spool = Arc::clone(&spool);
+                tokio::spawn(async move { spool.append(&[message(10 + n % 10)]).await.is_ok() })
+            })
+            .collect();
+        let mut kept = 0;
+        for task in tasks {
+            kept += usize::from(task.await.expect("joined"));
+        }
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| e.metadata().expect("metadata").len())
+            .sum();
+        assert!(on_disk <= limited.max_bytes, "{on_disk} bytes on disk");
+        assert_eq!(spool.stats().bytes, on_disk);
+        assert!(kept <= 10, "{kept} appends kept");
+    }
+}
