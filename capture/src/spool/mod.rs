@@ -152,6 +152,8 @@ pub struct Spool {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Held while the spool is open (released when the process ends).
+    _lock: File,
 }
 
 impl std::fmt::Debug for Spool {
@@ -176,6 +178,15 @@ impl Spool {
     pub fn open(settings: &SpoolSettings) -> io::Result<(Spool, Recovered)> {
         let dir = settings.dir.clone();
         fs::create_dir_all(dir.join("corrupt"))?;
+        // One process per directory: a second (a drain job beside a pod
+        // on the same volume) would replay and delete under the first.
+        let lock = File::create(dir.join("lock"))?;
+        if let Err(err) = lock.try_lock() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("the spool directory is in use by another capture process ({err})"),
+            ));
+        }
         let mut names: Vec<PathBuf> = fs::read_dir(&dir)?
             .filter_map(Result::ok)
             .map(|entry| entry.path())
@@ -240,18 +251,25 @@ impl Spool {
             shared,
             commands,
             writer: Some(writer),
+            _lock: lock,
         };
         Ok((spool, recovered))
     }
 
     /// Closes the spool and waits for its writer to finish: what was
     /// appended stays for the next process.
-    pub fn close(mut self) {
-        let writer = self.writer.take();
-        drop(self);
+    pub fn close(self) {
+        let Spool {
+            commands,
+            writer,
+            _lock: lock,
+            ..
+        } = self;
+        drop(commands);
         if let Some(writer) = writer {
             let _ = writer.join();
         }
+        drop(lock);
     }
 
     /// Appends `messages` and returns once they are durable, with the

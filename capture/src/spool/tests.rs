@@ -290,3 +290,18 @@ async fn appends_arriving_together_never_take_the_spool_past_its_max_bytes() {
         assert!(kept <= 10, "{kept} appends kept");
     }
 }
+
+#[tokio::test]
+async fn a_second_process_cannot_open_a_spool_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(&settings(dir.path())).expect("opens");
+    let second = Spool::open(&settings(dir.path()));
+    let err = second.err().expect("refused while the first has it");
+    assert!(
+        err.to_string()
+            .contains("in use by another capture process"),
+        "{err}"
+    );
+    spool.close();
+    Spool::open(&settings(dir.path())).expect("free once the first closed it");
+}
