@@ -1256,6 +1256,28 @@ mod tests {
     }
 
     #[test]
+    fn spool_settings_are_checked_against_each_other_and_named() {
+        assert!(load(&[]).expect("valid").spool().is_none(), "off by default");
+        let (spool, spooling) = load(&["--spool-dir", "/var/spool/capture"])
+            .expect("valid")
+            .spool()
+            .expect("on");
+        assert_eq!(spool.max_bytes, 1 << 30);
+        assert_eq!(spool.segment_bytes, 16 << 20);
+        assert_eq!(spooling.ack_deadline, Duration::from_secs(3));
+        let err = load(&["--drain-spool"]).expect_err("nothing to drain");
+        assert!(err.to_string().contains("`--drain-spool` needs `--spool-dir`"), "{err}");
+        let err = load(&["--spool-dir", "/s", "--spool-ack-deadline", "20s"])
+            .expect_err("not shorter than the message timeout");
+        assert!(err.to_string().contains("--kafka-message-timeout"), "{err}");
+        let err = load(&["--spool-dir", "/s", "--spool-max-bytes", "1MiB"])
+            .expect_err("smaller than a segment");
+        assert!(err.to_string().contains("--spool-segment-bytes"), "{err}");
+        let err = load(&["--spool-dir", "/s", "--spool-replay-rate", "0"]).expect_err("zero");
+        assert!(err.to_string().contains("--spool-replay-rate"), "{err}");
+    }
+
+    #[test]
     fn sasl_needs_its_protocol_and_all_three_settings() {
         let err = load(&[
             "--kafka-security-protocol",
