@@ -1,20 +1,28 @@
 //! The `CaptureDeployment` reconciler: server-side applies the objects it
 //! owns (see [`crate::manifest`]), reconciles its Kafka topics one way (see
-//! [`crate::topic`]), and reports what it observed in a kstatus-compatible
+//! [`crate::topic`]), drains the spool volumes of pods scaled away (see
+//! [`crate::spool`]), and reports what it observed in a kstatus-compatible
 //! status (`Ready` condition plus `observedGeneration`).
 //!
+//! The pods run as a Deployment, or with `spec.spool` as a StatefulSet.
+//! Switching hands over: the new kind is applied, and the old one deleted
+//! once the new one's pods are all ready, so the Service never runs dry.
+//!
 //! A finalizer deletes, on removal, only the topics whose spec says
-//! `deleteOnRemoval`; owned objects go with the owner references.
+//! `deleteOnRemoval`; owned objects go with the owner references. Spool
+//! volumes are retained (they are not owned): the same CaptureDeployment
+//! made again finds them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,6 +34,7 @@ use crate::crd::CaptureDeployment;
 use crate::crd::condition::condition;
 use crate::crd::deployment::{CaptureDeploymentStatus, TopicStatus};
 use crate::manifest;
+use crate::spool::{self, Claim, DrainJob, DrainPlan, JobState, Spool};
 use crate::topic::{Change, DesiredTopic, TopicAdmin, TopicState, UNMANAGED_ANNOTATION, plan};
 
 /// The field manager of every server-side apply.
@@ -36,6 +45,9 @@ pub const FINALIZER: &str = "capture.dev/topic-cleanup";
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon the pods are asked again while a new runtime config spreads.
 pub const CONFIG_RECHECK: Duration = Duration::from_secs(5);
+/// How soon to look again while a spool volume waits for its pod to stop
+/// (pods are not watched).
+pub const SPOOL_RECHECK: Duration = Duration::from_secs(10);
 
 /// What a reconcile can fail with; the controller retries these.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +117,24 @@ where
     Ok(api
         .patch(&object.name_any(), &params, &Patch::Apply(object))
         .await?)
+}
+
+/// Deletes `name` (and, in the background, what it owns: a Job's pods); one
+/// that is not there is a 404, which is fine.
+async fn delete<K>(client: &Client, namespace: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The `resourceVersion` of each Secret the pods read; a missing one is
@@ -290,8 +320,26 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         Err(err) => RuntimeConfigOutcome::Invalid(err.to_string()),
     };
     server_side_apply(client, &namespace, &manifest::service(cd)).await?;
-    let deployment =
-        server_side_apply(client, &namespace, &manifest::deployment(cd, &versions)).await?;
+    // The pods: a Deployment, or a StatefulSet with a spool; none while the
+    // spool is refused (the pods keep running as they are).
+    let spool = SpoolOutcome::of(cd);
+    let workload = match &spool {
+        SpoolOutcome::Off => Workload::of_deployment(
+            &server_side_apply(client, &namespace, &manifest::deployment(cd, &versions)).await?,
+        ),
+        SpoolOutcome::On(settings) => Workload::of_stateful_set(
+            &server_side_apply(
+                client,
+                &namespace,
+                &manifest::stateful_set(cd, settings, &versions),
+            )
+            .await?,
+        ),
+        SpoolOutcome::Invalid(_) => Workload {
+            settings_hash: cd.status.as_ref().and_then(|s| s.settings_hash.clone()),
+            ..Workload::default()
+        },
+    };
     server_side_apply(client, &namespace, &manifest::disruption_budget(cd)).await?;
     match manifest::network_policy(cd) {
         Some(policy) => {
@@ -309,6 +357,8 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         }
     }
     match manifest::autoscaler(cd) {
+        // Its target would be the StatefulSet that is not applied.
+        Some(_) if matches!(spool, SpoolOutcome::Invalid(_)) => {}
         Some(hpa) => {
             server_side_apply(client, &namespace, &hpa).await?;
         }
@@ -320,6 +370,7 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    let volumes = reconcile_volumes(cd, ctx, &spool, &workload).await?;
     let topics = reconcile_topics(cd, &secrets, ctx).await?;
     // Which config the ready pods run: the one just written, else the last
     // good one.
@@ -340,7 +391,22 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         ),
         None => None,
     };
-    let status = observed_status(cd, &deployment, topics, &missing_secrets, &config, rollout);
+    let spool_report = match (&spool, volumes) {
+        (SpoolOutcome::Invalid(reason), _) => SpoolReport::Invalid(reason.clone()),
+        (_, Some(plan)) => SpoolReport::Volumes(plan),
+        (_, None) => SpoolReport::None,
+    };
+    let waiting_for_pods =
+        matches!(&spool_report, SpoolReport::Volumes(plan) if plan.waiting_for_pods());
+    let status = observed_status(
+        cd,
+        &workload,
+        topics,
+        &missing_secrets,
+        &config,
+        rollout,
+        &spool_report,
+    );
     let previous = cd.status.clone().unwrap_or_default();
     let degraded = |s: &CaptureDeploymentStatus| {
         s.conditions
@@ -383,13 +449,306 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         )
         .await?;
     }
-    // While ready pods still run an older config, look again soon.
+    // While ready pods still run an older config, look again soon; and
+    // while a spool volume waits for its pod to stop.
     match rollout {
         Some(rollout) if rollout.ready > 0 && !rollout.complete() => {
             Ok(Action::requeue(CONFIG_RECHECK))
         }
+        _ if waiting_for_pods => Ok(Action::requeue(SPOOL_RECHECK)),
         _ => Ok(Action::requeue(RESYNC)),
     }
+}
+
+/// What `spec.spool` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolOutcome {
+    /// No spool: a Deployment.
+    Off,
+    /// A spool: a StatefulSet.
+    On(Spool),
+    /// Refused (the schema refuses the same); why. Nothing about the pods
+    /// changes.
+    Invalid(String),
+}
+
+impl SpoolOutcome {
+    /// From the spec.
+    pub fn of(cd: &CaptureDeployment) -> Self {
+        match cd.spec.spool.as_ref().map(Spool::from_spec) {
+            None => SpoolOutcome::Off,
+            Some(Ok(spool)) => SpoolOutcome::On(spool),
+            Some(Err(err)) => SpoolOutcome::Invalid(err.to_string()),
+        }
+    }
+}
+
+/// The pods' Deployment or StatefulSet, as the API answered its apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// Its `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The generation its controller last acted on.
+    pub observed_generation: Option<i64>,
+    /// Pods wanted (the spec's, or the autoscaler's).
+    pub wanted: i32,
+    /// Pods ready.
+    pub ready: i32,
+    /// Pods of the current pod template.
+    pub updated: i32,
+    /// The pod template's settings hash.
+    pub settings_hash: Option<String>,
+}
+
+impl Workload {
+    /// A Deployment's.
+    pub fn of_deployment(deployment: &Deployment) -> Self {
+        let observed = deployment.status.clone().unwrap_or_default();
+        let spec = deployment.spec.as_ref();
+        Workload {
+            generation: deployment.metadata.generation,
+            observed_generation: observed.observed_generation,
+            wanted: spec
+                .and_then(|s| s.replicas)
+                .or(observed.replicas)
+                .unwrap_or(0),
+            ready: observed.ready_replicas.unwrap_or(0),
+            updated: observed.updated_replicas.unwrap_or(0),
+            settings_hash: spec.and_then(|s| settings_hash(&s.template)),
+        }
+    }
+
+    /// A StatefulSet's.
+    pub fn of_stateful_set(set: &StatefulSet) -> Self {
+        let observed = set.status.clone().unwrap_or_default();
+        let spec = set.spec.as_ref();
+        Workload {
+            generation: set.metadata.generation,
+            observed_generation: observed.observed_generation,
+            wanted: spec.and_then(|s| s.replicas).unwrap_or(observed.replicas),
+            ready: observed.ready_replicas.unwrap_or(0),
+            updated: observed.updated_replicas.unwrap_or(0),
+            settings_hash: spec.and_then(|s| settings_hash(&s.template)),
+        }
+    }
+
+    /// Every pod updated and ready, and at least one.
+    pub fn rolled_out(&self) -> bool {
+        self.generation == self.observed_generation
+            && self.updated >= self.wanted
+            && self.ready >= self.wanted
+            && self.wanted > 0
+    }
+
+    /// Its controller has seen the latest spec and every pod it wants is
+    /// ready: the other kind may go.
+    pub fn serving(&self) -> bool {
+        self.generation == self.observed_generation && self.ready >= self.wanted
+    }
+}
+
+fn settings_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Option<String> {
+    template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(manifest::SETTINGS_HASH_ANNOTATION).cloned())
+}
+
+/// What is said of the spool in the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolReport {
+    /// No spool and no volume left: nothing.
+    None,
+    /// `spec.spool` refused; why.
+    Invalid(String),
+    /// The volumes not wanted by a pod, and what was done about them.
+    Volumes(DrainPlan),
+}
+
+/// A claim as the plan sees it, if it is one of `name`'s spool claims.
+fn listed_claim(name: &str, pvc: &PersistentVolumeClaim) -> Option<Claim> {
+    let claim = pvc.metadata.name.clone()?;
+    Some(Claim {
+        ordinal: spool::ordinal(name, &claim)?,
+        size_bytes: pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .and_then(|q| spool::quantity_bytes(&q.0)),
+        deleting: pvc.metadata.deletion_timestamp.is_some(),
+        name: claim,
+    })
+}
+
+/// A drain Job as the plan sees it. One being deleted counts as running:
+/// nothing is done about it until it is gone.
+fn listed_job(job: &Job) -> Option<DrainJob> {
+    let finished = |type_: &str| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True")
+            })
+    };
+    let state = if job.metadata.deletion_timestamp.is_some() {
+        JobState::Running
+    } else if finished("Complete") {
+        JobState::Succeeded
+    } else if finished("Failed") {
+        JobState::Failed
+    } else {
+        JobState::Running
+    };
+    Some(DrainJob {
+        name: job.metadata.name.clone()?,
+        state,
+    })
+}
+
+/// The spool volumes: hands the pods over from the other kind once the
+/// wanted one serves, then drains (see [`spool::plan`]) the claims of
+/// ordinals no pod wants. `None` when there is no spool and no claim (one
+/// list call), or the spool is refused (nothing done).
+async fn reconcile_volumes(
+    cd: &CaptureDeployment,
+    ctx: &Context,
+    spool: &SpoolOutcome,
+    workload: &Workload,
+) -> Result<Option<DrainPlan>, Error> {
+    if matches!(spool, SpoolOutcome::Invalid(_)) {
+        return Ok(None);
+    }
+    let namespace = cd.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let name = cd.name_any();
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let claims: Vec<Claim> = claims_api
+        .list(&ListParams::default().labels(&spool::selector(&spool::claim_labels(&name))))
+        .await?
+        .items
+        .iter()
+        .filter_map(|pvc| listed_claim(&name, pvc))
+        .collect();
+    let replicas = match spool {
+        SpoolOutcome::On(_) => {
+            if workload.serving() {
+                delete::<Deployment>(client, &namespace, &name).await?;
+            }
+            workload.wanted
+        }
+        SpoolOutcome::Off | SpoolOutcome::Invalid(_) => {
+            if claims.is_empty() {
+                return Ok(None);
+            }
+            // The StatefulSet, if it is still there, has the pods it wants;
+            // it goes once the Deployment serves. (Listed by name, so
+            // that the grant to list and watch suffices.)
+            let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+            let set = sets
+                .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                .await?
+                .items
+                .into_iter()
+                .find(|set| set.metadata.name.as_deref() == Some(name.as_str()));
+            match set {
+                Some(_) if workload.serving() => {
+                    delete::<StatefulSet>(client, &namespace, &name).await?;
+                    0
+                }
+                Some(set) => set.spec.and_then(|s| s.replicas).unwrap_or(0),
+                None => 0,
+            }
+        }
+    };
+    let jobs_api: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let jobs: Vec<DrainJob> = jobs_api
+        .list(&ListParams::default().labels(&spool::selector(&spool::drain_labels(&name))))
+        .await?
+        .items
+        .iter()
+        .filter_map(listed_job)
+        // This deployment's only, whatever the selector matched.
+        .filter(|job| {
+            spool::job_claim(&job.name)
+                .and_then(|claim| spool::ordinal(&name, claim))
+                .is_some()
+        })
+        .collect();
+    let wanted = u32::try_from(replicas).unwrap_or(0);
+    let pods = if claims.iter().any(|c| c.ordinal >= wanted && !c.deleting) {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        pods.list(
+            &ListParams::default().labels(&spool::selector(&manifest::selector_labels(&name))),
+        )
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|pod| pod.metadata.name)
+        .collect()
+    } else {
+        Default::default()
+    };
+    let plan = spool::plan(&name, replicas, &claims, &jobs, &pods);
+
+    for claim in &plan.create_jobs {
+        server_side_apply(client, &namespace, &manifest::drain_job(cd, claim)).await?;
+        tracing::info!(deployment = %name, claim = %claim.name, "draining a spool volume no pod wants");
+    }
+    // Drained: the claim first, so that a failure leaves the Job to say so.
+    for claim in &plan.delete_claims {
+        delete::<PersistentVolumeClaim>(client, &namespace, claim).await?;
+        tracing::info!(deployment = %name, claim = %claim, "deleted a drained spool volume");
+    }
+    for job in &plan.delete_jobs {
+        delete::<Job>(client, &namespace, job).await?;
+    }
+    let failed = plan.failed();
+    for claim in &failed {
+        tracing::warn!(deployment = %name, claim = %claim, "a spool drain failed; the volume is kept and drained again");
+    }
+    let list = |claims: &mut dyn Iterator<Item = &str>| claims.collect::<Vec<_>>().join(", ");
+    if !plan.create_jobs.is_empty() {
+        let claims = list(&mut plan.create_jobs.iter().map(|c| c.name.as_str()));
+        ctx.events
+            .normal(
+                cd,
+                "SpoolDrainStarted",
+                "DrainSpool",
+                format!(
+                    "draining the spool volumes of pods no longer wanted with a Job each: {claims}"
+                ),
+            )
+            .await;
+    }
+    if !plan.delete_claims.is_empty() {
+        let claims = list(&mut plan.delete_claims.iter().map(String::as_str));
+        ctx.events
+            .normal(
+                cd,
+                "SpoolVolumeDrained",
+                "DeleteVolume",
+                format!("spool replayed to Kafka; deleted the volumes {claims}"),
+            )
+            .await;
+    }
+    if !failed.is_empty() {
+        let claims = list(&mut failed.iter().copied());
+        ctx.events
+            .warning(
+                cd,
+                "SpoolDrainFailed",
+                "DrainSpool",
+                format!("the drain Jobs of {claims} failed (Kafka unreachable until their deadline, or their pods failed); the volumes are kept and drained again by new Jobs"),
+            )
+            .await;
+    }
+    Ok(Some(plan))
 }
 
 /// What became of the spec's runtime config.
@@ -405,27 +764,23 @@ pub enum RuntimeConfigOutcome {
 /// when a condition's status does.
 pub fn observed_status(
     cd: &CaptureDeployment,
-    deployment: &Deployment,
+    workload: &Workload,
     topics: Vec<TopicStatus>,
     missing_secrets: &[String],
     config: &RuntimeConfigOutcome,
     rollout: Option<crate::rollout::ConfigRollout>,
+    spool: &SpoolReport,
 ) -> CaptureDeploymentStatus {
     let previous = cd.status.clone().unwrap_or_default();
     let generation = cd.metadata.generation;
-    let observed = deployment.status.clone().unwrap_or_default();
-    let wanted = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .or(observed.replicas)
-        .unwrap_or(0);
-    let ready_replicas = observed.ready_replicas.unwrap_or(0);
-    let updated = observed.updated_replicas.unwrap_or(0);
-    let rolled_out = deployment.metadata.generation == observed.observed_generation
-        && updated >= wanted
-        && ready_replicas >= wanted
-        && wanted > 0;
+    let wanted = workload.wanted;
+    let ready_replicas = workload.ready;
+    let updated = workload.updated;
+    let rolled_out = workload.rolled_out();
+    let drains_failed = match spool {
+        SpoolReport::Volumes(plan) => plan.failed(),
+        _ => Vec::new(),
+    };
     let topics_ready = topics
         .iter()
         .filter(|t| t.state == "Ready" || t.state == "Unmanaged")
@@ -442,6 +797,12 @@ pub fn observed_status(
             false,
             "SecretNotFound",
             format!("Secret {secret:?} referenced by the spec does not exist"),
+        )
+    } else if let SpoolReport::Invalid(reason) = spool {
+        (
+            false,
+            "InvalidSpool",
+            format!("spec.spool not applied, the pods are left as they are: {reason}"),
         )
     } else if let RuntimeConfigOutcome::Invalid(reason) = config {
         (
@@ -476,9 +837,26 @@ pub fn observed_status(
             format!("{ready_replicas} pods ready, topics in sync"),
         )
     };
-    let degraded = !missing_secrets.is_empty()
+    let invalid = !missing_secrets.is_empty()
         || topic_problem.is_some()
-        || matches!(config, RuntimeConfigOutcome::Invalid(_));
+        || matches!(config, RuntimeConfigOutcome::Invalid(_))
+        || matches!(spool, SpoolReport::Invalid(_));
+    // A failed drain leaves the pods serving, so it is not a reason for
+    // Ready to be false; it is for Degraded.
+    let degraded = invalid || !drains_failed.is_empty();
+    let (degraded_reason, degraded_message) = if invalid {
+        (ready_reason, ready_message.clone())
+    } else if !drains_failed.is_empty() {
+        (
+            "SpoolDrainFailed",
+            format!(
+                "the drain of spool volumes {} failed; they are kept and drained again",
+                drains_failed.join(", ")
+            ),
+        )
+    } else {
+        ("AsExpected", "nothing wrong".to_owned())
+    };
     let mut conditions = vec![
         condition("Ready", ready, ready_reason, ready_message.clone()),
         condition(
@@ -491,16 +869,7 @@ pub fn observed_status(
             },
             format!("{updated} of {wanted} pods updated, {ready_replicas} ready"),
         ),
-        condition(
-            "Degraded",
-            degraded,
-            if degraded { ready_reason } else { "AsExpected" },
-            if degraded {
-                ready_message
-            } else {
-                "nothing wrong".into()
-            },
-        ),
+        condition("Degraded", degraded, degraded_reason, degraded_message),
         match config {
             RuntimeConfigOutcome::Applied(hash) => condition(
                 "RuntimeConfigValid",
@@ -541,16 +910,45 @@ pub fn observed_status(
             ),
         ));
     }
+    if let SpoolReport::Volumes(plan) = spool {
+        let pending = plan.pending();
+        let (ok, reason, message) = if !drains_failed.is_empty() {
+            (
+                false,
+                "DrainFailed",
+                format!(
+                    "{pending} spool volumes of pods no longer wanted hold events; the drain of {} failed and is made again",
+                    drains_failed.join(", ")
+                ),
+            )
+        } else if pending > 0 {
+            (
+                false,
+                "Draining",
+                format!(
+                    "{pending} spool volumes of pods no longer wanted are drained to Kafka: {}",
+                    plan.volumes
+                        .iter()
+                        .filter(|(_, state)| **state != spool::VolumeState::Drained)
+                        .map(|(claim, state)| format!("{claim} ({})", volume_word(state)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        } else {
+            (
+                true,
+                "AllVolumesInUse",
+                "every spool volume belongs to a pod".to_owned(),
+            )
+        };
+        conditions.push(condition("SpoolDrained", ok, reason, message));
+    }
     let config_hash = match config {
         RuntimeConfigOutcome::Applied(hash) => Some(hash.clone()),
         RuntimeConfigOutcome::Invalid(_) => previous.config_hash.clone(),
     };
-    let settings_hash = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.annotations.as_ref())
-        .and_then(|a| a.get(manifest::SETTINGS_HASH_ANNOTATION).cloned());
+    let settings_hash = workload.settings_hash.clone();
     CaptureDeploymentStatus {
         observed_generation: generation,
         conditions,
@@ -561,6 +959,19 @@ pub fn observed_status(
         config_hash,
         settings_hash,
         config_pods: rollout.map(|r| r.current),
+        spool_drains: match spool {
+            SpoolReport::Volumes(plan) => i32::try_from(plan.pending()).ok(),
+            SpoolReport::None | SpoolReport::Invalid(_) => None,
+        },
+    }
+}
+
+fn volume_word(state: &spool::VolumeState) -> &'static str {
+    match state {
+        spool::VolumeState::PodStopping => "its pod is stopping",
+        spool::VolumeState::Draining => "drain Job running",
+        spool::VolumeState::DrainFailed => "drain failed",
+        spool::VolumeState::Drained => "drained",
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`manifest`]: the objects a `CaptureDeployment` owns, as pure functions.
 //! - [`quota`]: a `CaptureQuota` as the settings capture reads from Redis.
 //! - [`topic`]: Kafka topics reconciled one way from the spec.
+//! - [`spool`]: the per-pod durable spool, and the drain of the volumes
+//!   of pods scaled away.
 //! - [`deployment_controller`]: the `CaptureDeployment` reconciler.
 //! - [`quota_controller`]: the `CaptureQuota` reconciler.
 //! - [`runtime`]: both controllers, their watches, metrics and health.
@@ -24,4 +26,5 @@ pub mod quota;
 pub mod quota_controller;
 pub mod rollout;
 pub mod runtime;
+pub mod spool;
 pub mod topic;

@@ -1,5 +1,6 @@
 //! The Kubernetes objects a `CaptureDeployment` owns, as pure functions of
-//! its spec: ServiceAccount, ConfigMap, Deployment, Service,
+//! its spec: ServiceAccount, ConfigMap, Deployment (or, with a spool, a
+//! StatefulSet and the drain Jobs of its volumes), Service,
 //! HorizontalPodAutoscaler, PodDisruptionBudget and NetworkPolicy. The reconciler
 //! server-side applies them; tests check them without an API server.
 //!
@@ -16,18 +17,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements, SeccompProfile,
     SecretProjection, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    ServiceSpec, Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -43,6 +47,7 @@ use capture::runtime_config::RuntimeConfig;
 
 use crate::crd::CaptureDeployment;
 use crate::crd::deployment::{CaptureDeploymentSpec, SecretKeyRef, TopicSpec};
+use crate::spool::{self, Claim, Spool};
 
 /// Pod-template annotation holding the hash of the pods' static settings.
 pub const SETTINGS_HASH_ANNOTATION: &str = "capture.dev/settings-hash";
@@ -72,6 +77,19 @@ const RUN_AS: i64 = 65_532;
 const SHUTDOWN_DELAY: &str = "5s";
 /// `--shutdown-timeout` of the pods.
 const SHUTDOWN_TIMEOUT: &str = "25s";
+/// `--shutdown-timeout` of the pods with a spool: in-flight requests, then
+/// as much of the spool as Kafka takes (what remains stays on the volume).
+pub const SPOOL_SHUTDOWN_TIMEOUT: &str = "60s";
+/// Grace period of the pods: shutdown delay and timeout, plus a margin.
+const GRACE_SECONDS: i64 = 35;
+/// Grace period of the pods with a spool, likewise.
+pub const SPOOL_GRACE_SECONDS: i64 = 70;
+/// Retries of a drain Job's pod that failed (a crash, a node lost); a
+/// drain that waits for Kafka does not fail, it runs into the deadline.
+pub const DRAIN_BACKOFF_LIMIT: i32 = 6;
+/// How long one drain Job may run. Past it, the Job fails and the
+/// operator makes a new one: the volume is kept until one succeeds.
+pub const DRAIN_DEADLINE_SECONDS: i64 = 3600;
 
 /// Labels of every object of one CaptureDeployment.
 pub fn labels(name: &str) -> BTreeMap<String, String> {
@@ -211,14 +229,43 @@ pub fn credentials(spec: &CaptureDeploymentSpec) -> Vec<Credential<'_>> {
     credentials
 }
 
-/// Capture's settings as environment variables, in a stable order.
+/// Capture's settings as environment variables, in a stable order. With a
+/// spool, its settings come last; a spool [`Spool::from_spec`] refuses adds
+/// none (the reconciler then renders no pods at all).
 pub fn env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
+    let mut env = base_env(spec);
+    if let Some(spool) = spec.spool.as_ref().and_then(|s| Spool::from_spec(s).ok()) {
+        env.extend(spool_env(spool.max_bytes, spool.ack_deadline.as_deref()));
+    }
+    env
+}
+
+/// The spool's variables.
+fn spool_env(max_bytes: u64, ack_deadline: Option<&str>) -> Vec<EnvVar> {
+    let mut env = vec![
+        value("CAPTURE_SPOOL_DIR", spool::SPOOL_DIR),
+        value("CAPTURE_SPOOL_MAX_BYTES", max_bytes.to_string()),
+    ];
+    if let Some(deadline) = ack_deadline {
+        env.push(value("CAPTURE_SPOOL_ACK_DEADLINE", deadline));
+    }
+    env
+}
+
+fn base_env(spec: &CaptureDeploymentSpec) -> Vec<EnvVar> {
     let mut env = vec![
         value("CAPTURE_ADDRESS", format!("0.0.0.0:{CONTAINER_PORT}")),
         value("CAPTURE_LOG_FORMAT", spec.logging.format.clone()),
         value("CAPTURE_LOG_LEVEL", spec.logging.level.clone()),
         value("CAPTURE_SHUTDOWN_DELAY", SHUTDOWN_DELAY),
-        value("CAPTURE_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT),
+        value(
+            "CAPTURE_SHUTDOWN_TIMEOUT",
+            if spec.spool.is_some() {
+                SPOOL_SHUTDOWN_TIMEOUT
+            } else {
+                SHUTDOWN_TIMEOUT
+            },
+        ),
         value("CAPTURE_SINK", "kafka"),
         value("CAPTURE_KAFKA_BROKERS", spec.kafka.brokers.join(",")),
         value(
@@ -483,42 +530,68 @@ fn volumes(name: &str, spec: &CaptureDeploymentSpec) -> Vec<(Volume, &'static st
     volumes
 }
 
-/// The capture Deployment. `secret_versions` maps each referenced Secret to
-/// its current `resourceVersion`, so a changed Secret rolls the pods.
-pub fn deployment(
-    cd: &CaptureDeployment,
-    secret_versions: &BTreeMap<String, String>,
-) -> Deployment {
-    let name = cd.name_any();
-    let spec = &cd.spec;
-    let env = env(spec);
-    let hash = settings_hash(spec, &env, secret_versions);
+/// Which pod a template is for.
+#[derive(Debug, Clone, Copy)]
+enum Role<'a> {
+    /// A capture server of the Deployment: no spool.
+    Server,
+    /// A capture server of the StatefulSet: its spool volume comes from the
+    /// volume claim template.
+    Spooling,
+    /// A drain Job's: capture with `--drain-spool` on the claim given, no
+    /// HTTP (so no ports, no probes), never restarted in place.
+    Drain(&'a str),
+}
+
+/// The pod spec of capture in `role`, with `env`: the same image,
+/// settings, Secrets and lock-down wherever capture runs.
+fn pod_spec(name: &str, spec: &CaptureDeploymentSpec, env: Vec<EnvVar>, role: Role<'_>) -> PodSpec {
     let tls = spec.tls.is_some();
-    let volumes = volumes(&name, spec);
+    let volumes = volumes(name, spec);
+    let mut mounts: Vec<VolumeMount> = volumes
+        .iter()
+        .map(|(volume, dir)| VolumeMount {
+            name: volume.name.clone(),
+            mount_path: (*dir).into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        })
+        .collect();
+    let mut volumes: Vec<Volume> = volumes.into_iter().map(|(volume, _)| volume).collect();
+    if !matches!(role, Role::Server) {
+        mounts.push(VolumeMount {
+            name: spool::VOLUME.into(),
+            mount_path: spool::SPOOL_DIR.into(),
+            ..VolumeMount::default()
+        });
+    }
+    if let Role::Drain(claim) = role {
+        volumes.push(Volume {
+            name: spool::VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.to_owned(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+    }
+    let serves = !matches!(role, Role::Drain(_));
     let container = Container {
         name: "capture".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: CONTAINER_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        volume_mounts: Some(
-            volumes
-                .iter()
-                .map(|(volume, dir)| VolumeMount {
-                    name: volume.name.clone(),
-                    mount_path: (*dir).into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                })
-                .collect(),
-        ),
-        readiness_probe: Some(http_probe("/_readiness", 5, 2, tls)),
-        liveness_probe: Some(http_probe("/_liveness", 10, 3, tls)),
+        ports: serves.then(|| {
+            vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: CONTAINER_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]
+        }),
+        volume_mounts: Some(mounts),
+        readiness_probe: serves.then(|| http_probe("/_readiness", 5, 2, tls)),
+        liveness_probe: serves.then(|| http_probe("/_liveness", 10, 3, tls)),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -538,16 +611,70 @@ pub fn deployment(
         }),
         ..Container::default()
     };
+    PodSpec {
+        // The volumes' files belong to capture's group, so the
+        // credentials can be 0440 (and the spool is capture's to write).
+        security_context: Some(PodSecurityContext {
+            fs_group: Some(RUN_AS),
+            ..PodSecurityContext::default()
+        }),
+        service_account_name: Some(name.to_owned()),
+        automount_service_account_token: Some(false),
+        // Shutdown delay + timeout, plus a margin.
+        termination_grace_period_seconds: Some(match role {
+            Role::Server => GRACE_SECONDS,
+            Role::Spooling | Role::Drain(_) => SPOOL_GRACE_SECONDS,
+        }),
+        restart_policy: matches!(role, Role::Drain(_)).then(|| "Never".to_owned()),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// The capture pods' template: labels, the settings hash, and the pod.
+fn pod_template(
+    cd: &CaptureDeployment,
+    secret_versions: &BTreeMap<String, String>,
+    role: Role<'_>,
+) -> PodTemplateSpec {
+    let name = cd.name_any();
+    let env = env(&cd.spec);
+    let hash = settings_hash(&cd.spec, &env, secret_versions);
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&name)),
+            annotations: Some(BTreeMap::from([(
+                SETTINGS_HASH_ANNOTATION.to_owned(),
+                hash,
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(&name, &cd.spec, env, role)),
+    }
+}
+
+/// Pods wanted: left out under autoscaling, so the HPA owns the field.
+fn replicas(spec: &CaptureDeploymentSpec) -> Option<i32> {
+    match spec.autoscaling {
+        Some(_) => None,
+        None => Some(spec.replicas.unwrap_or(DEFAULT_REPLICAS)),
+    }
+}
+
+/// The capture Deployment, when there is no spool. `secret_versions` maps
+/// each referenced Secret to its current `resourceVersion`, so a changed
+/// Secret rolls the pods.
+pub fn deployment(
+    cd: &CaptureDeployment,
+    secret_versions: &BTreeMap<String, String>,
+) -> Deployment {
     Deployment {
         metadata: metadata(cd),
         spec: Some(DeploymentSpec {
-            // Left out under autoscaling, so the HPA owns the field.
-            replicas: match spec.autoscaling {
-                Some(_) => None,
-                None => Some(spec.replicas.unwrap_or(DEFAULT_REPLICAS)),
-            },
+            replicas: replicas(&cd.spec),
             selector: LabelSelector {
-                match_labels: Some(selector_labels(&name)),
+                match_labels: Some(selector_labels(&cd.name_any())),
                 ..LabelSelector::default()
             },
             strategy: Some(DeploymentStrategy {
@@ -558,34 +685,111 @@ pub fn deployment(
                 }),
             }),
             revision_history_limit: Some(5),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(&name)),
-                    annotations: Some(BTreeMap::from([(
-                        SETTINGS_HASH_ANNOTATION.to_owned(),
-                        hash,
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    // The volumes' files belong to capture's group, so the
-                    // credentials can be 0440.
-                    security_context: Some(PodSecurityContext {
-                        fs_group: Some(RUN_AS),
-                        ..PodSecurityContext::default()
-                    }),
-                    service_account_name: Some(name.clone()),
-                    automount_service_account_token: Some(false),
-                    // Shutdown delay + timeout, plus a margin.
-                    termination_grace_period_seconds: Some(35),
-                    containers: vec![container],
-                    volumes: Some(volumes.into_iter().map(|(volume, _)| volume).collect()),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod_template(cd, secret_versions, Role::Server),
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+/// The capture StatefulSet, with `spool`: the same pods as the Deployment,
+/// each with a volume of its own from the claim template `spool` (claim
+/// `spool-NAME-N` for pod `NAME-N`), which follows the pod's identity
+/// across restarts and updates. Pods start and stop in parallel, as a
+/// Deployment's do; the claims are retained on scale-down and deletion,
+/// so that no spooled event goes with them: the operator drains them
+/// (see [`crate::spool`]). It needs no governing Service: capture's pods
+/// are not addressed one by one.
+pub fn stateful_set(
+    cd: &CaptureDeployment,
+    spool: &Spool,
+    secret_versions: &BTreeMap<String, String>,
+) -> StatefulSet {
+    let name = cd.name_any();
+    StatefulSet {
+        metadata: metadata(cd),
+        spec: Some(StatefulSetSpec {
+            replicas: replicas(&cd.spec),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some("Parallel".into()),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            revision_history_limit: Some(5),
+            template: pod_template(cd, secret_versions, Role::Spooling),
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(spool::VOLUME.into()),
+                    labels: Some(spool::claim_labels(&name)),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec![spool.access_mode.as_str().into()]),
+                    storage_class_name: spool.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(spool.size.clone()),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// The Job that drains `claim`, the volume of a pod that is gone: capture,
+/// as the pods run it (image, settings, Secrets), with `--drain-spool` on
+/// the claim mounted where the pod had it. It replays the spool to Kafka
+/// and exits 0 once it is empty. Its spool limit comes from the claim's
+/// own size, since the spec may no longer have a spool. A pod that fails
+/// is retried [`DRAIN_BACKOFF_LIMIT`] times; the Job fails past
+/// [`DRAIN_DEADLINE_SECONDS`] (Kafka down all along), and the operator
+/// then makes another. Owned by the CaptureDeployment, labelled so that
+/// nothing selecting the capture pods selects it.
+pub fn drain_job(cd: &CaptureDeployment, claim: &Claim) -> Job {
+    let name = cd.name_any();
+    let mut env: Vec<EnvVar> = base_env(&cd.spec);
+    let limit = claim
+        .size_bytes
+        .filter(|bytes| *bytes >= spool::MIN_BYTES)
+        .map(spool::max_bytes);
+    match limit {
+        Some(bytes) => env.extend(spool_env(bytes, None)),
+        // Capture's own default limit.
+        None => env.push(value("CAPTURE_SPOOL_DIR", spool::SPOOL_DIR)),
+    }
+    env.push(value("CAPTURE_DRAIN_SPOOL", "true"));
+    let labels = spool::drain_labels(&name);
+    let mut meta = metadata(cd);
+    meta.name = Some(spool::job_name(&claim.name));
+    meta.labels = Some(labels.clone());
+    Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(DRAIN_BACKOFF_LIMIT),
+            active_deadline_seconds: Some(DRAIN_DEADLINE_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(&name, &cd.spec, env, Role::Drain(&claim.name))),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
     }
 }
 
@@ -614,7 +818,8 @@ pub fn service(cd: &CaptureDeployment) -> Service {
     }
 }
 
-/// The autoscaler, when the spec asks for one.
+/// The autoscaler, when the spec asks for one, of the Deployment or (with
+/// a spool) the StatefulSet.
 pub fn autoscaler(cd: &CaptureDeployment) -> Option<HorizontalPodAutoscaler> {
     let scaling = cd.spec.autoscaling.as_ref()?;
     Some(HorizontalPodAutoscaler {
@@ -622,7 +827,12 @@ pub fn autoscaler(cd: &CaptureDeployment) -> Option<HorizontalPodAutoscaler> {
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
+                kind: if cd.spec.spool.is_some() {
+                    "StatefulSet"
+                } else {
+                    "Deployment"
+                }
+                .into(),
                 name: cd.name_any(),
             },
             min_replicas: Some(scaling.min_replicas),

@@ -11,8 +11,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -177,6 +178,10 @@ fn controllers_in(
     });
     let deployments = deployments
         .owns(api::<Deployment>(client, ns), owned.clone())
+        // With a spool: the pods' StatefulSet, and the Jobs draining the
+        // volumes of pods scaled away (a finished one moves the drain on).
+        .owns(api::<StatefulSet>(client, ns), owned.clone())
+        .owns(api::<Job>(client, ns), owned.clone())
         .owns(api::<Service>(client, ns), owned.clone())
         .owns(api::<ServiceAccount>(client, ns), owned.clone())
         .owns(api::<ConfigMap>(client, ns), owned.clone())

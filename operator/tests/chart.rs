@@ -247,7 +247,13 @@ fn watch_permissions() -> BTreeSet<(String, String, String)> {
             &["serviceaccounts", "services", "configmaps"],
             WATCH_APPLY,
         ),
-        ("apps", &["deployments"], WATCH_APPLY),
+        (
+            "apps",
+            &["deployments", "statefulsets"],
+            &["list", "watch", "patch", "delete"],
+        ),
+        ("", &["persistentvolumeclaims"], &["list", "delete"]),
+        ("batch", &["jobs"], &["list", "watch", "patch", "delete"]),
         ("policy", &["poddisruptionbudgets"], WATCH_APPLY),
         (
             "autoscaling",
@@ -914,7 +920,6 @@ fn the_dashboard_queries_only_metrics_the_code_exports() {
             "the dashboard does not show {wanted}"
         );
     }
-
     // The ConfigMap carries the chart's file as it is, under the chosen label.
     let file = std::fs::read_to_string(format!("{}/dashboards/capture.json", chart()))
         .expect("dashboard file");
@@ -1524,6 +1529,66 @@ async fn operator_calls_against_the_charts_rbac(
             },
         }),
     );
+    // A third, with a spool, serving from its StatefulSet: the Deployment
+    // it had goes. Scaled from 2 to 1: the volume of pod 1 was drained by
+    // its Job, so the volume goes, then the Job.
+    let spooled_path = format!("/apis/capture.dev/v1alpha1{ns}/capturedeployments/spooled");
+    let spooled_topic = |kind: &str| json!({"name": format!("{kind}-spooled-{id}"), "partitions": 1, "replicationFactor": 1});
+    api.insert(
+        &spooled_path,
+        json!({
+            "apiVersion": "capture.dev/v1alpha1", "kind": "CaptureDeployment",
+            "metadata": {"name": "spooled", "namespace": managed, "uid": "00000000-0000-4000-8000-0000000000d0", "generation": 1},
+            "spec": {
+                "image": "capture:dev",
+                "replicas": 1,
+                "spool": {"size": "1Gi"},
+                "kafka": {"brokers": [broker.address.clone()], "topics": {
+                    "events": spooled_topic("events"), "recordings": spooled_topic("recordings"),
+                    "historical": spooled_topic("historical"), "clientWarnings": spooled_topic("warnings"),
+                    "exceptions": spooled_topic("exceptions"), "overflow": spooled_topic("overflow"),
+                    "heatmaps": spooled_topic("heatmaps"), "dlq": spooled_topic("dlq"),
+                }},
+            },
+        }),
+    );
+    let ready = |replicas: i32| json!({"observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas});
+    api.insert(
+        &format!("/apis/apps/v1{ns}/statefulsets/spooled"),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "spooled", "namespace": managed, "generation": 1},
+               "status": ready(1)}),
+    );
+    let claim = |deployment: &str, ordinal: u32| {
+        let name = operator::spool::claim_name(deployment, ordinal);
+        (
+            format!("/api/v1{ns}/persistentvolumeclaims/{name}"),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                   "metadata": {"name": name, "namespace": managed, "labels": operator::spool::claim_labels(deployment)},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        )
+    };
+    for (deployment, ordinal) in [("spooled", 0), ("spooled", 1), ("capture", 0)] {
+        let (path, object) = claim(deployment, ordinal);
+        api.insert(&path, object);
+    }
+    api.insert(
+        &format!("/apis/batch/v1{ns}/jobs/spool-spooled-1-drain"),
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "spool-spooled-1-drain", "namespace": managed, "labels": operator::spool::drain_labels("spooled")},
+               "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}),
+    );
+    // The first had a spool, now removed: its Deployment serves again, so
+    // the StatefulSet goes, and its volume is drained by a Job.
+    api.insert(
+        &format!("/apis/apps/v1{ns}/deployments/capture"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "capture", "namespace": managed, "generation": 1},
+               "status": ready(2)}),
+    );
+    api.insert(
+        &format!("/apis/apps/v1{ns}/statefulsets/capture"),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "capture", "namespace": managed, "generation": 1},
+               "spec": {"replicas": 2}}),
+    );
     api.insert(
         &format!("/api/v1{ns}/secrets/redis"),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": managed},
@@ -1569,10 +1634,11 @@ async fn operator_calls_against_the_charts_rbac(
     let reason = |path: &str| common::running::ready_reason(api.get(path));
     let state = || {
         format!(
-            "quota {:?}, deployments {:?} {:?}",
+            "quota {:?}, deployments {:?} {:?} {:?}",
             reason(&quota_path),
             reason(&deployment_path),
-            reason(&scaled_path)
+            reason(&scaled_path),
+            reason(&spooled_path)
         )
     };
     common::running::wait_until(
@@ -1582,10 +1648,39 @@ async fn operator_calls_against_the_charts_rbac(
             reason(&quota_path).as_deref() == Some("Synced")
                 && reason(&deployment_path).is_some()
                 && reason(&scaled_path).is_some()
+                && reason(&spooled_path).is_some()
         },
         state,
     )
     .await;
+    // What the spool asked for was done.
+    assert!(
+        api.get(&format!(
+            "/api/v1{ns}/persistentvolumeclaims/spool-spooled-1"
+        ))
+        .is_none()
+            && api
+                .get(&format!("/apis/batch/v1{ns}/jobs/spool-spooled-1-drain"))
+                .is_none(),
+        "the drained volume and its Job are gone"
+    );
+    assert!(
+        api.get(&format!(
+            "/api/v1{ns}/persistentvolumeclaims/spool-spooled-0"
+        ))
+        .is_some(),
+        "pod 0 keeps its volume"
+    );
+    assert!(
+        api.get(&format!("/apis/apps/v1{ns}/statefulsets/capture"))
+            .is_none(),
+        "the StatefulSet of the removed spool is gone"
+    );
+    assert!(
+        api.get(&format!("/apis/batch/v1{ns}/jobs/spool-capture-0-drain"))
+            .is_some(),
+        "its volume is drained"
+    );
 
     // Deletion: the watch brings it, the finalizers clean up, the objects go.
     for path in [&quota_path, &deployment_path] {

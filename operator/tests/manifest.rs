@@ -554,6 +554,14 @@ fn rendered_objects_and_crds_pass_the_kubernetes_schemas_strictly() {
     )
     .expect("example");
     let cd: CaptureDeployment = serde_yaml::from_str(&example).expect("parses");
+    // The same with a spool: a StatefulSet, and the Job draining a volume.
+    let mut spooled_example = cd.clone();
+    spooled_example.spec.spool = Some(operator::crd::deployment::SpoolSpec {
+        size: "10Gi".into(),
+        storage_class_name: Some("fast-ssd".into()),
+        access_mode: operator::crd::deployment::SpoolAccessMode::ReadWriteOncePod,
+        ack_deadline: Some("3s".into()),
+    });
     let dir = std::env::temp_dir().join(format!("manifests-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let secrets = BTreeMap::from([("redis-capture".to_owned(), "1".to_owned())]);
@@ -588,6 +596,26 @@ fn rendered_objects_and_crds_pass_the_kubernetes_schemas_strictly() {
         (
             "networkpolicy.yaml",
             serde_yaml::to_string(&manifest::network_policy(&cd).expect("the example fences")),
+        ),
+        (
+            "statefulset.yaml",
+            serde_yaml::to_string(&manifest::stateful_set(
+                &spooled_example,
+                &spool_of(&spooled_example),
+                &secrets,
+            )),
+        ),
+        (
+            "job.yaml",
+            serde_yaml::to_string(&manifest::drain_job(
+                &spooled_example,
+                &operator::spool::Claim {
+                    name: operator::spool::claim_name("capture", 2),
+                    ordinal: 2,
+                    size_bytes: Some(10 << 30),
+                    deleting: false,
+                },
+            )),
         ),
     ];
     let mut files = Vec::new();
@@ -741,4 +769,288 @@ fn network_policy_peers_and_ports_come_from_the_spec_when_given() {
         .and_then(|s| s.egress)
         .expect("egress");
     assert_eq!(egress.len(), 2, "DNS and Kafka only");
+}
+
+fn spooled(spool: serde_json::Value) -> CaptureDeployment {
+    let mut spec = realistic();
+    spec["spool"] = spool;
+    cd(spec)
+}
+
+fn spool_of(cd: &CaptureDeployment) -> operator::spool::Spool {
+    operator::spool::Spool::from_spec(cd.spec.spool.as_ref().expect("a spool")).expect("valid")
+}
+
+fn var(env: &[EnvVar], name: &str) -> Option<String> {
+    env.iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.value.clone())
+}
+
+#[test]
+fn the_spool_settings_parse_in_capture_with_room_left_on_the_volume() {
+    let cd = spooled(json!({"size": "10Gi", "ackDeadline": "1500ms"}));
+    let env = manifest::env(&cd.spec);
+    let config = load_in_capture(&env);
+    assert_eq!(
+        config.spool.spool_dir.as_deref(),
+        Some(std::path::Path::new(operator::spool::SPOOL_DIR))
+    );
+    let max = config.spool.spool_max_bytes as u64;
+    assert!(
+        max > (10u64 << 30) * 89 / 100 && max <= (10u64 << 30) * 9 / 10,
+        "about 90% of the volume: {max}"
+    );
+    assert_eq!(
+        config.spool.spool_ack_deadline,
+        std::time::Duration::from_millis(1500)
+    );
+    assert!(!config.spool.drain_spool);
+    // The shutdown budget leaves the spool time to drain, and the grace
+    // period leaves the budget its time.
+    assert_eq!(
+        config.http.shutdown_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    let set = manifest::stateful_set(&cd, &spool_of(&cd), &BTreeMap::new());
+    let grace = set
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.termination_grace_period_seconds)
+        .expect("grace");
+    assert!(
+        std::time::Duration::from_secs(grace as u64)
+            > config.http.shutdown_timeout + config.http.shutdown_delay,
+        "{grace}s"
+    );
+
+    // The smallest volume still holds capture's segments.
+    let small = spooled(json!({"size": "64Mi"}));
+    let config = load_in_capture(&manifest::env(&small.spec));
+    assert!(config.spool.spool_max_bytes >= config.spool.spool_segment_bytes);
+
+    // Without a spool: nothing of it, and today's shutdown.
+    let env = manifest::env(&cd_minimal().spec);
+    assert!(env.iter().all(|v| !v.name.starts_with("CAPTURE_SPOOL")));
+    assert_eq!(
+        var(&env, "CAPTURE_SHUTDOWN_TIMEOUT").as_deref(),
+        Some("25s")
+    );
+}
+
+#[test]
+fn a_spool_runs_the_same_pods_as_a_stateful_set_each_with_a_volume_of_its_own() {
+    let plain = cd(realistic());
+    let cd = spooled(json!({"size": "10Gi", "storageClassName": "fast-ssd"}));
+    let set = manifest::stateful_set(&cd, &spool_of(&cd), &BTreeMap::new());
+    let deployment = manifest::deployment(&plain, &BTreeMap::new());
+    assert_eq!(
+        set.metadata, deployment.metadata,
+        "same name, labels, owner"
+    );
+    let spec = set.spec.expect("spec");
+    let deployment = deployment.spec.expect("spec");
+    assert_eq!(
+        spec.selector, deployment.selector,
+        "the Service selects both"
+    );
+    assert_eq!(spec.replicas, Some(manifest::DEFAULT_REPLICAS));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .expect("retention");
+    assert_eq!(
+        (
+            retention.when_deleted.as_deref(),
+            retention.when_scaled.as_deref()
+        ),
+        (Some("Retain"), Some("Retain")),
+        "no claim goes with a pod; the operator drains them"
+    );
+    assert_eq!(spec.service_name, None, "no pod is addressed by name");
+
+    let claims = spec.volume_claim_templates.expect("claim templates");
+    assert_eq!(claims.len(), 1);
+    let claim = &claims[0];
+    assert_eq!(claim.metadata.name.as_deref(), Some("spool"));
+    let labels = claim.metadata.labels.clone().expect("labels");
+    assert_eq!(labels, operator::spool::claim_labels("capture"));
+    let claim = claim.spec.as_ref().expect("claim spec");
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast-ssd"));
+    assert_eq!(claim.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+    assert_eq!(
+        claim
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .expect("requests")["storage"]
+            .0,
+        "10Gi"
+    );
+
+    // The pod is the Deployment's, plus the volume and its settings, and a
+    // longer grace period.
+    let mut pod = spec.template.spec.expect("pod");
+    let mut plain_pod = deployment.template.spec.expect("pod");
+    let container = &mut pod.containers[0];
+    let mount = container
+        .volume_mounts
+        .as_mut()
+        .expect("mounts")
+        .pop()
+        .expect("the spool mount");
+    assert_eq!(
+        (
+            mount.name.as_str(),
+            mount.mount_path.as_str(),
+            mount.read_only
+        ),
+        ("spool", operator::spool::SPOOL_DIR, None)
+    );
+    let env = container.env.take().expect("env");
+    let plain_env = plain_pod.containers[0].env.take().expect("env");
+    let extra: Vec<&str> = env
+        .iter()
+        .filter(|v| !plain_env.contains(v))
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            "CAPTURE_SHUTDOWN_TIMEOUT",
+            "CAPTURE_SPOOL_DIR",
+            "CAPTURE_SPOOL_MAX_BYTES"
+        ]
+    );
+    assert_eq!(pod.termination_grace_period_seconds, Some(70));
+    plain_pod.termination_grace_period_seconds = Some(70);
+    assert_eq!(pod, plain_pod);
+    assert!(
+        pod.volumes.iter().flatten().all(|v| v.name != "spool"),
+        "the claim template provides it"
+    );
+
+    // Autoscaled: the autoscaler owns the StatefulSet's count.
+    let mut spec = realistic();
+    spec["spool"] = json!({"size": "10Gi", "accessMode": "ReadWriteOncePod"});
+    spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 6});
+    let scaled = self::cd(spec);
+    let set = manifest::stateful_set(&scaled, &spool_of(&scaled), &BTreeMap::new());
+    let set_spec = set.spec.expect("spec");
+    assert_eq!(set_spec.replicas, None);
+    assert_eq!(
+        set_spec.volume_claim_templates.expect("claims")[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.access_modes.clone()),
+        Some(vec!["ReadWriteOncePod".to_owned()])
+    );
+    let target = manifest::autoscaler(&scaled)
+        .and_then(|hpa| hpa.spec)
+        .expect("hpa")
+        .scale_target_ref;
+    assert_eq!(
+        (target.kind.as_str(), target.name.as_str()),
+        ("StatefulSet", "capture")
+    );
+}
+
+#[test]
+fn a_drain_job_runs_capture_on_the_volume_of_a_pod_that_is_gone_without_serving() {
+    let cd = spooled(json!({"size": "10Gi", "ackDeadline": "2s"}));
+    let claim = operator::spool::Claim {
+        name: operator::spool::claim_name("capture", 3),
+        ordinal: 3,
+        size_bytes: Some(4 << 30),
+        deleting: false,
+    };
+    let job = manifest::drain_job(&cd, &claim);
+    assert_eq!(job.metadata.name.as_deref(), Some("spool-capture-3-drain"));
+    let owner = &job.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("CaptureDeployment", Some(true))
+    );
+    let labels = job.metadata.labels.clone().expect("labels");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"], "capture-operator",
+        "watched"
+    );
+    let spec = job.spec.expect("spec");
+    assert_eq!(spec.backoff_limit, Some(manifest::DRAIN_BACKOFF_LIMIT));
+    assert_eq!(
+        spec.active_deadline_seconds,
+        Some(manifest::DRAIN_DEADLINE_SECONDS)
+    );
+    // Nothing selecting the capture pods selects the drain.
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("pod labels");
+    let selector = manifest::selector_labels("capture");
+    assert!(
+        !selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "{pod_labels:?}"
+    );
+    let pod = spec.template.spec.expect("pod");
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("ghcr.io/example/capture:0.1.0")
+    );
+    assert!(container.ports.is_none(), "no HTTP");
+    assert!(container.readiness_probe.is_none() && container.liveness_probe.is_none());
+    let claim_volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "spool")
+        .and_then(|v| v.persistent_volume_claim.clone())
+        .expect("the claim");
+    assert_eq!(claim_volume.claim_name, "spool-capture-3");
+    // The pods' own Secrets and settings, where the pods have them.
+    let volumes: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        volumes,
+        ["runtime-config", "tls", "signing", "credentials", "spool"]
+    );
+    let env = container.env.clone().expect("env");
+    assert_eq!(var(&env, "CAPTURE_DRAIN_SPOOL").as_deref(), Some("true"));
+    assert_eq!(
+        var(&env, "CAPTURE_KAFKA_BROKERS"),
+        var(&manifest::env(&cd.spec), "CAPTURE_KAFKA_BROKERS")
+    );
+    // Its limit from the claim's own size (the spec may have another, or
+    // none).
+    assert_eq!(
+        var(&env, "CAPTURE_SPOOL_MAX_BYTES"),
+        Some(operator::spool::max_bytes(4 << 30).to_string())
+    );
+    let config = load_in_capture(&env);
+    assert!(config.spool.drain_spool);
+    assert_eq!(
+        config.spool.spool_dir.as_deref(),
+        Some(std::path::Path::new(operator::spool::SPOOL_DIR))
+    );
+
+    // The spool removed from the spec: the volume still drains, with the
+    // rest of the settings as they now are.
+    let plain = cd_minimal();
+    let job = manifest::drain_job(&plain, &claim);
+    let env = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].env.clone().expect("env"))
+        .expect("pod");
+    let config = load_in_capture(&env);
+    assert!(config.spool.drain_spool);
+    assert!(config.spool.spool_dir.is_some());
 }

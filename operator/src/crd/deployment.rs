@@ -32,6 +32,7 @@ use super::condition::conditions_schema;
     printcolumn = r#"{"name":"Topics","type":"string","jsonPath":".status.topicsSummary","description":"Topics in sync, of all"}"#,
     printcolumn = r#"{"name":"Config","type":"string","jsonPath":".status.configHash","description":"Hash of the runtime config the pods were given","priority":1}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+    printcolumn = r#"{"name":"Drains","type":"integer","jsonPath":".status.spoolDrains","description":"Spool volumes of pods scaled away, not yet drained to Kafka","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     cel
 )]
@@ -107,6 +108,76 @@ pub struct CaptureDeploymentSpec {
     /// that enforces NetworkPolicies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<NetworkPolicySpec>,
+    /// A durable spool on a volume of each pod: events Kafka cannot take
+    /// are written there before the request is answered, and replayed
+    /// later. The pods then run as a StatefulSet, each with a
+    /// PersistentVolumeClaim of its own; the volume of a pod scaled away is
+    /// drained to Kafka by a Job, then deleted. Removing it drains every
+    /// volume and brings back the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolSpec>,
+}
+
+/// The per-pod durable spool (see docs/operator.md, "Durable spool").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpoolSpec {
+    /// Size of each pod's volume, a quantity of bytes from 64Mi to 1Pi,
+    /// like `10Gi`: the claim's storage request. Capture's spool may fill
+    /// 90% of it (`--spool-max-bytes`), so the filesystem never does.
+    /// Fixed once set: a StatefulSet's volume claims cannot change.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+([.][0-9]+)?(k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$') && !quantity(self).isLessThan(quantity('64Mi')) && !quantity(self).isGreaterThan(quantity('1Pi'))")
+        .message("spool.size must be a quantity of bytes from 64Mi to 1Pi, like 10Gi"))]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("spool.size cannot change once set (a StatefulSet's volume claims are fixed): expand the PVCs through their storage class, or remove spool and add it again"))]
+    #[schemars(length(min = 1, max = 64))]
+    pub size: String,
+    /// StorageClass of the volumes. Default: the cluster's default class.
+    /// Fixed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("spool.storageClassName cannot change once set (a StatefulSet's volume claims are fixed): remove spool and add it again"))]
+    pub storage_class_name: Option<String>,
+    /// Access mode of the volumes: `ReadWriteOnce` (default; any
+    /// provisioner) or `ReadWriteOncePod`, which lets Kubernetes itself
+    /// keep a second pod (a drain Job, say) off a volume in use; it needs
+    /// a CSI driver. Fixed once set.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("spool.accessMode cannot change once set (a StatefulSet's volume claims are fixed): remove spool and add it again"))]
+    pub access_mode: SpoolAccessMode,
+    /// How long a request waits for Kafka's acknowledgements before the
+    /// events not acknowledged go to the spool, like `3s` (capture's
+    /// default when left out). Above 0s and under 20s, capture's Kafka
+    /// message timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(ms|s)$') && duration(self) > duration('0s') && duration(self) < duration('20s')")
+        .message("spool.ackDeadline must be a duration in ms or s, above 0s and under 20s (capture's Kafka message timeout), like 3s"))]
+    pub ack_deadline: Option<String>,
+}
+
+/// How the spool volumes may be mounted.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum SpoolAccessMode {
+    /// One node at a time (every provisioner).
+    #[default]
+    ReadWriteOnce,
+    /// One pod at a time (CSI drivers, Kubernetes 1.29+).
+    ReadWriteOncePod,
+}
+
+impl SpoolAccessMode {
+    /// The PersistentVolumeClaim's access mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolAccessMode::ReadWriteOnce => "ReadWriteOnce",
+            SpoolAccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+        }
+    }
 }
 
 /// What the capture pods may reach, and who may reach them.
@@ -449,7 +520,9 @@ pub struct CaptureDeploymentStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `TopicsReady`, `ConfigApplied`.
+    /// `Ready`, `Progressing`, `Degraded`, `TopicsReady`,
+    /// `RuntimeConfigValid`, `RuntimeConfigApplied`, and `SpoolDrained`
+    /// while spool is on or volumes remain to drain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -476,6 +549,11 @@ pub struct CaptureDeploymentStatus {
     /// endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_pods: Option<i32>,
+    /// Spool volumes left by pods scaled away (or by a removed spool) and
+    /// not yet drained to Kafka and deleted: waiting for their pod to stop,
+    /// or drained by a Job. Present while spool is on or volumes remain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_drains: Option<i32>,
 }
 
 /// One topic as last seen.
@@ -671,6 +749,83 @@ mod tests {
         no_redis.as_object_mut().expect("object").remove("policies");
         no_redis["networkPolicy"] = json!({"enabled": true});
         assert_eq!(broken(no_redis), "");
+    }
+
+    #[test]
+    fn a_spool_is_sized_in_bytes_with_room_for_its_segments() {
+        let with = |spool: serde_json::Value| {
+            let mut spec = good();
+            spec["spool"] = spool;
+            broken(spec)
+        };
+        for size in ["10Gi", "64Mi", "1.5Gi", "500M", "1Pi", "68719476736"] {
+            assert_eq!(with(json!({"size": size})), "", "{size}");
+        }
+        assert_eq!(
+            with(
+                json!({"size": "10Gi", "storageClassName": "fast-ssd", "accessMode": "ReadWriteOncePod", "ackDeadline": "1500ms"})
+            ),
+            ""
+        );
+        for size in ["10 Gi", "10GB", "63Mi", "2Pi", "-1Gi", "1e9", "", "100m"] {
+            let errors = with(json!({ "size": size }));
+            assert!(
+                errors.contains("spool.size must be a quantity of bytes from 64Mi to 1Pi"),
+                "{size:?}: {errors:?}"
+            );
+        }
+        for deadline in ["0s", "20s", "1m", "3", "0ms", "2.5s"] {
+            let errors = with(json!({"size": "10Gi", "ackDeadline": deadline}));
+            assert!(
+                errors.contains("spool.ackDeadline must be a duration in ms or s"),
+                "{deadline:?}: {errors:?}"
+            );
+        }
+        assert_eq!(with(json!({"size": "10Gi", "ackDeadline": "19999ms"})), "");
+    }
+
+    #[test]
+    fn the_spool_volumes_are_fixed_once_set_but_the_spool_may_come_and_go() {
+        let spooled = |spool: serde_json::Value| {
+            let mut spec = good();
+            spec["spool"] = spool;
+            deployment(spec)
+        };
+        let old = spooled(json!({"size": "10Gi", "storageClassName": "fast"}));
+        for (changed, message) in [
+            (
+                json!({"size": "20Gi", "storageClassName": "fast"}),
+                "spool.size cannot change",
+            ),
+            (
+                json!({"size": "10Gi", "storageClassName": "slow"}),
+                "spool.storageClassName cannot change",
+            ),
+            (
+                json!({"size": "10Gi", "storageClassName": "fast", "accessMode": "ReadWriteOncePod"}),
+                "spool.accessMode cannot change",
+            ),
+        ] {
+            let errors = spooled(changed.clone())
+                .validate_cel_update(&old)
+                .expect_err("a volume claim changed")
+                .to_string();
+            assert!(errors.contains(message), "{changed}: {errors}");
+        }
+        // The deadline is a setting of the pods, not of the volumes.
+        assert!(
+            spooled(json!({"size": "10Gi", "storageClassName": "fast", "ackDeadline": "5s"}))
+                .validate_cel_update(&old)
+                .is_ok()
+        );
+        // Removed (its volumes drain), then added again.
+        let plain = deployment(good());
+        assert!(plain.validate_cel_update(&old).is_ok());
+        assert!(
+            spooled(json!({"size": "1Gi"}))
+                .validate_cel_update(&plain)
+                .is_ok()
+        );
     }
 
     #[test]
