@@ -914,12 +914,48 @@ fn the_dashboard_queries_only_metrics_the_code_exports() {
         "capture_redis_errors_total",
         "operator_reconciles_total",
         "operator_reconcile_duration_seconds",
+        "capture_spool_bytes",
+        "capture_spool_max_bytes",
+        "capture_spool_records",
+        "capture_spool_oldest_record_age_seconds",
+        "capture_spool_replayed_total",
+        "capture_spool_appended_total",
+        "capture_spool_corrupt_records_total",
+        "capture_spool_late_acks_total",
     ] {
         assert!(
             used.contains(wanted),
             "the dashboard does not show {wanted}"
         );
     }
+    // The spool's panels, in a row of their own.
+    let titles: BTreeSet<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in [
+        "Spool",
+        "Spool bytes",
+        "Spooled records",
+        "Oldest spooled record",
+        "Spool appends and replay",
+        "Spool trouble",
+    ] {
+        assert!(titles.contains(wanted), "no {wanted:?} panel in {titles:?}");
+    }
+    // No two panels overlap on the grid.
+    let mut cells = BTreeSet::new();
+    for panel in panels {
+        let grid = &panel["gridPos"];
+        let at = |key: &str| grid[key].as_u64().expect("grid position");
+        for x in at("x")..at("x") + at("w") {
+            for y in at("y")..at("y") + at("h") {
+                assert!(
+                    cells.insert((x, y)),
+                    "{} overlaps at ({x}, {y})",
+                    panel["title"]
+                );
+            }
+        }
+    }
+
     // The ConfigMap carries the chart's file as it is, under the chosen label.
     let file = std::fs::read_to_string(format!("{}/dashboards/capture.json", chart()))
         .expect("dashboard file");
@@ -978,6 +1014,10 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
         "CaptureOperatorReconcileErrors",
         "CaptureOperatorNoLeader",
         "CaptureOperatorDown",
+        "CaptureSpoolFilling",
+        "CaptureSpoolFull",
+        "CaptureSpoolOld",
+        "CaptureSpoolCorrupt",
     ] {
         assert!(alerts.contains(wanted), "no {wanted} alert in {alerts:?}");
     }
@@ -987,6 +1027,11 @@ fn the_alerts_query_only_metrics_the_code_exports_and_are_documented() {
         "capture_memory_budget_refused_total",
         "capture_http_connections_at_cap_total",
         "operator_reconcile_errors_total",
+        "capture_spool_bytes",
+        "capture_spool_max_bytes",
+        "capture_spool_full_total",
+        "capture_spool_oldest_record_age_seconds",
+        "capture_spool_corrupt_records_total",
     ] {
         assert!(used.contains(wanted), "no alert reads {wanted}");
     }
