@@ -232,6 +232,11 @@ async fn replay(shared: std::sync::Weak<Shared>) {
         let Some(segment) = shared.spool.oldest() else {
             if shared.spool.stats().records > 0 {
                 shared.spool.seal().await;
+                if shared.spool.oldest().is_none() {
+                    // Nothing was sealed (the count is ahead of the files:
+                    // damage found during a replay); do not spin.
+                    tokio::time::sleep(IDLE).await;
+                }
                 continue;
             }
             // Holds the sink for at most this wait.

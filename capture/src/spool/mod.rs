@@ -421,11 +421,13 @@ impl Spool {
             self.shared.bytes.fetch_sub(gone, Ordering::Relaxed);
             self.shared.refused.store(false, Ordering::Relaxed);
         }
+        // Replay takes one segment at a time, oldest first: the ones left
+        // are untouched, so their counts are exact (whatever the finished
+        // one's drifted by: damage found only now, late acknowledgements).
+        let left: u64 = sealed.iter().map(|s| s.records).sum();
+        self.shared.sealed_records.store(left, Ordering::Relaxed);
         if sealed.is_empty() && lock(&self.shared.active).records == 0 {
-            // Whatever the counters drifted by (late acknowledgements of
-            // records already replayed), an empty spool holds nothing, and
-            // no record can be acknowledged late any more.
-            self.shared.sealed_records.store(0, Ordering::Relaxed);
+            // No record can be acknowledged late any more.
             lock(&self.shared.late).clear();
         }
         Ok(())
@@ -747,13 +749,15 @@ fn seal(shared: &Shared, writing: &mut Option<Writing>, waiting: &mut Waiting) {
         let _ = fs::remove_file(&w.segment.path);
         return;
     }
-    shared
-        .sealed_records
-        .fetch_add(active.records, Ordering::Relaxed);
     let mut segment = w.segment;
     segment.records = active.records;
     segment.oldest_ms = active.oldest_ms.unwrap_or(segment.oldest_ms);
-    lock(&shared.sealed).push_back(segment);
+    // Under the lock `Spool::finished` recounts under.
+    let mut sealed = lock(&shared.sealed);
+    shared
+        .sealed_records
+        .fetch_add(active.records, Ordering::Relaxed);
+    sealed.push_back(segment);
 }
 
 #[cfg(test)]
