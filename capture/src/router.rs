@@ -213,14 +213,16 @@ impl AppState {
         self.edit(|inner| inner.policy = policy)
     }
 
-    fn edit(self, change: impl FnOnce(&mut Inner)) -> Self {
-        match Arc::try_unwrap(self.0) {
-            Ok(mut inner) => {
-                change(&mut inner);
-                AppState(Arc::new(inner))
-            }
-            Err(shared) => AppState(shared),
-        }
+    /// Applies a `with_*` setting. Once the state is cloned (handed to a
+    /// router or a task) a setting could reach only some of the copies, so
+    /// that is a bug in the caller, and it panics rather than dropping the
+    /// setting unseen.
+    fn edit(mut self, change: impl FnOnce(&mut Inner)) -> Self {
+        let Some(inner) = Arc::get_mut(&mut self.0) else {
+            panic!("AppState::with_* called after the state was cloned; configure it first");
+        };
+        change(inner);
+        self
     }
 
     /// Marks the server as shutting down: readiness fails from now on.
@@ -979,6 +981,29 @@ mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
+
+    fn state() -> AppState {
+        AppState::new(
+            Arc::new(crate::sink::NoopSink),
+            Arc::new(crate::clock::SystemClock),
+            Topics::default(),
+            Limits::default(),
+        )
+    }
+
+    #[test]
+    fn a_setting_before_the_state_is_shared_applies() {
+        let state = state().with_max_in_flight(3);
+        assert_eq!(state.0.in_flight.available_permits(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "after the state was cloned")]
+    fn a_setting_after_the_state_is_shared_is_refused_not_dropped() {
+        let state = state();
+        let _router_copy = state.clone();
+        let _ = state.with_max_in_flight(3);
+    }
 
     #[test]
     fn client_ip_prefers_proxy_headers_in_order() {

@@ -379,6 +379,14 @@ pub struct KafkaSink {
     shared: Arc<Shared>,
     max_message_bytes: usize,
     ack_timeout: Duration,
+    /// Ends the health check when the sink goes.
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -405,6 +413,7 @@ impl KafkaSink {
             }),
             max_message_bytes: max_message_bytes + MESSAGE_OVERHEAD_BYTES,
             ack_timeout: config.message_timeout + Duration::from_secs(5),
+            stop: Arc::new(tokio::sync::Notify::new()),
         };
         match check(&sink.shared, config.metadata_timeout).await {
             Ok(brokers) => tracing::info!(brokers, "kafka cluster reachable"),
@@ -421,11 +430,13 @@ impl KafkaSink {
     fn spawn_health_check(&self, timeout: Duration, interval: Duration) {
         let shared = Arc::downgrade(&self.shared);
         let wake = Arc::clone(&self.shared.health);
+        let stop = Arc::clone(&self.stop);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(interval) => {}
                     () = wake.wake.notified() => {}
+                    () = stop.notified() => return,
                 }
                 let Some(shared) = shared.upgrade() else {
                     return;
@@ -700,6 +711,38 @@ mod tests {
         ack.delivered(0);
         ack.done.notified().await;
         assert_eq!(ack.acked(), [true, true, false, false]);
+    }
+
+    #[tokio::test]
+    async fn the_health_check_ends_when_the_sink_goes() {
+        let config = Config::load([
+            "capture",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--kafka-metadata-timeout",
+            "100ms",
+            "--kafka-health-interval",
+            "1h",
+        ])
+        .expect("valid settings");
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = alive();
+        let sink = KafkaSink::start(&config.kafka, 1 << 20)
+            .await
+            .expect("starts unready");
+        assert_eq!(alive(), before + 1, "the health check runs");
+        drop(sink);
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while alive() > before {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the health check ended with the sink, not an hour later");
     }
 
     #[test]
