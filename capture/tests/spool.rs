@@ -514,3 +514,92 @@ async fn a_burst_into_a_small_spool_never_takes_it_past_its_max_bytes() {
          {on_disk:?} ({bytes} bytes)"
     );
 }
+
+/// Pod deletion in the middle of an outage: SIGTERM while requests wait for
+/// a Kafka that is gone. Without a spool they are answered 503 near the
+/// drain deadline (`broker_faults.rs`); with one, their events go to the
+/// spool and they are answered 200, the process exits within its budget,
+/// and the next process on the directory produces them once Kafka is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_an_outage_answers_the_waiting_requests_200_from_the_spool() {
+    const SHUTDOWN: Duration = Duration::from_secs(5);
+    let mut broker = SqliteBroker::start();
+    let topic = unique("spool-sigterm");
+    create_topics_at(&broker.address(), &[&topic], 2).await;
+    let spool = tempfile::tempdir().expect("spool dir");
+    let port = free_port();
+    // The health check does not notice the outage within the test, and the
+    // deadline is longer than the drain: the requests in flight at SIGTERM
+    // are still waiting for Kafka when the drain gives up on it.
+    let args = capture_args(
+        &broker,
+        &topic,
+        spool.path(),
+        port,
+        &[
+            "--kafka-health-interval",
+            "1h",
+            "--spool-ack-deadline",
+            "9s",
+            "--shutdown-timeout",
+            "5s",
+        ],
+    );
+    let mut capture = Capture::start(&args);
+    let load = Load::paced(
+        &capture.url("/batch"),
+        TOKEN,
+        CLIENTS,
+        PER_BATCH,
+        usize::MAX,
+        PACE,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healthy = load.ledger();
+    broker.sigkill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let terminated = Instant::now();
+    capture.signal_term();
+    let status = tokio::task::block_in_place(|| capture.wait_exit());
+    let took = terminated.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ledger = load.finish().await;
+    let logs = capture.logs();
+    drop(capture);
+    assert!(status.success(), "capture exited {status}");
+    assert!(
+        took < SHUTDOWN + Duration::from_secs(3),
+        "shutdown took {took:.1?}"
+    );
+    let outage = ledger.since(&healthy);
+    println!(
+        "[phases] kafka up {:?}; from the kill to the exit {outage:?}; exit after {took:.1?}",
+        healthy.since(&Ledger::default())
+    );
+    assert_statuses("kafka up", &healthy.since(&Ledger::default()), &[200]);
+    assert_statuses("kafka down, then SIGTERM", &outage, &[0, 200]);
+    assert!(
+        outage.get(&200).is_some_and(|n| *n >= CLIENTS / 2),
+        "the requests waiting at SIGTERM were answered: {outage:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("spool drained as far as the shutdown allows")),
+        "capture's log:\n{}",
+        logs.join("\n")
+    );
+
+    broker.spawn();
+    let restart = capture_args(&broker, &topic, spool.path(), port, &[]);
+    let capture = Capture::start(&restart);
+    let open = spool_open(&capture);
+    assert!(
+        open["left_by_previous_process"].as_u64().unwrap_or(0) >= (CLIENTS * PER_BATCH / 2) as u64,
+        "the terminated process left its waiting requests' events: {open}"
+    );
+    wait_until_drained(&capture, Duration::from_secs(60)).await;
+    assert_spool_empty("after the restart", spool.path());
+    let counts = count_on_topic_at(&broker.address(), &topic);
+    let duplicates = assert_none_lost("sigterm with a spool", &ledger, &counts);
+    println!("[duplicates] sigterm with a spool: {duplicates}; spool open: {open}");
+}
