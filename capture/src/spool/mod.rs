@@ -531,13 +531,23 @@ fn recover_file(path: &Path) -> io::Result<FileFound> {
     let bytes = fs::read(path)?;
     let scanned = scan(&bytes, 0);
     let torn = scanned.keep < bytes.len();
+    let dir = path.parent().unwrap_or(Path::new("."));
     if torn {
         tracing::warn!(segment = %path.display(), kept = scanned.keep, cut = bytes.len() - scanned.keep, "spool segment ends in a write cut short (never acknowledged); truncated");
+        // Kept too: a tail cut short is a write the crash interrupted, but
+        // a damaged length at the very end would read the same.
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("segment");
+        let target = dir
+            .join("corrupt")
+            .join(format!("{stem}-{}.torn", scanned.keep));
+        fs::write(target, &bytes[scanned.keep..])?;
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(scanned.keep as u64)?;
         file.sync_all()?;
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
     set_aside(dir, path, &bytes, &scanned.damaged)?;
     let position = fs::read_to_string(path.with_extension("pos"))
         .ok()

@@ -107,6 +107,20 @@ async fn a_segment_cut_at_every_byte_keeps_exactly_its_whole_records() {
             on_disk, keep,
             "truncated to the last whole record (cut at {cut})"
         );
+        let torn_kept: Vec<Vec<u8>> = fs::read_dir(case.path().join("corrupt"))
+            .expect("corrupt dir")
+            .filter_map(Result::ok)
+            .map(|e| fs::read(e.path()).expect("readable"))
+            .collect();
+        let expected_torn: Vec<Vec<u8>> = if torn {
+            vec![whole[keep..cut].to_vec()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(
+            torn_kept, expected_torn,
+            "the cut-off bytes are kept (cut at {cut})"
+        );
         // What comes next is appended after the kept records, whole.
         spool.append(&[message(9)]).await.expect("durable");
         spool.close();

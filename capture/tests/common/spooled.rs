@@ -123,11 +123,14 @@ pub fn segments(dir: &Path) -> Vec<(String, u64)> {
     found
 }
 
-/// What the spool set aside in `corrupt/` (damaged or rejected records).
+/// What the spool set aside in `corrupt/` as damaged or rejected records
+/// (`*.bin`; the cut-short writes a crash can leave, `*.torn`, were never
+/// acknowledged and are not counted).
 pub fn set_aside(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir.join("corrupt")) {
         Ok(entries) => entries
             .filter_map(Result::ok)
+            .filter(|entry| entry.path().extension().is_some_and(|e| e == "bin"))
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect(),
         Err(_) => Vec::new(),
