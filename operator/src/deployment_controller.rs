@@ -445,7 +445,7 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         api.patch_status(
             &cd.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &Patch::Merge(status_patch(&previous, &status)),
         )
         .await?;
     }
@@ -458,6 +458,24 @@ async fn apply(cd: &CaptureDeployment, ctx: &Context) -> Result<Action, Error> {
         _ if waiting_for_pods => Ok(Action::requeue(SPOOL_RECHECK)),
         _ => Ok(Action::requeue(RESYNC)),
     }
+}
+
+/// The merge patch that makes the stored status `status`: a field
+/// `previous` had and `status` has not (`spoolDrains` once the volumes are
+/// gone, `configPods` without a runtime config) is removed with `null`,
+/// since a merge patch keeps what it does not mention.
+pub fn status_patch(
+    previous: &CaptureDeploymentStatus,
+    status: &CaptureDeploymentStatus,
+) -> serde_json::Value {
+    let mut body = json!(status);
+    if let (Some(now), serde_json::Value::Object(before)) = (body.as_object_mut(), json!(previous))
+    {
+        for field in before.keys() {
+            now.entry(field.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": body })
 }
 
 /// What `spec.spool` asks for.
@@ -1009,4 +1027,32 @@ pub fn error_policy(cd: Arc<CaptureDeployment>, error: &Error, ctx: Arc<Context>
     let delay = ctx.backoff.failed(&key);
     tracing::warn!(deployment = %key, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_field_no_longer_reported_is_removed_not_kept() {
+        let previous = CaptureDeploymentStatus {
+            spool_drains: Some(0),
+            config_pods: Some(2),
+            config_hash: Some("old".into()),
+            ..CaptureDeploymentStatus::default()
+        };
+        let status = CaptureDeploymentStatus {
+            config_hash: Some("new".into()),
+            ..CaptureDeploymentStatus::default()
+        };
+        assert_eq!(
+            status_patch(&previous, &status),
+            json!({"status": {"configHash": "new", "spoolDrains": null, "configPods": null}})
+        );
+        // Nothing to remove: just the status.
+        assert_eq!(
+            status_patch(&CaptureDeploymentStatus::default(), &status),
+            json!({"status": {"configHash": "new"}})
+        );
+    }
 }

@@ -822,6 +822,45 @@ async fn removing_the_spool_brings_back_the_deployment_and_drains_every_volume()
         .clone();
     assert!(env.contains(&json!({"name": "CAPTURE_SPOOL_MAX_BYTES", "value": operator::spool::max_bytes(10 << 30).to_string()})), "{env:?}");
     assert_eq!(status["spoolDrains"], 2);
+
+    // Every volume drained and gone: nothing more to say of the spool, and
+    // what the status said of it is removed (a merge patch keeps what it
+    // does not mention).
+    let mut previous = status.clone();
+    previous["conditions"] = json!([]);
+    let object = cd(spec(&id), false, Some(previous));
+    let value = serde_json::to_value(&object).expect("json");
+    let mut calls = apply_calls(false, true);
+    calls.truncate(4);
+    calls.push(call(
+        "PATCH",
+        &path("apps/v1", "deployments", "capture"),
+        200,
+        Reply::Json(serving_deployment()),
+    ));
+    calls.extend(after_workload());
+    calls.push(claims(json!([])));
+    calls.push(pods());
+    calls.push(status_write(&value));
+    let (result, bodies) = run(object, calls).await;
+    result.expect("reconciled");
+    let status = &bodies.last().expect("status")["status"];
+    assert_eq!(status["spoolDrains"], Value::Null);
+    assert!(
+        status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .all(|c| c["type"] != "SpoolDrained"),
+        "{status}"
+    );
+    assert!(
+        bodies.last().expect("status")["status"]
+            .as_object()
+            .expect("status")
+            .contains_key("spoolDrains"),
+        "removed with null"
+    );
 }
 
 #[tokio::test]
