@@ -12,7 +12,10 @@
 //! RSS (`VmHWM`). Finally it reads the topic back and checks that every
 //! event capture acknowledged is there exactly once.
 //!
-//! It prints numbers and asserts nothing about timings. Settings (env vars):
+//! It prints numbers and asserts nothing about timings. Settings, as
+//! environment variables or as the flags they name after `--`
+//! (`cargo bench -p capture --bench load -- --help` lists them;
+//! `LOAD_BENCH_BATCH_REQUESTS` is `--batch-requests`):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -29,6 +32,8 @@
 //! | `LOAD_BENCH_POLICIES` | 0 | 1: also run capture with quotas, rate limits, hot-key buckets and dedup on (a real `redis-server`), in the same run |
 //! | `LOAD_BENCH_PLUGINS` | 0 | 1: also run capture with a realistic plugin pipeline (redact 5 keys, one drop rule, sampling), in the same run |
 //! | `LOAD_BENCH_BARE_DELAY_MS` | 20 | also measure a bare server that answers this long after reading the body, as capture answers after the producer's linger (0: skip it) |
+//! | `LOAD_BENCH_SLICES` | 10 | slices of the measured phase for the throughput spread |
+//! | `LOAD_BENCH_IDLE_SECS` | 5 | seconds capture is watched idle first (0: skip it) |
 //!
 //! With `LOAD_BENCH_POLICIES=1` every event carries a client `uuid`, unique
 //! per request sent (stamped into the body just before sending), so dedup
@@ -83,7 +88,7 @@ fn main() {
         bare::serve();
         return;
     }
-    let settings = Settings::from_env();
+    let settings = Settings::from(<Flags as clap::Parser>::parse());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,7 +96,7 @@ fn main() {
     runtime.block_on(run(settings));
 }
 
-/// What to run, from `LOAD_BENCH_*` variables.
+/// What to run, from [`Flags`].
 #[derive(Debug, Clone)]
 struct Settings {
     event_requests: usize,
@@ -111,36 +116,112 @@ struct Settings {
     idle: Duration,
 }
 
-impl Settings {
-    fn from_env() -> Self {
+/// The bench's settings as flags (`cargo bench -p capture --bench load --
+/// --requests 5000`) or their `LOAD_BENCH_*` variables; the table above.
+#[derive(Debug, clap::Parser)]
+#[command(about = "Load bench: capture beside a bare server, same load, CPU per event")]
+struct Flags {
+    /// Measured `/e` requests.
+    #[arg(long, env = "LOAD_BENCH_REQUESTS", default_value_t = 20_000)]
+    requests: usize,
+    /// Measured `/batch` requests.
+    #[arg(long, env = "LOAD_BENCH_BATCH_REQUESTS", default_value_t = 2_000)]
+    batch_requests: usize,
+    /// Warm-up requests, as % of measured.
+    #[arg(long, env = "LOAD_BENCH_WARMUP_PERCENT", default_value_t = 10)]
+    warmup_percent: usize,
+    /// Connections / in-flight requests.
+    #[arg(long, env = "LOAD_BENCH_CONCURRENCY", default_value_t = 32, value_parser = at_least_one)]
+    concurrency: usize,
+    /// Events per `/batch` request.
+    #[arg(long, env = "LOAD_BENCH_BATCH_SIZE", default_value_t = 100, value_parser = at_least_one)]
+    batch_size: usize,
+    /// Partitions of the events topic.
+    #[arg(long, env = "LOAD_BENCH_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: i32,
+    /// Which scenarios to run, comma-separated: `e`, `batch`.
+    #[arg(
+        long,
+        env = "LOAD_BENCH_SCENARIOS",
+        default_value = "e,batch",
+        value_delimiter = ','
+    )]
+    scenarios: Vec<String>,
+    /// Extra capture flags, space-separated.
+    #[arg(
+        long,
+        env = "LOAD_BENCH_CAPTURE_ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    capture_args: String,
+    /// Pace `/e` to this many requests/s in total (0: as fast as the server answers).
+    #[arg(long, env = "LOAD_BENCH_E_RATE", default_value_t = 0.0)]
+    e_rate: f64,
+    /// Pace `/batch` likewise.
+    #[arg(long, env = "LOAD_BENCH_BATCH_RATE", default_value_t = 0.0)]
+    batch_rate: f64,
+    /// Also run capture with quotas, rate limits, hot-key buckets and dedup
+    /// on (`LOAD_BENCH_POLICIES=1`).
+    #[arg(long, env = "LOAD_BENCH_POLICIES", value_parser = clap::builder::FalseyValueParser::new())]
+    policies: bool,
+    /// Also run capture with a realistic plugin pipeline
+    /// (`LOAD_BENCH_PLUGINS=1`).
+    #[arg(long, env = "LOAD_BENCH_PLUGINS", value_parser = clap::builder::FalseyValueParser::new())]
+    plugins: bool,
+    /// Slices the measured phase is cut into for the throughput spread.
+    #[arg(long, env = "LOAD_BENCH_SLICES", default_value_t = 10, value_parser = at_least_one)]
+    slices: usize,
+    /// Also measure a bare server answering this many ms after reading the body (0: skip it).
+    #[arg(long, env = "LOAD_BENCH_BARE_DELAY_MS", default_value_t = 20)]
+    bare_delay_ms: u64,
+    /// Seconds capture is watched idle before the scenarios.
+    #[arg(long, env = "LOAD_BENCH_IDLE_SECS", default_value_t = 5)]
+    idle_secs: u64,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
+
+impl From<Flags> for Settings {
+    fn from(flags: Flags) -> Self {
         Settings {
-            event_requests: env_or("LOAD_BENCH_REQUESTS", 20_000),
-            batch_requests: env_or("LOAD_BENCH_BATCH_REQUESTS", 2_000),
-            warmup_percent: env_or("LOAD_BENCH_WARMUP_PERCENT", 10),
-            concurrency: env_or::<usize>("LOAD_BENCH_CONCURRENCY", 32).max(1),
-            batch_size: env_or::<usize>("LOAD_BENCH_BATCH_SIZE", 100).max(1),
-            partitions: env_or::<i32>("LOAD_BENCH_PARTITIONS", 4).max(1),
-            scenarios: std::env::var("LOAD_BENCH_SCENARIOS")
-                .unwrap_or_else(|_| "e,batch".into())
-                .split(',')
+            event_requests: flags.requests,
+            batch_requests: flags.batch_requests,
+            warmup_percent: flags.warmup_percent,
+            concurrency: flags.concurrency,
+            batch_size: flags.batch_size,
+            partitions: flags.partitions,
+            scenarios: flags
+                .scenarios
+                .iter()
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
-            capture_args: std::env::var("LOAD_BENCH_CAPTURE_ARGS")
-                .unwrap_or_default()
+            capture_args: flags
+                .capture_args
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
-            policies: env_or::<u8>("LOAD_BENCH_POLICIES", 0) == 1,
-            plugins: env_or::<u8>("LOAD_BENCH_PLUGINS", 0) == 1,
-            event_rate: env_or("LOAD_BENCH_E_RATE", 0.0),
-            batch_rate: env_or("LOAD_BENCH_BATCH_RATE", 0.0),
-            slices: env_or::<usize>("LOAD_BENCH_SLICES", 10).max(1),
-            bare_delay: Duration::from_millis(env_or("LOAD_BENCH_BARE_DELAY_MS", 20)),
-            idle: Duration::from_secs(env_or("LOAD_BENCH_IDLE_SECS", 5)),
+            policies: flags.policies,
+            plugins: flags.plugins,
+            event_rate: flags.e_rate,
+            batch_rate: flags.batch_rate,
+            slices: flags.slices,
+            bare_delay: Duration::from_millis(flags.bare_delay_ms),
+            idle: Duration::from_secs(flags.idle_secs),
         }
     }
+}
 
+impl Settings {
     fn warmup(&self, measured: usize) -> usize {
         (measured * self.warmup_percent / 100).max(self.concurrency)
     }

@@ -310,7 +310,7 @@ async fn a_second_process_cannot_open_a_spool_in_use() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (spool, _) = Spool::open(&settings(dir.path())).expect("opens");
     let second = Spool::open(&settings(dir.path()));
-    let err = second.err().expect("refused while the first has it");
+    let err = second.expect_err("refused while the first has it");
     assert!(
         err.to_string()
             .contains("in use by another capture process"),
