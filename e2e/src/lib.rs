@@ -10,8 +10,11 @@
 //! - [`resources`]: the kinds served and the discovery documents.
 //! - [`proxy`]: the `proxy` subresources of pods and Services.
 //! - [`protobuf`]: the protobuf bodies typed clients send for a few kinds.
-//! - [`node`]: the node stand-in, running Deployments' pods as processes.
+//! - [`node`]: the node stand-in, running Deployments' (StatefulSets',
+//!   Jobs') pods as processes.
+//! - [`controllers`]: what the StatefulSet and Job controllers decide.
 
+pub mod controllers;
 pub mod node;
 pub mod protobuf;
 pub mod proxy;

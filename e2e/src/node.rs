@@ -1,10 +1,18 @@
-//! The node stand-in: the Deployment controller and kubelet in one loop.
-//! Each Deployment's pods run as local processes of the real binaries,
+//! The node stand-in: the Deployment controller and kubelet in one loop,
+//! with the StatefulSet and Job controllers of [`crate::controllers`].
+//! Each Deployment's (StatefulSet's, Job's) pods run as local processes of
+//! the real binaries,
 //! with their environment (Secret references resolved), their ConfigMap,
 //! Secret and projected Secret-key volumes written as kubelet lays them
 //! out (and updated the same way), restarted when they exit, and reported
 //! ready from their readiness probe. Every pod gets its own loopback
 //! address (`127.0.1.N`), so several can listen on the same port.
+//!
+//! A PersistentVolumeClaim's volume is a directory of its own under the
+//! node's root, kept across the pods that mount it (the StatefulSet's pod
+//! of its ordinal, then a Job's) and after the claim goes. A pod whose
+//! `restartPolicy` is `Never` (a Job's) is not restarted when its process
+//! exits: it ends `Succeeded` or `Failed` by its exit code.
 //!
 //! What it changes to fit on one machine (see e2e/README.md): mount paths
 //! are directories under the node's root, and environment values naming
@@ -37,8 +45,10 @@ struct Pod {
     generation: u32,
     restarts: u32,
     ready: bool,
+    /// Its template's hash (`pod-template-hash`, or a StatefulSet pod's
+    /// `controller-revision-hash`).
     template: String,
-    /// The uid of the Deployment that owns it.
+    /// The uid of the Deployment (StatefulSet, Job) that owns it.
     owner: String,
 }
 
@@ -116,10 +126,12 @@ impl Node {
         self.server.mutate(|store| store.list(group, plural, None))
     }
 
-    /// One pass: pods for every Deployment, processes for every pod,
-    /// volumes, restarts, readiness, and the statuses.
+    /// One pass: pods for every Deployment, StatefulSet and Job, processes
+    /// for every pod, volumes, restarts, readiness, and the statuses.
     pub async fn step(&mut self) {
         let deployments = self.list("apps", "deployments");
+        let sets = self.list("apps", "statefulsets");
+        let jobs = self.list("batch", "jobs");
         let pods = self.list("", "pods");
         // Pods whose object is gone (deleted, or collected): stop them.
         let live: Vec<Key> = pods.iter().map(pod_key).collect();
@@ -138,10 +150,20 @@ impl Node {
         for deployment in &deployments {
             self.scale(deployment, &pods);
         }
+        for set in &sets {
+            self.scale_set(set, &pods);
+        }
+        for job in &jobs {
+            self.run_job(job, &pods);
+        }
         let pods = self.list("", "pods");
         for pod in &pods {
             let key = pod_key(pod);
             if pod["metadata"].get("deletionTimestamp").is_some() {
+                continue;
+            }
+            // A Job's pod that ended stays ended.
+            if matches!(text(&pod["status"]["phase"]), "Succeeded" | "Failed") {
                 continue;
             }
             if !self.pods.contains_key(&key) {
@@ -150,9 +172,95 @@ impl Node {
             self.tend(&key, pod).await;
         }
         for deployment in &deployments {
-            self.report(deployment);
+            self.report(deployment, "deployments");
+        }
+        for set in &sets {
+            self.report(set, "statefulsets");
         }
         self.route().await;
+    }
+
+    /// In `namespace`, those of `objects`.
+    fn in_namespace(objects: &[Value], namespace: &str) -> Vec<Value> {
+        objects
+            .iter()
+            .filter(|o| text(&o["metadata"]["namespace"]) == namespace)
+            .cloned()
+            .collect()
+    }
+
+    /// Claims and pods of `set`, and its rolling update (see
+    /// [`crate::controllers::stateful_set`]).
+    fn scale_set(&mut self, set: &Value, pods: &[Value]) {
+        let namespace = text(&set["metadata"]["namespace"]).to_owned();
+        let pods = Self::in_namespace(pods, &namespace);
+        let claims: Vec<String> = self
+            .server
+            .mutate(|store| store.list("", "persistentvolumeclaims", Some(&namespace)))
+            .iter()
+            .map(|c| text(&c["metadata"]["name"]).to_owned())
+            .collect();
+        let revision = template_hash(&set["spec"]["template"]);
+        let changes = crate::controllers::stateful_set(set, &pods, &claims, &revision);
+        for claim in changes.claims {
+            let name = text(&claim["metadata"]["name"]).to_owned();
+            let _ = self.server.mutate(|store| {
+                let resource = store
+                    .resource("", "v1", "persistentvolumeclaims")
+                    .expect("built in");
+                let key = key("", "persistentvolumeclaims", &namespace, &name);
+                store.create(&resource, key.clone(), claim)?;
+                store.patch(
+                    &resource,
+                    &key,
+                    PatchKind::Merge,
+                    &json!({"status": {"phase": "Bound", "accessModes": claim_modes(set)}}),
+                    true,
+                )
+            });
+        }
+        for pod in changes.pods {
+            let _ = self.server.mutate(|store| {
+                let resource = store.resource("", "v1", "pods").expect("pods are built in");
+                store.create(&resource, key("", "pods", &namespace, ""), pod)
+            });
+        }
+        for name in changes.delete {
+            let _ = self
+                .server
+                .mutate(|store| store.delete(&key("", "pods", &namespace, &name)));
+        }
+    }
+
+    /// The pod of `job`, and its status (see [`crate::controllers::job`]).
+    fn run_job(&mut self, job: &Value, pods: &[Value]) {
+        let namespace = text(&job["metadata"]["namespace"]).to_owned();
+        let pods = Self::in_namespace(pods, &namespace);
+        let changes = crate::controllers::job(job, &pods, chrono::Utc::now());
+        if let Some(pod) = changes.pod {
+            let _ = self.server.mutate(|store| {
+                let resource = store.resource("", "v1", "pods").expect("pods are built in");
+                store.create(&resource, key("", "pods", &namespace, ""), pod)
+            });
+        }
+        for name in changes.delete {
+            let _ = self
+                .server
+                .mutate(|store| store.delete(&key("", "pods", &namespace, &name)));
+        }
+        if let Some(status) = changes.status {
+            let key = key("batch", "jobs", &namespace, text(&job["metadata"]["name"]));
+            let _ = self.server.mutate(|store| {
+                let resource = store.resource("batch", "v1", "jobs").expect("built in");
+                store.patch(
+                    &resource,
+                    &key,
+                    PatchKind::Merge,
+                    &json!({"status": status}),
+                    true,
+                )
+            });
+        }
     }
 
     /// Keeps a proxy per Service port, forwarding to the ready pods its
@@ -343,13 +451,31 @@ impl Node {
         let dir = self.root.join(format!("{}-{}", key.namespace, key.name));
         let _ = std::fs::create_dir_all(&dir);
         let volumes = self.volume_files(pod);
-        // Mount paths live under the pod's directory.
+        // Mount paths live under the pod's directory; a claim's, under the
+        // node's, where it outlives the pod.
+        let claims: BTreeMap<&str, &str> = pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| {
+                let claim = v["persistentVolumeClaim"]["claimName"].as_str()?;
+                Some((text(&v["name"]), claim))
+            })
+            .collect();
         let mut mounts: Vec<(String, PathBuf)> = Vec::new();
         for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-            let path = dir.join("volumes").join(text(&mount["name"]));
+            let name = text(&mount["name"]);
+            let path = match claims.get(name) {
+                Some(claim) => self.root.join("claims").join(&key.namespace).join(claim),
+                None => dir.join("volumes").join(name),
+            };
+            let _ = std::fs::create_dir_all(&path);
             mounts.push((text(&mount["mountPath"]).to_owned(), path));
         }
-        for (name, files) in &volumes {
+        for (name, files) in volumes
+            .iter()
+            .filter(|(name, _)| !claims.contains_key(name.as_str()))
+        {
             write_volume(&dir.join("volumes").join(name), files, 1);
         }
         let env = self.environment(pod, container, ip, &mounts);
@@ -389,7 +515,12 @@ impl Node {
                 generation: 1,
                 restarts: 0,
                 ready: false,
-                template: text(&pod["metadata"]["labels"]["pod-template-hash"]).to_owned(),
+                template: ["pod-template-hash", crate::controllers::REVISION_LABEL]
+                    .iter()
+                    .map(|label| text(&pod["metadata"]["labels"][label]))
+                    .find(|hash| !hash.is_empty())
+                    .unwrap_or_default()
+                    .to_owned(),
                 owner: text(&pod["metadata"]["ownerReferences"][0]["uid"]).to_owned(),
             },
         );
@@ -466,7 +597,29 @@ impl Node {
         let Some(running) = self.pods.get_mut(key) else {
             return;
         };
-        if let Ok(Some(status)) = running.child.try_wait() {
+        let exited = running.child.try_wait().ok().flatten();
+        if let Some(status) = exited
+            && pod["spec"]["restartPolicy"] == "Never"
+        {
+            // A Job's pod: it ends, by its exit code.
+            let phase = if status.success() {
+                "Succeeded"
+            } else {
+                "Failed"
+            };
+            tracing::info!(pod = %key.name, %status, phase, "container exited; not restarted");
+            let container = text(&pod["spec"]["containers"][0]["name"]).to_owned();
+            let code = status.code().unwrap_or(-1);
+            self.pods.remove(key);
+            self.set_status(
+                key,
+                json!({"phase": phase, "containerStatuses": [{"name": container, "ready": false,
+                    "state": {"terminated": {"exitCode": code}}}],
+                    "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]}),
+            );
+            return;
+        }
+        if let Some(status) = exited {
             tracing::warn!(pod = %key.name, %status, "container exited; restarting");
             running.restarts += 1;
             self.pods.remove(key);
@@ -527,31 +680,35 @@ impl Node {
         });
     }
 
-    /// The Deployment's status from its pods.
-    fn report(&self, deployment: &Value) {
+    /// The status of a Deployment (`plural` `deployments`) or StatefulSet
+    /// (`statefulsets`) from its pods.
+    fn report(&self, deployment: &Value, plural: &str) {
         let uid = text(&deployment["metadata"]["uid"]);
         let hash = template_hash(&deployment["spec"]["template"]);
         let owned: Vec<&Pod> = self.pods.values().filter(|p| p.owner == uid).collect();
         let ready = owned.iter().filter(|p| p.ready).count();
         let updated = owned.iter().filter(|p| p.template == hash).count();
-        let status = json!({
+        let mut status = json!({
             "observedGeneration": deployment["metadata"]["generation"],
             "replicas": owned.len(), "readyReplicas": ready, "availableReplicas": ready,
             "updatedReplicas": updated,
         });
+        if plural == "statefulsets" {
+            status["currentReplicas"] = json!(updated);
+            status["currentRevision"] = json!(hash);
+            status["updateRevision"] = json!(hash);
+        }
         if deployment["status"] == status {
             return;
         }
         let key = key(
             "apps",
-            "deployments",
+            plural,
             text(&deployment["metadata"]["namespace"]),
             text(&deployment["metadata"]["name"]),
         );
         let _ = self.server.mutate(|store| {
-            let resource = store
-                .resource("apps", "v1", "deployments")
-                .expect("built in");
+            let resource = store.resource("apps", "v1", plural).expect("built in");
             store.patch(
                 &resource,
                 &key,
@@ -627,6 +784,11 @@ pub fn endpoints(service: &Value, port: &Value, pods: &[Value]) -> Vec<SocketAdd
             Some(SocketAddr::from((pod_ip, u16::try_from(target).ok()?)))
         })
         .collect()
+}
+
+/// The access modes of `set`'s first claim template.
+fn claim_modes(set: &Value) -> Value {
+    set["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"].clone()
 }
 
 fn pod_key(pod: &Value) -> Key {

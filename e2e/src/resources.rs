@@ -84,6 +84,16 @@ const BUILT_IN: &[(&str, &str, &str, &str, bool, bool)] = &[
     ("", "v1", "pods", "Pod", true, true),
     ("", "v1", "events", "Event", true, false),
     ("apps", "v1", "deployments", "Deployment", true, true),
+    ("apps", "v1", "statefulsets", "StatefulSet", true, true),
+    (
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        true,
+        true,
+    ),
+    ("batch", "v1", "jobs", "Job", true, true),
     (
         "autoscaling",
         "v2",
@@ -161,6 +171,8 @@ fn built_in_short_names(plural: &str) -> Vec<String> {
         "serviceaccounts" => &["sa"],
         "pods" => &["po"],
         "deployments" => &["deploy"],
+        "statefulsets" => &["sts"],
+        "persistentvolumeclaims" => &["pvc"],
         "horizontalpodautoscalers" => &["hpa"],
         "poddisruptionbudgets" => &["pdb"],
         "networkpolicies" => &["netpol"],
@@ -185,7 +197,10 @@ pub fn built_in() -> Vec<Resource> {
                 namespaced,
                 status,
                 short_names: built_in_short_names(plural),
-                categories: if matches!(plural, "pods" | "services" | "deployments") {
+                categories: if matches!(
+                    plural,
+                    "pods" | "services" | "deployments" | "statefulsets" | "jobs"
+                ) {
                     vec!["all".into()]
                 } else {
                     Vec::new()

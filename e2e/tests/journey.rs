@@ -1156,7 +1156,196 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         "scaled to 3 pods; a deleted pod came back; a deleted Service was restored and answers",
     );
 
-    // 7. Only the leader acts.
+    // 7. A durable spool: the pods move to a StatefulSet with a volume
+    // each, and the Deployment goes once they all serve. Scaled down, the
+    // volumes of the pods gone are drained by Jobs (capture --drain-spool
+    // on each) and deleted. The spool removed, the Deployment comes back
+    // and the last volume is drained too.
+    let capture_named = async || -> Vec<(String, bool)> {
+        capture_pods(&kubectl)
+            .await
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("capture-"))
+            .collect()
+    };
+    let names = |items: Vec<Value>| -> Vec<String> {
+        let mut names: Vec<String> = items
+            .iter()
+            .filter(|o| o["metadata"].get("deletionTimestamp").is_none())
+            .map(|o| {
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    kubectl
+        .merge_patch(
+            "capturedeployment/capture",
+            "analytics",
+            r#"{"spec":{"spool":{"size":"256Mi"}}}"#,
+        )
+        .await;
+    let set = eventually(
+        "the pods moved to a StatefulSet",
+        Duration::from_secs(120),
+        async || {
+            let set = kubectl.get("statefulset", "analytics", "capture").await;
+            let deployment = kubectl.get("deployment", "analytics", "capture").await;
+            let pods = capture_named().await;
+            let claims = names(kubectl.list("persistentvolumeclaims", "analytics").await);
+            let cd = get_cd().await;
+            let ready = condition(&cd, "Ready");
+            let all_ready = pods.len() == 3 && pods.iter().all(|(_, ready)| *ready);
+            match set {
+                Some(set)
+                    if deployment.is_none()
+                        && all_ready
+                        && pods.iter().map(|(n, _)| n.as_str()).eq(["capture-0", "capture-1", "capture-2"])
+                        && claims == ["spool-capture-0", "spool-capture-1", "spool-capture-2"]
+                        && ready.as_ref().is_some_and(|(s, _)| s == "True")
+                        && cd["status"]["spoolDrains"] == 0 =>
+                {
+                    Ok(set)
+                }
+                set => Err(format!(
+                    "StatefulSet {}, Deployment {}, pods {pods:?}, claims {claims:?}, Ready {ready:?}, spoolDrains {}",
+                    set.is_some(),
+                    deployment.is_some(),
+                    cd["status"]["spoolDrains"]
+                )),
+            }
+        },
+    )
+    .await;
+    assert_eq!(set["spec"]["podManagementPolicy"], "Parallel");
+    assert_eq!(
+        set["spec"]["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+    );
+    assert_eq!(
+        env_value(&set, "CAPTURE_SPOOL_DIR").as_deref(),
+        Some("/var/lib/capture/spool")
+    );
+    let (code, body) = eventually(
+        "the spooling pods answering through the Service",
+        Duration::from_secs(30),
+        async || match proxy.post(&proxy.service("/e/"), &event.to_string()).await {
+            (200, body) => Ok((200, body)),
+            (code, body) => Err(format!("{code} {body}")),
+        },
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    step(
+        label,
+        started,
+        "spec.spool: the pods moved to a StatefulSet with a volume each, the Deployment went once they served, and they answer",
+    );
+
+    kubectl
+        .merge_patch(
+            "capturedeployment/capture",
+            "analytics",
+            r#"{"spec":{"replicas":1}}"#,
+        )
+        .await;
+    eventually(
+        "the volumes of the pods scaled away drained and deleted",
+        Duration::from_secs(120),
+        async || {
+            let pods = capture_named().await;
+            let claims = names(kubectl.list("persistentvolumeclaims", "analytics").await);
+            let jobs = names(kubectl.list("jobs", "analytics").await);
+            let cd = get_cd().await;
+            let drained = condition(&cd, "SpoolDrained");
+            if pods.iter().map(|(n, _)| n.as_str()).eq(["capture-0"])
+                && claims == ["spool-capture-0"]
+                && jobs.is_empty()
+                && cd["status"]["spoolDrains"] == 0
+                && drained.as_ref().is_some_and(|(s, _)| s == "True")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "pods {pods:?}, claims {claims:?}, jobs {jobs:?}, SpoolDrained {drained:?}, spoolDrains {}",
+                    cd["status"]["spoolDrains"]
+                ))
+            }
+        },
+    )
+    .await;
+    let reasons: Vec<String> = kubectl
+        .list("events.events.k8s.io", "analytics")
+        .await
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for reason in ["SpoolDrainStarted", "SpoolVolumeDrained"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} Event: {reasons:?}"
+        );
+    }
+    assert!(
+        !reasons.iter().any(|r| r == "SpoolDrainFailed"),
+        "{reasons:?}"
+    );
+    step(
+        label,
+        started,
+        "scaled to 1: the volumes of pods 1 and 2 were drained by Jobs running capture --drain-spool, then deleted with their Jobs",
+    );
+
+    kubectl
+        .merge_patch(
+            "capturedeployment/capture",
+            "analytics",
+            r#"{"spec":{"spool":null}}"#,
+        )
+        .await;
+    eventually(
+        "back to a Deployment, the last volume drained",
+        Duration::from_secs(120),
+        async || {
+            let set = kubectl.get("statefulset", "analytics", "capture").await;
+            let deployment = kubectl.get("deployment", "analytics", "capture").await;
+            let pods = capture_named().await;
+            let claims = names(kubectl.list("persistentvolumeclaims", "analytics").await);
+            let jobs = names(kubectl.list("jobs", "analytics").await);
+            let cd = get_cd().await;
+            let ready = condition(&cd, "Ready");
+            if set.is_none()
+                && deployment.is_some()
+                && pods.len() == 1
+                && pods.iter().all(|(name, ready)| *ready && name != "capture-0")
+                && claims.is_empty()
+                && jobs.is_empty()
+                && cd["status"].get("spoolDrains").is_none()
+                && ready.as_ref().is_some_and(|(s, _)| s == "True")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "StatefulSet {}, Deployment {}, pods {pods:?}, claims {claims:?}, jobs {jobs:?}, Ready {ready:?}, status {}",
+                    set.is_some(),
+                    deployment.is_some(),
+                    cd["status"]
+                ))
+            }
+        },
+    )
+    .await;
+    step(
+        label,
+        started,
+        "spec.spool removed: the Deployment came back, the StatefulSet went once it served, and its last volume was drained and deleted",
+    );
+
+    // 8. Only the leader acts.
     assert_eq!(holder().await.as_deref(), Some("operator-a"));
     assert!(
         log("operator-b").contains("standing by for the leader lease"),
@@ -1264,7 +1453,7 @@ async fn journey(cluster: &Cluster, dir: &Path, label: &str) {
         "two operators: only the leader acted; killed mid-reconcile and started again, a new leader converged",
     );
 
-    // 8. Deleting: the operator lets go, owned objects are collected,
+    // 9. Deleting: the operator lets go, owned objects are collected,
     // topics stay.
     kubectl
         .run(&[
