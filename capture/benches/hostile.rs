@@ -35,24 +35,16 @@
 mod common;
 #[path = "shared/proc.rs"]
 mod proc;
+#[path = "shared/settings.rs"]
+mod settings;
 
 use proc::{clock_ticks, cpu_time_ticks, peak_rss_kib};
+use settings::env_or;
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use common::Capture;
 use common::hostile::{self, Attack};
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
 
 fn main() {
     let idle: usize = env_or("HOSTILE_BENCH_IDLE", 5000);

@@ -58,13 +58,15 @@
 mod common;
 #[path = "shared/proc.rs"]
 mod proc;
+#[path = "shared/settings.rs"]
+mod settings;
 
 use proc::{clock_ticks, cpu_time_ticks, peak_rss_kib};
+use settings::env_or;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -224,16 +226,6 @@ impl From<Flags> for Settings {
 impl Settings {
     fn warmup(&self, measured: usize) -> usize {
         (measured * self.warmup_percent / 100).max(self.concurrency)
-    }
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
     }
 }
 

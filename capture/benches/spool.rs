@@ -33,9 +33,10 @@ mod pageview;
 #[path = "shared/proc.rs"]
 #[allow(dead_code)] // peak_rss_kib: the other benches use it
 mod proc;
+#[path = "shared/settings.rs"]
+mod settings;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -44,16 +45,7 @@ use capture::event::header;
 use capture::route::DataType;
 use capture::sink::Message;
 use capture::spool::{Spool, SpoolSettings, record};
-
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
+use settings::env_or;
 
 fn message(n: u64) -> Message {
     Message {

@@ -86,6 +86,18 @@ fn assert_statuses(what: &str, statuses: &BTreeMap<u16, usize>, allowed: &[u16])
     );
 }
 
+/// The test's clients: 16 posting paced batches to `/batch` until stopped.
+fn clients(capture: &Capture) -> Load {
+    Load::paced(
+        &capture.url("/batch"),
+        TOKEN,
+        CLIENTS,
+        PER_BATCH,
+        usize::MAX,
+        PACE,
+    )
+}
+
 /// Uuids on the topic more than once, whether answered 200 or not.
 fn repeated(counts: &BTreeMap<String, usize>) -> usize {
     counts.values().map(|n| n.saturating_sub(1)).sum()
@@ -119,14 +131,7 @@ async fn a_kafka_outage_with_a_capture_crash_is_answered_200_and_loses_nothing()
         &["--spool-segment-bytes", "256KiB"],
     );
     let capture = Capture::start(&args);
-    let load = Load::paced(
-        &capture.url("/batch"),
-        TOKEN,
-        CLIENTS,
-        PER_BATCH,
-        usize::MAX,
-        PACE,
-    );
+    let load = clients(&capture);
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let healthy = load.ledger();
@@ -272,14 +277,7 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
             "64KiB",
         ],
     ));
-    let load = Load::paced(
-        &capture.url("/batch"),
-        TOKEN,
-        CLIENTS,
-        PER_BATCH,
-        usize::MAX,
-        PACE,
-    );
+    let load = clients(&capture);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let healthy = load.ledger();
@@ -546,14 +544,7 @@ async fn sigterm_during_an_outage_answers_the_waiting_requests_200_from_the_spoo
         ],
     );
     let mut capture = Capture::start(&args);
-    let load = Load::paced(
-        &capture.url("/batch"),
-        TOKEN,
-        CLIENTS,
-        PER_BATCH,
-        usize::MAX,
-        PACE,
-    );
+    let load = clients(&capture);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let healthy = load.ledger();
     broker.sigkill();

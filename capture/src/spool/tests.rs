@@ -40,6 +40,17 @@ fn all(spool: &Spool) -> Vec<String> {
         .collect()
 }
 
+/// A fresh spool holding `uuid-0` to `uuid-2`, appended together.
+async fn three_appended() -> (tempfile::TempDir, Spool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(&settings(dir.path())).expect("opens");
+    spool
+        .append(&[message(0), message(1), message(2)])
+        .await
+        .expect("durable");
+    (dir, spool)
+}
+
 fn corrupt_files(dir: &Path) -> usize {
     fs::read_dir(dir.join("corrupt")).map_or(0, |d| d.count())
 }
@@ -133,12 +144,7 @@ async fn a_segment_cut_at_every_byte_keeps_exactly_its_whole_records() {
 
 #[tokio::test]
 async fn a_damaged_record_is_set_aside_and_counted_and_its_neighbours_kept() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (spool, _) = Spool::open(&settings(dir.path())).expect("opens");
-    spool
-        .append(&[message(0), message(1), message(2)])
-        .await
-        .expect("durable");
+    let (dir, spool) = three_appended().await;
     spool.close();
     let path = dir.path().join(format!("{:020}.seg", 0));
     let mut bytes = fs::read(&path).expect("segment");
@@ -216,12 +222,7 @@ async fn a_full_spool_refuses_and_replay_makes_room() {
 
 #[tokio::test]
 async fn replay_resumes_from_its_position_after_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (spool, _) = Spool::open(&settings(dir.path())).expect("opens");
-    spool
-        .append(&[message(0), message(1), message(2)])
-        .await
-        .expect("durable");
+    let (dir, spool) = three_appended().await;
     spool.seal().await;
     let segment = spool.oldest().expect("sealed");
     let records = spool.read(&segment).expect("readable");
