@@ -1257,7 +1257,10 @@ mod tests {
 
     #[test]
     fn spool_settings_are_checked_against_each_other_and_named() {
-        assert!(load(&[]).expect("valid").spool().is_none(), "off by default");
+        assert!(
+            load(&[]).expect("valid").spool().is_none(),
+            "off by default"
+        );
         let (spool, spooling) = load(&["--spool-dir", "/var/spool/capture"])
             .expect("valid")
             .spool()
@@ -1266,7 +1269,11 @@ mod tests {
         assert_eq!(spool.segment_bytes, 16 << 20);
         assert_eq!(spooling.ack_deadline, Duration::from_secs(3));
         let err = load(&["--drain-spool"]).expect_err("nothing to drain");
-        assert!(err.to_string().contains("`--drain-spool` needs `--spool-dir`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`--drain-spool` needs `--spool-dir`"),
+            "{err}"
+        );
         let err = load(&["--spool-dir", "/s", "--spool-ack-deadline", "20s"])
             .expect_err("not shorter than the message timeout");
         assert!(err.to_string().contains("--kafka-message-timeout"), "{err}");
