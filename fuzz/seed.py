@@ -229,6 +229,14 @@ def seed_others():
     ]:
         save("signature", header)
 
+    # Spool segments: the first byte picks the check (even: the bytes as a
+    # segment; odd: messages cut where the next two bytes say).
+    for text in [b"$pageview user-1 https://example.com", "évènement ☃".encode() * 5, b""]:
+        for cut in (0, 7, 60, 65535):
+            save("spool", b"\x01" + cut.to_bytes(2, "little") + text)
+    for raw in [b"CSP1", b"CSP1\x05\x00\x00\x00\x00\x00\x00\x00abcde", b"xxCSP1" * 3]:
+        save("spool", b"\x00" + raw)
+
 
 def main():
     fixtures = (
