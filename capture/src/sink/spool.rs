@@ -19,9 +19,10 @@
 //! and a replay batch interrupted by a crash before its position was
 //! saved.
 //!
-//! The [`Replayer`] drains the spool while the inner sink is healthy, one
-//! batch in flight at a time and at most `--spool-replay-rate` events per
-//! second, so live traffic keeps the producer's queue and the CPU.
+//! The replayer (`replay`, a task of the sink) drains the spool while the
+//! inner sink is healthy, one batch in flight at a time and at most
+//! `--spool-replay-rate` events per second, so live traffic keeps the
+//! producer's queue and the CPU.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,11 +88,6 @@ impl SpoolingSink {
         });
         tokio::spawn(replay(Arc::downgrade(&shared)));
         SpoolingSink { shared }
-    }
-
-    /// What the spool holds.
-    pub fn stats(&self) -> crate::spool::Stats {
-        self.shared.spool.stats()
     }
 
     /// Appends `messages` to the spool; on success every one counts as

@@ -81,8 +81,22 @@ pub struct Segment {
 impl Segment {
     /// Where its replay progress is kept.
     fn position_path(&self) -> PathBuf {
-        self.path.with_extension("pos")
+        position_path(&self.path)
     }
+}
+
+/// Where the replay progress of the segment at `path` is kept.
+fn position_path(path: &Path) -> PathBuf {
+    path.with_extension("pos")
+}
+
+/// How far the segment at `path` was replayed, in bytes (0 when it never
+/// was, or the position cannot be read).
+fn replayed_to(path: &Path) -> usize {
+    fs::read_to_string(position_path(path))
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(0)
 }
 
 /// What opening the directory found.
@@ -366,9 +380,7 @@ impl Spool {
     /// under a sealed file) is set aside and counted like at recovery.
     pub fn read(&self, segment: &Segment) -> io::Result<Vec<(Record, u64)>> {
         let bytes = fs::read(&segment.path)?;
-        let from = fs::read_to_string(segment.position_path())
-            .ok()
-            .and_then(|text| text.trim().parse::<usize>().ok())
+        let from = Some(replayed_to(&segment.path))
             .filter(|at| *at <= bytes.len())
             .unwrap_or(0);
         let scanned = scan(&bytes, from);
@@ -549,10 +561,7 @@ fn recover_file(path: &Path) -> io::Result<FileFound> {
         file.sync_all()?;
     }
     set_aside(dir, path, &bytes, &scanned.damaged)?;
-    let position = fs::read_to_string(path.with_extension("pos"))
-        .ok()
-        .and_then(|text| text.trim().parse::<usize>().ok())
-        .unwrap_or(0);
+    let position = replayed_to(path);
     let mut found = FileFound {
         bytes: scanned.keep as u64,
         records: 0,
